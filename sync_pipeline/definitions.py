@@ -1,0 +1,5 @@
+"""The Dagster entry point named by workspace.yaml and [tool.dg]."""
+
+import dagster as dg
+
+defs = dg.Definitions()

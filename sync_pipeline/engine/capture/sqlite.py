@@ -1,0 +1,167 @@
+"""SQLite change capture: the master's field clock, and the replica's change log and freeze.
+
+The replica is always SQLite, so its change log lives here too.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
+from sqlalchemy.engine import Connection
+
+from sync_pipeline.engine.capture.base import MasterCapture, sql_string, trigger_name
+from sync_pipeline.engine.schema import KEY_SEPARATOR, TableInfo
+
+NOW = "strftime('%Y-%m-%dT%H:%M:%f', 'now')"
+LOG_TABLE = "_sync_log"
+JSON_ARGS_PER_CALL = 60  # SQLite limits a function to 127 arguments (2 per column)
+
+
+_PREPARER = sqlite_dialect().identifier_preparer
+AnyConnection = Connection | sqlite3.Connection
+
+
+def _q(conn: AnyConnection, name: str) -> str:
+    return _PREPARER.quote(name)
+
+
+def _exec(conn: AnyConnection, sql: str) -> None:
+    if isinstance(conn, sqlite3.Connection):
+        conn.execute(sql)
+    else:
+        conn.exec_driver_sql(sql)
+
+
+def _key_sql(conn: Connection, info: TableInfo, ref: str) -> str:
+    sep = f"char({ord(KEY_SEPARATOR)})"
+    return f" || {sep} || ".join(f"CAST({ref}.{_q(conn, c)} AS TEXT)" for c in info.pk)
+
+
+def _clock_upsert(table: str, key_sql: str, column_sql: str, where: str = "") -> str:
+    return (
+        "INSERT INTO sync_field_clock (table_name, row_key, column_name, changed_at) "
+        f"SELECT {sql_string(table)}, {key_sql}, {column_sql}, {NOW} WHERE 1 {where} "
+        "ON CONFLICT (table_name, row_key, column_name) DO UPDATE SET changed_at = excluded.changed_at;"
+    )
+
+
+class SQLiteMasterCapture(MasterCapture):
+    def _names(self, info: TableInfo) -> list[str]:
+        return [trigger_name("sync_clock", info.name, s) for s in ("_ins", "_upd", "_del")]
+
+    def install(self, conn: Connection, info: TableInfo) -> None:
+        self.remove(conn, info)
+        ins, upd, dele = self._names(info)
+        table = _q(conn, info.name)
+        star = sql_string("*")
+        conn.exec_driver_sql(
+            f"CREATE TRIGGER {_q(conn, ins)} AFTER INSERT ON {table} BEGIN "
+            f"{_clock_upsert(info.name, _key_sql(conn, info, 'NEW'), star)} END"
+        )
+        conn.exec_driver_sql(
+            f"CREATE TRIGGER {_q(conn, dele)} AFTER DELETE ON {table} BEGIN "
+            f"{_clock_upsert(info.name, _key_sql(conn, info, 'OLD'), star)} END"
+        )
+        per_column = " ".join(
+            _clock_upsert(
+                info.name, _key_sql(conn, info, "NEW"), sql_string(c),
+                f"AND OLD.{_q(conn, c)} IS NOT NEW.{_q(conn, c)}",
+            )
+            for c in info.columns
+        )
+        conn.exec_driver_sql(f"CREATE TRIGGER {_q(conn, upd)} AFTER UPDATE ON {table} BEGIN {per_column} END")
+
+    def remove(self, conn: Connection, info: TableInfo) -> None:
+        for name in self._names(info):
+            conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {_q(conn, name)}")
+
+    def installed(self, conn: Connection, info: TableInfo) -> bool:
+        names = set(self._names(info))
+        found = conn.execute(
+            sa.text("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = :t"), {"t": info.name}
+        ).scalars()
+        return names <= set(found)
+
+
+# ----------------------------------------------------------------------------------------------
+# Replica
+# ----------------------------------------------------------------------------------------------
+
+
+def _json_object_sql(conn: AnyConnection, info: TableInfo, ref: str) -> str:
+    """json_object of every column of a row, chunked under SQLite's argument limit; blobs as hex."""
+
+    def value(column: sa.Column) -> str:
+        expr = f"{ref}.{_q(conn, column.name)}"
+        if isinstance(column.type, sa.LargeBinary):
+            return f"CASE WHEN {expr} IS NULL THEN NULL ELSE hex({expr}) END"
+        return expr
+
+    columns = list(info.table.columns)
+    chunks = [columns[i : i + JSON_ARGS_PER_CALL] for i in range(0, len(columns), JSON_ARGS_PER_CALL)]
+    sql = "json_object(" + ", ".join(f"{sql_string(c.name)}, {value(c)}" for c in chunks[0]) + ")"
+    for chunk in chunks[1:]:
+        # json_set keeps JSON nulls (json_patch would drop them).
+        pairs = ", ".join(f"{sql_string('$.' + _json_path_key(c.name))}, {value(c)}" for c in chunk)
+        sql = f"json_set({sql}, {pairs})"
+    return sql
+
+
+def _json_path_key(name: str) -> str:
+    return '"' + name.replace('"', '\\"') + '"'
+
+
+def _json_key_sql(conn: AnyConnection, info: TableInfo, ref: str) -> str:
+    return "json_array(" + ", ".join(f"{ref}.{_q(conn, c)}" for c in info.pk) + ")"
+
+
+def install_replica_log(conn: AnyConnection, infos: list[TableInfo]) -> None:
+    """The change log and the triggers that fill it, on every replica table."""
+    _exec(conn, 
+        f"CREATE TABLE IF NOT EXISTS {LOG_TABLE} ("
+        "seq INTEGER PRIMARY KEY AUTOINCREMENT, table_name TEXT NOT NULL, op TEXT NOT NULL, "
+        "row_key TEXT NOT NULL, old_values TEXT, new_values TEXT, changed_at TEXT NOT NULL)"
+    )
+    for info in infos:
+        table = _q(conn, info.name)
+        name = sql_string(info.name)
+        same_key = " AND ".join(f"OLD.{_q(conn, c)} IS NEW.{_q(conn, c)}" for c in info.pk)
+        new_obj, old_obj = _json_object_sql(conn, info, "NEW"), _json_object_sql(conn, info, "OLD")
+        new_key, old_key = _json_key_sql(conn, info, "NEW"), _json_key_sql(conn, info, "OLD")
+        insert_log = f"INSERT INTO {LOG_TABLE} (table_name, op, row_key, old_values, new_values, changed_at) VALUES"
+        statements = {
+            "_ins": f"AFTER INSERT ON {table} BEGIN {insert_log} ({name}, 'I', {new_key}, NULL, {new_obj}, {NOW}); END",
+            "_del": f"AFTER DELETE ON {table} BEGIN {insert_log} ({name}, 'D', {old_key}, {old_obj}, NULL, {NOW}); END",
+            "_upd": (
+                f"AFTER UPDATE ON {table} WHEN {same_key} BEGIN "
+                f"{insert_log} ({name}, 'U', {new_key}, {old_obj}, {new_obj}, {NOW}); END"
+            ),
+            # A changed primary key is the old row deleted and a new row inserted.
+            "_rekey": (
+                f"AFTER UPDATE ON {table} WHEN NOT ({same_key}) BEGIN "
+                f"{insert_log} ({name}, 'D', {old_key}, {old_obj}, NULL, {NOW}); "
+                f"{insert_log} ({name}, 'I', {new_key}, NULL, {new_obj}, {NOW}); END"
+            ),
+        }
+        for suffix, body in statements.items():
+            trigger = _q(conn, trigger_name("_sync_log", info.name, suffix))
+            _exec(conn, f"DROP TRIGGER IF EXISTS {trigger}")
+            _exec(conn, f"CREATE TRIGGER {trigger} {body}")
+
+
+def set_replica_frozen(conn: AnyConnection, tables: list[str], message: str | None) -> None:
+    """Make every write to the replica's tables fail with `message`; None lifts the freeze.
+
+    Installed only while frozen, so normal local writes pay nothing for it.
+    """
+    for table in tables:
+        for op in ("INSERT", "UPDATE", "DELETE"):
+            trigger = _q(conn, trigger_name("_sync_frozen", table, "_" + op.lower()))
+            _exec(conn, f"DROP TRIGGER IF EXISTS {trigger}")
+            if message is not None:
+                _exec(conn, 
+                    f"CREATE TRIGGER {trigger} BEFORE {op} ON {_q(conn, table)} "
+                    f"BEGIN SELECT RAISE(ABORT, {sql_string(message)}); END"
+                )

@@ -1,0 +1,176 @@
+"""`checkout`: copy module tables into a new SQLite replica with change capture and a signed manifest,
+and register the replica on the master as offline.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import os
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
+from sqlalchemy.engine import Engine
+
+from sync_pipeline.engine import store
+from sync_pipeline.engine.capture.sqlite import install_replica_log
+from sync_pipeline.engine.errors import BadInputError, ReplicaError
+from sync_pipeline.engine.manifest import Manifest, schema_snapshot, write_manifest
+from sync_pipeline.engine.master import master_settings
+from sync_pipeline.engine.schema import TableInfo, fk_order, reflect_tables, sqlite_column_type
+
+CHUNK_ROWS = 10_000
+
+# Called with (table, rows copied so far, total rows of the table).
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class CheckoutResult:
+    replica_id: str
+    path: Path
+    owner: str
+    modules: list[str]
+    rows: dict[str, int]
+
+
+def _to_sqlite(value: Any) -> Any:
+    if value is None or isinstance(value, (int, float, str, bytes)):
+        return value
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, dt.datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, (dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, memoryview):
+        return bytes(value)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def replica_metadata(infos: dict[str, TableInfo]) -> sa.MetaData:
+    """The replica's tables: the master's columns in their generic types; FKs only between copied tables."""
+    metadata = sa.MetaData()
+    for name in fk_order(infos):
+        info = infos[name]
+        columns = [
+            sa.Column(c.name, sqlite_column_type(c.type), primary_key=c.primary_key, nullable=c.nullable,
+                      autoincrement=info.generated_pk and c.primary_key)
+            for c in info.table.columns
+        ]
+        fks = [
+            sa.ForeignKeyConstraint(list(fk.columns), [f"{fk.parent_table}.{c}" for c in fk.parent_columns])
+            for fk in info.foreign_keys
+            if fk.parent_table in infos
+        ]
+        sa.Table(name, metadata, *columns, *fks)
+    return metadata
+
+
+def checkout(
+    engine: Engine,
+    replica_path: str | Path,
+    owner: str,
+    modules: Iterable[str] | None = None,
+    progress: Progress | None = None,
+) -> CheckoutResult:
+    path = Path(replica_path)
+    if not owner.strip():
+        raise BadInputError("the owner is empty", "pass --owner with the name of the person taking the replica")
+    if path.exists():
+        raise ReplicaError(f"{path} already exists", "choose a new path for the replica, or delete the old file")
+    if not path.parent.exists():
+        raise ReplicaError(f"the folder {path.parent} does not exist", "create it or choose another path")
+    meta = store.read_meta(engine)
+    settings = master_settings(engine)
+    chosen = list(dict.fromkeys(modules)) if modules else list(settings.modules)
+    unknown = [m for m in chosen if m not in settings.modules]
+    if unknown:
+        raise BadInputError(f"unknown module(s): {', '.join(unknown)}",
+                            f"choose from: {', '.join(settings.modules)}")
+    infos = reflect_tables(engine, settings.tables(chosen))
+    replica_id = store.new_id()
+    checked_out_at = store.now_iso()
+    manifest = Manifest(
+        replica_id=replica_id, owner=owner, modules=chosen, master_id=meta["master_id"],
+        checked_out_at=checked_out_at, settings=settings.source_text, schema=schema_snapshot(infos),
+    )
+    manifest.sign(meta["signing_key"])
+
+    partial = path.with_name(f".{path.name}.partial")
+    partial.unlink(missing_ok=True)
+    rows: dict[str, int] = {}
+    try:
+        replica = sqlite3.connect(partial, isolation_level=None)
+        try:
+            replica.execute("PRAGMA journal_mode = OFF")
+            replica.execute("PRAGMA synchronous = OFF")
+            rmeta = replica_metadata(infos)
+            for table in rmeta.sorted_tables:
+                replica.execute(str(sa.schema.CreateTable(table).compile(dialect=sqlite_dialect())))
+            replica.execute("BEGIN")
+            # One snapshot of the master for every table, so parents and children agree.
+            with engine.connect() as mconn:
+                if mconn.dialect.name == "postgresql":
+                    mconn = mconn.execution_options(isolation_level="REPEATABLE READ")
+                with mconn.begin():
+                    for name in fk_order(infos):
+                        rows[name] = _copy_table(mconn, replica, infos[name], rmeta.tables[name], progress)
+            install_replica_log(replica, [infos[n] for n in fk_order(infos)])
+            write_manifest(replica, manifest)
+            replica.execute("COMMIT")
+            replica.execute("PRAGMA journal_mode = DELETE")
+        finally:
+            replica.close()
+        with engine.begin() as conn:
+            conn.execute(sa.insert(store.sync_replica).values(
+                replica_id=replica_id, owner=owner, modules=json.dumps(chosen), checked_out_at=checked_out_at,
+                status="offline", path=str(path.resolve()), settings=settings.source_text,
+                schema_hash=manifest.schema_hash,
+            ))
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return CheckoutResult(replica_id, path, owner, chosen, rows)
+
+
+def _copy_table(
+    mconn: sa.Connection, replica: sqlite3.Connection, info: TableInfo, target: sa.Table,
+    progress: Progress | None,
+) -> int:
+    total = mconn.execute(sa.select(sa.func.count()).select_from(info.table)).scalar_one()
+    columns = [target.columns[c] for c in info.columns]
+    # Compiled once from Core in qmark style: sqlite3's executemany with positional rows is the fast path.
+    compiled = sa.insert(target).compile(
+        dialect=sqlite_dialect(paramstyle="qmark"), column_keys=[c.name for c in columns]
+    )
+    insert_sql = str(compiled)
+    order = list(compiled.positiontup or [])
+    if order != [c.name for c in columns]:
+        raise RuntimeError(f"unexpected parameter order in {insert_sql}")
+    result = mconn.execution_options(stream_results=True, yield_per=CHUNK_ROWS).execute(
+        sa.select(*[info.table.columns[c] for c in info.columns])
+    )
+    copied = 0
+    if progress:
+        progress(info.name, 0, total)
+    for chunk in result.partitions(CHUNK_ROWS):
+        replica.executemany(insert_sql, [tuple(_to_sqlite(v) for v in row) for row in chunk])
+        copied += len(chunk)
+        if progress:
+            progress(info.name, copied, total)
+    return copied

@@ -1,0 +1,231 @@
+"""Three-way, field-level conflict detection against the master (DESIGN §5).
+
+For every locally changed row: base B (from the replica's log), local L, master M (fetched now, by
+key, in batches). A master change of a field is M != B. What detection saw of the master is kept
+with each change so that the load can check that the master did not move in between.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from sync_pipeline.engine import store
+from sync_pipeline.engine.extract import ChangeSet, RowChange
+from sync_pipeline.engine.schema import TableInfo, key_text, normalize_row
+from sync_pipeline.settings import SyncSettings
+
+BATCH = 500
+
+Action = Literal["apply", "skip", "remap", "conflict"]
+KINDS = ("update_update", "update_delete", "delete_update", "insert_insert", "duplicate", "orphan")
+
+
+@dataclass
+class FieldDiff:
+    name: str
+    base: Any
+    local: Any
+    master: Any
+
+
+@dataclass
+class Detected:
+    change: RowChange
+    module: str
+    action: Action
+    master: dict[str, Any] | None  # the master row detection compared against (None: absent)
+    apply_fields: list[str] = field(default_factory=list)  # local fields written without conflict
+    kind: str | None = None
+    fields: list[FieldDiff] = field(default_factory=list)
+    master_times: dict[str, str] = field(default_factory=dict)
+    # duplicate: the master key the local row is; orphan: the missing parent and its base row.
+    target_key: tuple[Any, ...] | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+
+def fetch_rows_by_key(
+    conn: Connection, info: TableInfo, keys: Iterable[tuple[Any, ...]], columns: Sequence[str] | None = None,
+    for_update: bool = False,
+) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """Master rows by primary key (or any unique column list), in batches."""
+    columns = tuple(columns or info.pk)
+    key_list = list(dict.fromkeys(keys))
+    found: dict[tuple[Any, ...], dict[str, Any]] = {}
+    table = info.table
+    for start in range(0, len(key_list), BATCH):
+        chunk = key_list[start : start + BATCH]
+        if len(columns) == 1:
+            condition = table.columns[columns[0]].in_([k[0] for k in chunk])
+        else:
+            condition = sa.tuple_(*[table.columns[c] for c in columns]).in_(chunk)
+        query = sa.select(table).where(condition)
+        if for_update and conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        for row in conn.execute(query).mappings():
+            normal = normalize_row(row, table)
+            found[tuple(normal[c] for c in columns)] = normal
+    return found
+
+
+def fetch_master_times(
+    conn: Connection, info: TableInfo, keys: Iterable[tuple[Any, ...]]
+) -> dict[tuple[Any, ...], dict[str, str]]:
+    """Per-field change times from the master's field clock (empty where capture is off)."""
+    key_list = list(dict.fromkeys(keys))
+    if not key_list or not sa.inspect(conn).has_table("sync_field_clock"):
+        return {}
+    clock = store.sync_field_clock
+    out: dict[tuple[Any, ...], dict[str, str]] = {}
+    for start in range(0, len(key_list), BATCH):
+        chunk = key_list[start : start + BATCH]
+        texts = {}
+        # The triggers render keys as CAST(col AS TEXT); let the database render ours the same way.
+        rendered = conn.execute(sa.select(*[key_text(info.table, info.pk, k).label(f"k{i}")
+                                            for i, k in enumerate(chunk)])).one()
+        for key, text in zip(chunk, rendered, strict=True):
+            texts[text] = key
+        rows = conn.execute(
+            sa.select(clock.c.row_key, clock.c.column_name, clock.c.changed_at).where(
+                clock.c.table_name == info.name, clock.c.row_key.in_(list(texts))
+            )
+        )
+        for row_key, column, changed_at in rows:
+            out.setdefault(texts[row_key], {})[column] = changed_at
+    return out
+
+
+def detect_conflicts(
+    conn: Connection, changes: ChangeSet, infos: dict[str, TableInfo], settings: SyncSettings,
+    replica_rows: Any = None,
+) -> list[Detected]:
+    """Classify every change (§5 table). `replica_rows(table, key)` returns a replica row (orphans)."""
+    by_table: dict[str, list[RowChange]] = defaultdict(list)
+    for change in changes.changes:
+        by_table[change.table].append(change)
+    local_inserts = {(c.table, c.key) for c in changes.changes if c.op == "insert"}
+
+    results: list[Detected] = []
+    for table, table_changes in by_table.items():
+        info = infos[table]
+        module = settings.module_of(table)
+        masters = fetch_rows_by_key(conn, info, [c.key for c in table_changes])
+        natural = settings.table(table).natural_key or []
+        natural_hits: dict[tuple[Any, ...], dict[str, Any]] = {}
+        if natural:
+            wanted = [
+                tuple(c.local[n] for n in natural)  # type: ignore[index]
+                for c in table_changes
+                if c.op == "insert" and all(c.local[n] is not None for n in natural)  # type: ignore[index]
+            ]
+            natural_hits = fetch_rows_by_key(conn, info, wanted, natural)
+        detected = [_classify(c, module, info, masters.get(c.key), natural, natural_hits) for c in table_changes]
+        _find_orphans(conn, detected, info, infos, local_inserts, replica_rows)
+        conflicting = [d for d in detected if d.action == "conflict"]
+        times = fetch_master_times(conn, info, [d.target_key or d.change.key for d in conflicting])
+        for d in conflicting:
+            d.master_times = times.get(d.target_key or d.change.key, {})
+        results.extend(detected)
+    return results
+
+
+def _diff(columns: Iterable[str], base: dict | None, local: dict | None, master: dict | None) -> list[FieldDiff]:
+    return [
+        FieldDiff(c, None if base is None else base[c], None if local is None else local[c],
+                  None if master is None else master[c])
+        for c in columns
+    ]
+
+
+def _classify(
+    change: RowChange, module: str, info: TableInfo, master: dict[str, Any] | None,
+    natural: list[str], natural_hits: dict[tuple[Any, ...], dict[str, Any]],
+) -> Detected:
+    base, local = change.base, change.local
+    if change.op == "update":
+        assert base is not None and local is not None
+        if master is None:
+            return Detected(change, module, "conflict", None, kind="update_delete",
+                            fields=_diff(change.changed, base, local, None))
+        master_changed = {c for c in info.columns if master[c] != base[c]}
+        conflict = [c for c in change.changed if c in master_changed and master[c] != local[c]]
+        apply = [c for c in change.changed if c not in conflict and master[c] != local[c]]
+        if conflict:
+            return Detected(change, module, "conflict", master, apply_fields=apply, kind="update_update",
+                            fields=_diff(conflict, base, local, master))
+        if apply:
+            return Detected(change, module, "apply", master, apply_fields=apply)
+        return Detected(change, module, "skip", master, note="the master already holds the same values")
+    if change.op == "delete":
+        assert base is not None
+        if master is None:
+            return Detected(change, module, "skip", None, note="deleted on both sides")
+        master_changed = [c for c in info.columns if master[c] != base[c]]
+        if master_changed:
+            return Detected(change, module, "conflict", master, kind="delete_update",
+                            fields=_diff(master_changed, base, None, master))
+        return Detected(change, module, "apply", master)
+
+    assert local is not None
+    value_columns = [c for c in info.columns if c not in info.pk]
+    if natural and all(local[n] is not None for n in natural):
+        hit = natural_hits.get(tuple(local[n] for n in natural))
+        if hit is not None and info.key_of(hit) != change.key:
+            differing = [c for c in value_columns if hit[c] != local[c]]
+            return Detected(change, module, "conflict", hit, kind="duplicate", target_key=info.key_of(hit),
+                            fields=_diff(differing, None, local, hit))
+    if master is None:
+        return Detected(change, module, "apply", None)
+    if info.generated_pk:
+        return Detected(change, module, "remap", master, note="key taken on the master: a new key is assigned")
+    differing = [c for c in value_columns if master[c] != local[c]]
+    if not differing:
+        return Detected(change, module, "skip", master, note="the master already holds the same row")
+    return Detected(change, module, "conflict", master, kind="insert_insert",
+                    fields=_diff(differing, None, local, master))
+
+
+def _find_orphans(
+    conn: Connection, detected: list[Detected], info: TableInfo, infos: dict[str, TableInfo],
+    local_inserts: set[tuple[str, tuple[Any, ...]]], replica_rows: Any,
+) -> None:
+    """Inserts (and updates of a reference) pointing at a parent the master no longer has."""
+    for fk in info.foreign_keys:
+        candidates: list[tuple[Detected, tuple[Any, ...]]] = []
+        for d in detected:
+            if d.action not in ("apply", "remap"):
+                continue
+            change = d.change
+            if change.op == "delete" or (change.op == "update" and not set(fk.columns) & set(d.apply_fields)):
+                continue
+            assert change.local is not None
+            parent_key = tuple(change.local[c] for c in fk.columns)
+            if any(v is None for v in parent_key) or (fk.parent_table, parent_key) in local_inserts:
+                continue
+            candidates.append((d, parent_key))
+        if not candidates:
+            continue
+        parent_info = infos.get(fk.parent_table)
+        if parent_info is None:
+            parent_info = TableInfo(info.table.metadata.tables[fk.parent_table], fk.parent_columns, False)
+        present = fetch_rows_by_key(conn, parent_info, [k for _, k in candidates], fk.parent_columns)
+        missing = [k for _, k in candidates if k not in present]
+        deleted_at = fetch_master_times(conn, parent_info, missing) if tuple(parent_info.pk) == fk.parent_columns else {}
+        for d, parent_key in candidates:
+            if parent_key in present:
+                continue
+            parent_row = replica_rows(fk.parent_table, dict(zip(fk.parent_columns, parent_key, strict=True))) \
+                if replica_rows and fk.parent_table in infos else None
+            d.action, d.kind = "conflict", "orphan"
+            d.fields = _diff(fk.columns, d.change.base, d.change.local, d.master)
+            d.detail = {"parent_table": fk.parent_table,
+                        "parent_key": dict(zip(fk.parent_columns, parent_key, strict=True)),
+                        "parent_row": parent_row,
+                        "parent_deleted_at": deleted_at.get(parent_key, {}).get("*")}
+            d.apply_fields = d.apply_fields if d.change.op == "update" else []

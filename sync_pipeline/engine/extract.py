@@ -1,0 +1,180 @@
+"""Extraction: the replica's change log -> net changes per row (DESIGN §4).
+
+Only the log is read, so the cost follows the number of local changes, not the size of the tables.
+Coalescing: update+update = one update with the union of changed fields; insert..delete = nothing;
+insert+update = insert of the final row; a field changed and changed back = no change.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sync_pipeline.engine.capture.sqlite import LOG_TABLE
+from sync_pipeline.engine.errors import ReplicaError
+from sync_pipeline.engine.schema import TableInfo, ValueRejected, fk_order, normalize
+
+Op = Literal["insert", "update", "delete"]
+
+
+@dataclass
+class RowChange:
+    """The net local change of one row since checkout."""
+
+    table: str
+    key: tuple[Any, ...]
+    op: Op
+    base: dict[str, Any] | None  # the row at checkout (update, delete)
+    local: dict[str, Any] | None  # the row now (insert, update)
+    changed: list[str]  # update: fields that differ from base; insert: every column
+    times: dict[str, str]  # field -> when it last changed locally; '*' -> the row's last change
+    seq: int  # position of the row's first log entry: keeps local order within a table
+
+    def key_dict(self, pk: tuple[str, ...]) -> dict[str, Any]:
+        return dict(zip(pk, self.key, strict=True))
+
+
+@dataclass
+class ChangeSet:
+    changes: list[RowChange] = field(default_factory=list)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for change in self.changes:
+            per_table = out.setdefault(change.table, {"insert": 0, "update": 0, "delete": 0})
+            per_table[change.op] += 1
+        return out
+
+    def __len__(self) -> int:
+        return len(self.changes)
+
+
+@dataclass
+class _RowState:
+    existed: bool
+    base: dict[str, Any] | None
+    last: dict[str, Any] | None
+    times: dict[str, str]
+    seq: int
+
+
+def _log_entries(replica: sqlite3.Connection) -> Iterator[tuple[int, str, str, str, str | None, str | None, str]]:
+    try:
+        cursor = replica.execute(
+            f"SELECT seq, table_name, op, row_key, old_values, new_values, changed_at FROM {LOG_TABLE} ORDER BY seq"
+        )
+        yield from cursor
+    except sqlite3.DatabaseError as exc:
+        raise ReplicaError(f"the replica's change log cannot be read ({exc})",
+                           "the replica was damaged; use an intact copy") from None
+
+
+def _decode(text: str | None, info: TableInfo, where: str) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        raise ReplicaError(f"{where}: the change log holds values that are not JSON",
+                           "the replica was edited by hand; check out a new replica") from None
+    if not isinstance(raw, dict):
+        raise ReplicaError(f"{where}: the change log holds a malformed row", "check out a new replica")
+    unknown = set(raw) - set(info.columns)
+    if unknown:
+        raise ReplicaError(
+            f"{where}: the change log names column(s) {', '.join(sorted(unknown))} that table "
+            f"'{info.name}' does not have",
+            "the replica was edited or comes from another schema; check out a new replica",
+        )
+    return raw
+
+
+def _normalized(row: dict[str, Any], info: TableInfo, where: str) -> dict[str, Any]:
+    out = {}
+    for name in info.columns:
+        value = row.get(name)
+        try:
+            out[name] = normalize(value, info.table.columns[name])
+        except ValueRejected as exc:
+            raise ReplicaError(
+                f"{where}, column '{name}': {exc}; the master's column type rejects it",
+                "correct the value in the replica with the application that wrote it, then sync again",
+            ) from None
+    return out
+
+
+def extract_changes(replica: sqlite3.Connection, infos: dict[str, TableInfo]) -> ChangeSet:
+    """Net changes of every table in `infos`, from the replica's change log."""
+    states: dict[tuple[str, str], _RowState] = {}
+    for seq, table, op, row_key, old_text, new_text, changed_at in _log_entries(replica):
+        info = infos.get(table)
+        if info is None:
+            raise ReplicaError(
+                f"the change log touches table '{table}', which is not in the replica's modules",
+                "the replica was edited by hand; it cannot be synchronised. Check out a new replica",
+            )
+        where = f"table '{table}', key {row_key}"
+        old, new = _decode(old_text, info, where), _decode(new_text, info, where)
+        if op not in ("I", "U", "D") or (op != "D" and new is None) or (op != "I" and old is None):
+            raise ReplicaError(f"{where}: malformed change log entry {seq}", "check out a new replica")
+        state = states.get((table, row_key))
+        if state is None:
+            existed = op != "I"
+            state = _RowState(existed, dict(old) if existed else None, None if existed else {}, {}, seq)
+            if existed:
+                state.last = dict(old)  # type: ignore[arg-type]
+            states[(table, row_key)] = state
+        if op == "D":
+            state.last = None
+            for name in info.columns:
+                state.times[name] = changed_at
+        else:
+            assert new is not None
+            previous = state.last or {}
+            for name in info.columns:
+                if op == "I" or previous.get(name) != new.get(name):
+                    state.times[name] = changed_at
+            state.last = new
+        state.times["*"] = changed_at
+
+    order = {name: index for index, name in enumerate(fk_order(infos))}
+    changes: list[RowChange] = []
+    for (table, row_key), state in states.items():
+        info = infos[table]
+        where = f"table '{table}', key {row_key}"
+        key = tuple(_key_values(row_key, info, where))
+        if not state.existed:
+            if state.last is None:
+                continue  # inserted then deleted: nothing happened
+            local = _normalized(state.last, info, where)
+            changes.append(RowChange(table, key, "insert", None, local, list(info.columns), state.times, state.seq))
+            continue
+        assert state.base is not None
+        base = _normalized(state.base, info, where)
+        if state.last is None:
+            changes.append(RowChange(table, key, "delete", base, None, [], state.times, state.seq))
+            continue
+        local = _normalized(state.last, info, where)
+        changed = [c for c in info.columns if base[c] != local[c]]
+        if changed:
+            times = {c: state.times[c] for c in changed if c in state.times} | {"*": state.times["*"]}
+            changes.append(RowChange(table, key, "update", base, local, changed, times, state.seq))
+    changes.sort(key=lambda c: (order[c.table], c.seq))
+    return ChangeSet(changes)
+
+
+def _key_values(row_key: str, info: TableInfo, where: str) -> list[Any]:
+    try:
+        values = json.loads(row_key)
+    except ValueError:
+        values = None
+    if not isinstance(values, list) or len(values) != len(info.pk):
+        raise ReplicaError(f"{where}: malformed key in the change log", "check out a new replica")
+    try:
+        return [normalize(v, info.table.columns[c]) for c, v in zip(info.pk, values, strict=True)]
+    except ValueRejected as exc:
+        raise ReplicaError(f"{where}: key value rejected by the master's type ({exc})",
+                           "correct the key in the replica, then sync again") from None

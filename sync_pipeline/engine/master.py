@@ -1,0 +1,123 @@
+"""Connecting to the master, preparing it (`init-master`) and checking settings against its schema."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+
+from sync_pipeline.engine import store
+from sync_pipeline.engine.capture import capture_for
+from sync_pipeline.engine.errors import BadInputError
+from sync_pipeline.engine.schema import TableInfo, reflect_tables
+from sync_pipeline.settings import SyncSettings, parse_settings
+
+DEFAULT_HOME = Path.home() / ".sync_pipeline"
+
+
+def sync_home() -> Path:
+    """Where the embedded default master, replicas and inbox live (`SYNC_HOME`, else ~/.sync_pipeline)."""
+    return Path(os.environ.get("SYNC_HOME", str(DEFAULT_HOME))).expanduser()
+
+
+def default_master_url() -> str:
+    return os.environ.get("SYNC_MASTER_URL") or f"sqlite:///{sync_home() / 'master.db'}"
+
+
+def connect_master(url: str | None = None, *, must_exist: bool = True) -> Engine:
+    """An engine for the master. `postgresql://` URLs use psycopg 3; SQLite enforces foreign keys."""
+    url = url or default_master_url()
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise BadInputError(f"{url!r} is not a database URL",
+                            "use e.g. sqlite:///path/master.db or postgresql://user@host/db") from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if must_exist and database not in ("", ":memory:") and not Path(database).exists():
+            raise BadInputError(f"the master database file {database} does not exist",
+                                "check --master / SYNC_MASTER_URL, or run `sync-pipeline init-master` first")
+        engine = sa.create_engine(parsed, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.close()
+
+        return engine
+    engine = sa.create_engine(parsed, pool_pre_ping=True)
+    try:
+        with engine.connect():
+            pass
+    except OperationalError as exc:
+        raise BadInputError(f"cannot connect to the master at {parsed.render_as_string(hide_password=True)}: "
+                            f"{str(exc.orig).strip().splitlines()[0]}",
+                            "check that the server runs and the URL is right") from None
+    return engine
+
+
+def check_settings_against_schema(settings: SyncSettings, bind: Engine | Connection) -> dict[str, TableInfo]:
+    """Every table and column the settings name must exist; returns the reflected module tables."""
+    existing = set(sa.inspect(bind).get_table_names())
+    for module_name, module in settings.modules.items():
+        for table in module.tables:
+            if table not in existing:
+                raise settings.error(
+                    ("modules", module_name, "tables", table),
+                    f"table '{table}' does not exist in the master",
+                    "use one of: " + ", ".join(sorted(existing - store.SYNC_TABLES)),
+                )
+    infos = reflect_tables(bind, settings.tables())
+    for module_name, module in settings.modules.items():
+        for table_name, table in module.tables.items():
+            info = infos[table_name]
+            where = ("modules", module_name, "tables", table_name)
+            if not info.pk:
+                raise settings.error(where, f"table '{table_name}' has no primary key",
+                                     "add a primary key to the table; rows are matched by it")
+            for column in [*(table.natural_key or []), *([table.modified_column] if table.modified_column else [])]:
+                if column not in info.table.columns:
+                    key = "natural_key" if column in (table.natural_key or []) else "modified_column"
+                    raise settings.error(
+                        (*where, key), f"column '{column}' does not exist in table '{table_name}'",
+                        "use one of: " + ", ".join(info.columns),
+                    )
+            policy = table.policy or module.policy
+            if policy == "newest_wins" and not settings.master_change_capture and not table.modified_column:
+                path = (*where, "policy") if table.policy else ("modules", module_name, "policy")
+                raise settings.error(
+                    path, f"newest_wins needs change times, but table '{table_name}' has none",
+                    "keep master_change_capture: true, or give the table a modified_column, or choose another policy",
+                )
+    return infos
+
+
+def init_master(engine: Engine, settings: SyncSettings) -> dict[str, TableInfo]:
+    """Create the sync tables, store the settings and install master change capture, in one transaction."""
+    infos = check_settings_against_schema(settings, engine)
+    with engine.begin() as conn:
+        store.create_sync_tables(conn)
+        existing = {row.key: row.value for row in conn.execute(sa.select(store.sync_meta))}
+        store.write_meta(conn, {
+            "master_id": existing.get("master_id") or store.new_id(),
+            "signing_key": existing.get("signing_key") or store.new_signing_key(),
+            "settings": settings.source_text,
+            "settings_source": settings.source_path,
+            "initialised_at": existing.get("initialised_at") or store.now_iso(),
+        })
+        if settings.master_change_capture:
+            capture = capture_for(conn.dialect.name)
+            for info in infos.values():
+                capture.install(conn, info)
+    return infos
+
+
+def master_settings(bind: Engine | Connection) -> SyncSettings:
+    meta = store.read_meta(bind)
+    return parse_settings(meta["settings"], meta.get("settings_source", "<settings stored on the master>"))

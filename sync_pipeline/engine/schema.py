@@ -1,0 +1,307 @@
+"""Reflection of the master's tables: keys, generated keys, foreign keys, FK order, and the value
+rules (normalising, encoding to JSON, validating) that make a value read from SQLite comparable to
+the same value read from the master.
+
+Dialect differences of reflection live here; dialect SQL of change capture lives in `capture/`.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import json
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+KEY_SEPARATOR = "\x1f"  # ASCII unit separator: cannot appear in a key value by accident
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    columns: tuple[str, ...]
+    parent_table: str
+    parent_columns: tuple[str, ...]
+
+
+@dataclass
+class TableInfo:
+    """What the engine needs to know of one synchronised table."""
+
+    table: sa.Table
+    pk: tuple[str, ...]
+    generated_pk: bool
+    foreign_keys: list[ForeignKey] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.table.name
+
+    @property
+    def columns(self) -> list[str]:
+        return [c.name for c in self.table.columns]
+
+    def key_of(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
+        return tuple(row[c] for c in self.pk)
+
+    def key_dict(self, key: tuple[Any, ...]) -> dict[str, Any]:
+        return dict(zip(self.pk, key, strict=True))
+
+
+def reflect_tables(bind: Engine | Connection, names: Iterable[str]) -> dict[str, TableInfo]:
+    """Reflect the named tables (and what their FKs point at) from the master."""
+    wanted = list(dict.fromkeys(names))
+    metadata = sa.MetaData()
+    inspector = sa.inspect(bind)
+    existing = set(inspector.get_table_names())
+    missing = [n for n in wanted if n not in existing]
+    if missing:
+        raise KeyError(missing)
+    metadata.reflect(bind=bind, only=wanted, resolve_fks=True)
+    dialect = bind.dialect.name
+    infos: dict[str, TableInfo] = {}
+    for name in wanted:
+        table = metadata.tables[name]
+        pk = tuple(c.name for c in table.primary_key.columns)
+        fks = [
+            ForeignKey(
+                tuple(e.parent.name for e in constraint.elements),
+                constraint.referred_table.name,
+                tuple(e.column.name for e in constraint.elements),
+            )
+            for constraint in table.foreign_key_constraints
+        ]
+        infos[name] = TableInfo(table, pk, _is_generated_key(table, pk, dialect), fks)
+    return infos
+
+
+def _is_generated_key(table: sa.Table, pk: tuple[str, ...], dialect: str) -> bool:
+    if len(pk) != 1:
+        return False
+    column = table.columns[pk[0]]
+    if not isinstance(column.type, sa.Integer):
+        return False
+    if dialect == "sqlite":
+        # A single INTEGER PRIMARY KEY is SQLite's rowid: the database assigns it.
+        return column.type.__class__.__name__.upper() in {"INTEGER", "INT"} or isinstance(column.type, sa.Integer)
+    if column.identity is not None:
+        return True
+    default = column.server_default
+    if default is not None and "nextval" in str(getattr(default, "arg", "")):
+        return True
+    return column.autoincrement is True
+
+
+def fk_order(tables: Mapping[str, TableInfo]) -> list[str]:
+    """Table names parents first (for inserts); reverse it for deletes."""
+    sorted_tables = sa.schema.sort_tables([info.table for info in tables.values()])
+    return [t.name for t in sorted_tables if t.name in tables]
+
+
+# ---------------------------------------------------------------------------------------------
+# Values
+# ---------------------------------------------------------------------------------------------
+
+
+class ValueRejected(ValueError):
+    """A value that the master's column type would reject."""
+
+
+def _python_kind(column_type: sa.types.TypeEngine) -> str:
+    generic = column_type
+    if isinstance(generic, sa.Boolean):
+        return "bool"
+    if isinstance(generic, sa.Integer):
+        return "int"
+    if isinstance(generic, sa.Float):
+        return "float"
+    if isinstance(generic, sa.Numeric):
+        return "decimal" if getattr(generic, "asdecimal", True) else "float"
+    if isinstance(generic, sa.DateTime):
+        return "datetime"
+    if isinstance(generic, sa.Date):
+        return "date"
+    if isinstance(generic, sa.Time):
+        return "time"
+    if isinstance(generic, sa.Interval):
+        return "interval"
+    if isinstance(generic, sa.LargeBinary):
+        return "bytes"
+    if isinstance(generic, sa.JSON):
+        return "json"
+    if isinstance(generic, sa.Uuid):
+        return "uuid"
+    if isinstance(generic, sa.String):
+        return "str"
+    return "other"
+
+
+def normalize(value: Any, column: sa.Column) -> Any:
+    """Bring a value read from SQLite, JSON or the master into the master column's Python form.
+
+    Raises `ValueRejected` for a value the master's type cannot hold (text in an integer column,
+    a string longer than the column, an invalid date).
+    """
+    if value is None:
+        return None
+    kind = _python_kind(column.type)
+    try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if value in (0, 1, "0", "1"):
+                return bool(int(value))
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            raise ValueRejected(f"{value!r} is not a boolean")
+        if kind == "int":
+            if isinstance(value, bool):
+                return int(value)
+            if isinstance(value, int):
+                return value
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            if isinstance(value, decimal.Decimal) and value == value.to_integral_value():
+                return int(value)
+            if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+                return int(value)
+            raise ValueRejected(f"{value!r} is not an integer")
+        if kind == "decimal":
+            if isinstance(value, bool):
+                raise ValueRejected(f"{value!r} is not a number")
+            number = value if isinstance(value, decimal.Decimal) else decimal.Decimal(str(value))
+            if not number.is_finite():
+                raise ValueRejected(f"{value!r} is not a finite number")
+            scale = getattr(column.type, "scale", None)
+            if scale is not None:
+                number = number.quantize(decimal.Decimal(1).scaleb(-scale))
+            precision = getattr(column.type, "precision", None)
+            if precision is not None and number.adjusted() + 1 > precision - (scale or 0):
+                raise ValueRejected(f"{value!r} does not fit NUMERIC({precision},{scale or 0})")
+            return number
+        if kind == "float":
+            if isinstance(value, bool) or not isinstance(value, (int, float, decimal.Decimal, str)):
+                raise ValueRejected(f"{value!r} is not a number")
+            return float(value)
+        if kind == "datetime":
+            if isinstance(value, dt.datetime):
+                return value
+            if isinstance(value, str):
+                return dt.datetime.fromisoformat(value)
+            raise ValueRejected(f"{value!r} is not a timestamp")
+        if kind == "date":
+            if isinstance(value, dt.datetime):
+                raise ValueRejected(f"{value!r} is a timestamp, not a date")
+            if isinstance(value, dt.date):
+                return value
+            if isinstance(value, str):
+                return dt.date.fromisoformat(value)
+            raise ValueRejected(f"{value!r} is not a date")
+        if kind == "time":
+            if isinstance(value, dt.time):
+                return value
+            if isinstance(value, str):
+                return dt.time.fromisoformat(value)
+            raise ValueRejected(f"{value!r} is not a time of day")
+        if kind == "bytes":
+            if isinstance(value, (bytes, bytearray, memoryview)):
+                return bytes(value)
+            if isinstance(value, str):
+                return bytes.fromhex(value)
+            raise ValueRejected(f"{value!r} is not binary data")
+        if kind == "uuid":
+            if isinstance(value, uuid.UUID):
+                return value if getattr(column.type, "as_uuid", True) else str(value)
+            parsed = uuid.UUID(str(value))
+            return parsed if getattr(column.type, "as_uuid", True) else str(parsed)
+        if kind == "json":
+            if isinstance(value, str):
+                try:
+                    return json.loads(value)
+                except ValueError:
+                    return value
+            return value
+        if kind == "str":
+            if isinstance(value, (bytes, bytearray)):
+                raise ValueRejected("binary data in a text column")
+            text = value if isinstance(value, str) else str(value)
+            length = getattr(column.type, "length", None)
+            if length is not None and len(text) > length:
+                raise ValueRejected(f"text of {len(text)} characters is longer than the column's {length}")
+            return text
+    except ValueRejected:
+        raise
+    except (ValueError, TypeError, decimal.InvalidOperation) as exc:
+        raise ValueRejected(f"{value!r} is not a valid {kind} ({exc})") from None
+    return value
+
+
+def normalize_row(row: Mapping[str, Any], table: sa.Table) -> dict[str, Any]:
+    return {name: normalize(value, table.columns[name]) for name, value in row.items()}
+
+
+def encode(value: Any) -> Any:
+    """A JSON-safe form of a normalised value; `normalize` with the column brings it back."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, (dict, list)):
+        return value
+    return str(value)
+
+
+def encode_row(row: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return None if row is None else {k: encode(v) for k, v in row.items()}
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, default=encode, ensure_ascii=False, sort_keys=True)
+
+
+def decode_row(data: Mapping[str, Any] | None, table: sa.Table) -> dict[str, Any] | None:
+    if data is None:
+        return None
+    return {k: normalize(v, table.columns[k]) for k, v in data.items() if k in table.columns}
+
+
+def sqlite_column_type(column_type: sa.types.TypeEngine) -> sa.types.TypeEngine:
+    """The type a master column gets in the replica (SQLite): the generic form of the master's type."""
+    try:
+        generic = column_type.as_generic()
+    except NotImplementedError:
+        return sa.Text()
+    if isinstance(generic, (sa.JSON, sa.ARRAY)):
+        return sa.Text()
+    if isinstance(generic, sa.Enum):
+        return sa.String(max((len(v) for v in generic.enums), default=None) or None)
+    return generic
+
+
+def key_text(table: sa.Table, pk: tuple[str, ...], values: tuple[Any, ...]) -> sa.ColumnElement[str]:
+    """SQL that renders a key the way the change-capture triggers render it (CAST(col AS TEXT))."""
+    parts: list[sa.ColumnElement[Any]] = []
+    for name, value in zip(pk, values, strict=True):
+        column_type = table.columns[name].type
+        if parts:
+            parts.append(sa.literal(KEY_SEPARATOR, sa.Text))
+        parts.append(sa.cast(sa.cast(sa.literal(value, column_type), column_type), sa.Text))
+    expression = parts[0]
+    for part in parts[1:]:
+        expression = expression.op("||")(part)
+    return expression

@@ -1,0 +1,74 @@
+"""Real databases for every test: SQLite always, PostgreSQL from the running server.
+
+Each PostgreSQL test gets a schema of its own (the URL sets search_path), dropped afterwards. When
+no server answers, PostgreSQL tests are skipped locally but fail in CI (CI=true).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+PG_URL = os.environ.get("SYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+_pg_reachable: bool | None = None
+
+
+def _postgres_reachable() -> bool:
+    global _pg_reachable
+    if _pg_reachable is None:
+        try:
+            engine = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
+            with engine.connect():
+                pass
+            engine.dispose()
+            _pg_reachable = True
+        except Exception:
+            _pg_reachable = False
+    return _pg_reachable
+
+
+def require_postgres() -> None:
+    if _postgres_reachable():
+        return
+    message = f"PostgreSQL is not reachable at {PG_URL}"
+    if IN_CI:
+        pytest.fail(message + " (CI must have it: PostgreSQL tests never skip in CI)")
+    pytest.skip(message)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Nothing a test does may touch the user's ~/.sync_pipeline or $SYNC_MASTER_URL.
+    monkeypatch.setenv("SYNC_HOME", str(tmp_path / "sync_home"))
+    monkeypatch.delenv("SYNC_MASTER_URL", raising=False)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def master_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'master.db'}"
+        return
+    require_postgres()
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(sa.schema.CreateSchema(schema))
+    url = sa.engine.make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.schema.DropSchema(schema, cascade=True))
+        admin.dispose()
