@@ -19,7 +19,11 @@ from sync_pipeline.engine.errors import BadInputError, SyncError
 EXIT_DONE, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_WAITING = 0, 1, 2, 3
 
 master_option = click.option(
-    "--master", "master_url", envvar="SYNC_MASTER_URL", default=None, metavar="URL",
+    "--master",
+    "master_url",
+    envvar="SYNC_MASTER_URL",
+    default=None,
+    metavar="URL",
     help="Master database URL (default: $SYNC_MASTER_URL, else sqlite:///$SYNC_HOME/master.db).",
 )
 
@@ -76,9 +80,11 @@ def init_master_command(master_url: str | None, settings_path: str) -> None:
     settings = load_settings(settings_path)
     engine = _engine(master_url, must_exist=False)
     infos = init_master(engine, settings)
-    click.echo(f"master ready: {len(infos)} table(s) in {len(settings.modules)} module(s) "
-               f"({', '.join(settings.modules)}); change capture "
-               f"{'installed' if settings.master_change_capture else 'off'}")
+    click.echo(
+        f"master ready: {len(infos)} table(s) in {len(settings.modules)} module(s) "
+        f"({', '.join(settings.modules)}); change capture "
+        f"{'installed' if settings.master_change_capture else 'off'}"
+    )
 
 
 @main.command("checkout")
@@ -97,8 +103,11 @@ def checkout_command(master_url: str | None, replica_path: str, owner: str, modu
     with checkout_progress() as progress:
         result = checkout(engine, replica_path, owner, chosen, progress)
     click.echo(result.replica_id)
-    click.echo(f"checked out {sum(result.rows.values())} rows of {', '.join(result.modules)} to {result.path} "
-               f"for {result.owner}", err=True)
+    click.echo(
+        f"checked out {sum(result.rows.values())} rows of {', '.join(result.modules)} to {result.path} "
+        f"for {result.owner}",
+        err=True,
+    )
 
 
 def _print_result(result: Any, as_json: bool, replica_path: str) -> None:
@@ -115,10 +124,12 @@ def _print_result(result: Any, as_json: bool, replica_path: str) -> None:
             click.echo(f"  {module}: {count} conflict(s)")
         click.echo("next:")
         click.echo(f"  sync-pipeline conflicts list --session {result.session_id} --status pending")
-        click.echo(f"  sync-pipeline conflicts resolve --id ID --take local|master --by YOUR_NAME")
+        click.echo("  sync-pipeline conflicts resolve --id ID --take local|master --by YOUR_NAME")
         for module in sorted(result.pending):
-            click.echo(f"  sync-pipeline conflicts resolve --session {result.session_id} --module {module} "
-                       "--take local|master --by YOUR_NAME")
+            click.echo(
+                f"  sync-pipeline conflicts resolve --session {result.session_id} --module {module} "
+                "--take local|master --by YOUR_NAME"
+            )
         click.echo(f"  sync-pipeline sync --replica {replica_path}")
 
 
@@ -169,8 +180,10 @@ def conflicts_list(master_url: str | None, session_id: str | None, status: str |
         return
     for item in items:
         key = ", ".join(f"{k}={v}" for k, v in item["key"].items())
-        click.echo(f"#{item['id']} [{item['status']}] {item['module']}/{item['table']} ({key}) {item['kind']}"
-                   f"  session {item['session']}")
+        click.echo(
+            f"#{item['id']} [{item['status']}] {item['module']}/{item['table']} ({key}) {item['kind']}"
+            f"  session {item['session']}"
+        )
         for f in item["fields"]:
             click.echo(f"    {f['name']}: base={f['base']!r} local={f['local']!r} master={f['master']!r}")
         if item["decision"]:
@@ -187,16 +200,25 @@ def conflicts_list(master_url: str | None, session_id: str | None, status: str |
 @click.option("--value", "value_json", default=None, help="An edited value for --field, as JSON.")
 @click.option("--by", required=True, help="Who decides.")
 @handles_errors
-def conflicts_resolve(master_url: str | None, conflict_id: int | None, session_id: str | None, module: str | None,
-                      take: str | None, field_name: str | None, value_json: str | None, by: str) -> None:
+def conflicts_resolve(
+    master_url: str | None,
+    conflict_id: int | None,
+    session_id: str | None,
+    module: str | None,
+    take: str | None,
+    field_name: str | None,
+    value_json: str | None,
+    by: str,
+) -> None:
     """Decide a conflict (per row, per field, or an edited value), or a module in bulk."""
     from sync_pipeline.engine.session import decide, decide_module
 
     engine = _engine(master_url)
     if conflict_id is None:
         if not (session_id and module and take):
-            raise BadInputError("say which conflicts to decide",
-                                "use --id ID, or --session ID --module M --take local|master")
+            raise BadInputError(
+                "say which conflicts to decide", "use --id ID, or --session ID --module M --take local|master"
+            )
         count = decide_module(engine, session_id, module, take, by)
         click.echo(f"decided {count} pending conflict(s) of module {module}: take {take}")
         return
@@ -206,7 +228,7 @@ def conflicts_resolve(master_url: str | None, conflict_id: int | None, session_i
         try:
             value = json.loads(value_json)
         except ValueError:
-            raise BadInputError(f"--value {value_json!r} is not JSON", 'quote strings: --value \'"text"\'') from None
+            raise BadInputError(f"--value {value_json!r} is not JSON", "quote strings: --value '\"text\"'") from None
         decide(engine, conflict_id, "value", by, field_name, value)
         click.echo(f"conflict {conflict_id}: field {field_name} set to {value!r}")
         return
@@ -231,13 +253,19 @@ def replicas_command(master_url: str | None, as_json: bool) -> None:
     if not items:
         click.echo("no replicas")
     for item in items:
-        click.echo(f"{item['replica_id']}  {item['status']:<8} {item['owner']:<20} {','.join(item['modules']):<20} "
-                   f"since {item['checked_out_at']}  {item['path'] or ''}")
+        click.echo(
+            f"{item['replica_id']}  {item['status']:<8} {item['owner']:<20} {','.join(item['modules']):<20} "
+            f"since {item['checked_out_at']}  {item['path'] or ''}"
+        )
 
 
 @main.command("demo")
-@click.option("--home", type=click.Path(file_okay=False), default=None,
-              help="Folder for the demo master and replica (default: $SYNC_HOME, else ~/.sync_pipeline).")
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder for the demo master and replica (default: $SYNC_HOME, else ~/.sync_pipeline).",
+)
 @click.option("--owner", default="Alex Field", show_default=True, help="The field worker who takes the replica.")
 @click.option("--force", is_flag=True, help="Replace a master in that folder that is not a demo master.")
 @handles_errors
@@ -265,10 +293,12 @@ def demo_command(home: str | None, owner: str, force: bool) -> None:
         click.echo("waiting for decisions: " + ", ".join(f"{m} {n}" for m, n in sorted(result.pending.items())))
         click.echo("next, decide them and finish the sync:")
         click.echo(f"  sync-pipeline conflicts list{master_flag} --session {result.session_id} --status pending")
-        click.echo(f"  sync-pipeline conflicts resolve{master_flag} --id ID --take local --by \"Your Name\"   # one")
+        click.echo(f'  sync-pipeline conflicts resolve{master_flag} --id ID --take local --by "Your Name"   # one')
         for module in sorted(result.pending):
-            click.echo(f"  sync-pipeline conflicts resolve{master_flag} --session {result.session_id} "
-                       f"--module {module} --take local --by \"Your Name\"   # all of {module}")
+            click.echo(
+                f"  sync-pipeline conflicts resolve{master_flag} --session {result.session_id} "
+                f'--module {module} --take local --by "Your Name"   # all of {module}'
+            )
         click.echo(f"  sync-pipeline sync{master_flag} --replica {paths.replica}")
     sys.exit(EXIT_DONE)
 

@@ -45,37 +45,52 @@ PRODUCTS = ["Widget", "Gadget", "Sprocket", "Gizmo", "Doohickey", "Flange", "Bra
 
 def demo_metadata() -> sa.MetaData:
     metadata = sa.MetaData()
-    sa.Table("company", metadata,
-             sa.Column("id", sa.Integer, primary_key=True),
-             sa.Column("name", sa.String(120), nullable=False),
-             sa.Column("city", sa.String(80)),
-             sa.Column("updated_at", sa.DateTime))
-    sa.Table("contact", metadata,
-             sa.Column("id", sa.Integer, primary_key=True),
-             sa.Column("company_id", sa.Integer, sa.ForeignKey("company.id"), nullable=False),
-             sa.Column("name", sa.String(120), nullable=False),
-             sa.Column("email", sa.String(200), unique=True),
-             sa.Column("phone", sa.String(40)),
-             sa.Column("updated_at", sa.DateTime))
-    sa.Table("activity", metadata,
-             sa.Column("id", sa.Integer, primary_key=True),
-             sa.Column("contact_id", sa.Integer, sa.ForeignKey("contact.id"), nullable=False),
-             sa.Column("kind", sa.String(20), nullable=False),
-             sa.Column("note", sa.Text),
-             sa.Column("due_date", sa.Date),
-             sa.Column("done", sa.Boolean, nullable=False, default=False))
-    sa.Table("order", metadata,
-             sa.Column("id", sa.Integer, primary_key=True),
-             sa.Column("company_id", sa.Integer, sa.ForeignKey("company.id"), nullable=False),
-             sa.Column("order_date", sa.Date, nullable=False),
-             sa.Column("status", sa.String(20), nullable=False),
-             sa.Column("total", sa.Numeric(12, 2)))
-    sa.Table("order_line", metadata,
-             sa.Column("order_id", sa.Integer, sa.ForeignKey("order.id"), primary_key=True),
-             sa.Column("line_no", sa.Integer, primary_key=True, autoincrement=False),
-             sa.Column("product", sa.String(100), nullable=False),
-             sa.Column("quantity", sa.Integer, nullable=False),
-             sa.Column("unit_price", sa.Numeric(10, 2), nullable=False))
+    sa.Table(
+        "company",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("name", sa.String(120), nullable=False),
+        sa.Column("city", sa.String(80)),
+        sa.Column("updated_at", sa.DateTime),
+    )
+    sa.Table(
+        "contact",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("company_id", sa.Integer, sa.ForeignKey("company.id"), nullable=False),
+        sa.Column("name", sa.String(120), nullable=False),
+        sa.Column("email", sa.String(200), unique=True),
+        sa.Column("phone", sa.String(40)),
+        sa.Column("updated_at", sa.DateTime),
+    )
+    sa.Table(
+        "activity",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("contact_id", sa.Integer, sa.ForeignKey("contact.id"), nullable=False),
+        sa.Column("kind", sa.String(20), nullable=False),
+        sa.Column("note", sa.Text),
+        sa.Column("due_date", sa.Date),
+        sa.Column("done", sa.Boolean, nullable=False, default=False),
+    )
+    sa.Table(
+        "order",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("company_id", sa.Integer, sa.ForeignKey("company.id"), nullable=False),
+        sa.Column("order_date", sa.Date, nullable=False),
+        sa.Column("status", sa.String(20), nullable=False),
+        sa.Column("total", sa.Numeric(12, 2)),
+    )
+    sa.Table(
+        "order_line",
+        metadata,
+        sa.Column("order_id", sa.Integer, sa.ForeignKey("order.id"), primary_key=True),
+        sa.Column("line_no", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("product", sa.String(100), nullable=False),
+        sa.Column("quantity", sa.Integer, nullable=False),
+        sa.Column("unit_price", sa.Numeric(10, 2), nullable=False),
+    )
     return metadata
 
 
@@ -87,33 +102,67 @@ def build_master(engine: Engine, companies: int = 200, seed: int = 7) -> None:
     t = metadata.tables
     start = dt.datetime(2026, 1, 5, 9, 0)
     with engine.begin() as conn:
-        conn.execute(sa.insert(t["company"]), [
-            {"id": i, "name": f"Firma {i} GmbH", "city": rng.choice(CITIES), "updated_at": start}
-            for i in range(1, companies + 1)
-        ])
+        conn.execute(
+            sa.insert(t["company"]),
+            [
+                {"id": i, "name": f"Firma {i} GmbH", "city": rng.choice(CITIES), "updated_at": start}
+                for i in range(1, companies + 1)
+            ],
+        )
         contacts = [
-            {"id": i, "company_id": (i - 1) // 3 + 1, "name": f"Kontakt {i}", "email": f"contact{i}@example.com",
-             "phone": f"+49 30 {100000 + i}", "updated_at": start}
+            {
+                "id": i,
+                "company_id": (i - 1) // 3 + 1,
+                "name": f"Kontakt {i}",
+                "email": f"contact{i}@example.com",
+                "phone": f"+49 30 {100000 + i}",
+                "updated_at": start,
+            }
             for i in range(1, companies * 3 + 1)
         ]
         conn.execute(sa.insert(t["contact"]), contacts)
-        conn.execute(sa.insert(t["activity"]), [
-            {"id": i, "contact_id": rng.randint(1, len(contacts)), "kind": rng.choice(["call", "visit", "mail"]),
-             "note": f"Notiz {i} — Café", "due_date": dt.date(2026, 2, 1) + dt.timedelta(days=i % 90),
-             "done": i % 4 == 0}
-            for i in range(1, int(companies * 7.5) + 1)
-        ])
+        conn.execute(
+            sa.insert(t["activity"]),
+            [
+                {
+                    "id": i,
+                    "contact_id": rng.randint(1, len(contacts)),
+                    "kind": rng.choice(["call", "visit", "mail"]),
+                    "note": f"Notiz {i} — Café",
+                    "due_date": dt.date(2026, 2, 1) + dt.timedelta(days=i % 90),
+                    "done": i % 4 == 0,
+                }
+                for i in range(1, int(companies * 7.5) + 1)
+            ],
+        )
         orders = companies * 2
-        conn.execute(sa.insert(t["order"]), [
-            {"id": i, "company_id": rng.randint(1, companies), "order_date": dt.date(2026, 1, 1) + dt.timedelta(days=i % 60),
-             "status": "open", "total": Decimal("0.00")}
-            for i in range(1, orders + 1)
-        ])
-        conn.execute(sa.insert(t["order_line"]), [
-            {"order_id": o, "line_no": n, "product": rng.choice(PRODUCTS), "quantity": rng.randint(1, 20),
-             "unit_price": Decimal(rng.randint(100, 9999)) / 100}
-            for o in range(1, orders + 1) for n in range(1, 4)
-        ])
+        conn.execute(
+            sa.insert(t["order"]),
+            [
+                {
+                    "id": i,
+                    "company_id": rng.randint(1, companies),
+                    "order_date": dt.date(2026, 1, 1) + dt.timedelta(days=i % 60),
+                    "status": "open",
+                    "total": Decimal("0.00"),
+                }
+                for i in range(1, orders + 1)
+            ],
+        )
+        conn.execute(
+            sa.insert(t["order_line"]),
+            [
+                {
+                    "order_id": o,
+                    "line_no": n,
+                    "product": rng.choice(PRODUCTS),
+                    "quantity": rng.randint(1, 20),
+                    "unit_price": Decimal(rng.randint(100, 9999)) / 100,
+                }
+                for o in range(1, orders + 1)
+                for n in range(1, 4)
+            ],
+        )
 
 
 @dataclass
@@ -177,8 +226,9 @@ def make_demo_edits(master_engine: Engine, replica_path: Path) -> None:
     try:
         with replica.begin() as r:
             # crm / update_update: both change the phone of contact 1.
-            r.execute(sa.update(t["contact"]).where(t["contact"].c.id == 1)
-                      .values(phone="+49 170 1111111", updated_at=early))
+            r.execute(
+                sa.update(t["contact"]).where(t["contact"].c.id == 1).values(phone="+49 170 1111111", updated_at=early)
+            )
             # crm / no conflict: local changes the phone of contact 2, the master its name: both kept.
             r.execute(sa.update(t["contact"]).where(t["contact"].c.id == 2).values(phone="+49 170 2222222"))
             # crm / convergent: both move company 3 to Berlin.
@@ -188,37 +238,70 @@ def make_demo_edits(master_engine: Engine, replica_path: Path) -> None:
             # crm / delete_update: local deletes activity 11, the master marks it done.
             r.execute(sa.delete(t["activity"]).where(t["activity"].c.id == 11))
             # crm / remap: a new company; the master also creates one and takes the same id.
-            new_company = r.execute(sa.insert(t["company"]).values(name="Neukunde AG", city="Graz",
-                                                                   updated_at=early).returning(t["company"].c.id)).scalar_one()
-            r.execute(sa.insert(t["contact"]).values(company_id=new_company, name="Erika Neu",
-                                                      email="erika@neukunde.example", phone="+43 316 000"))
+            new_company = r.execute(
+                sa.insert(t["company"])
+                .values(name="Neukunde AG", city="Graz", updated_at=early)
+                .returning(t["company"].c.id)
+            ).scalar_one()
+            r.execute(
+                sa.insert(t["contact"]).values(
+                    company_id=new_company, name="Erika Neu", email="erika@neukunde.example", phone="+43 316 000"
+                )
+            )
             # crm / duplicate: a new contact whose email the master has meanwhile, with an activity.
-            dup = r.execute(sa.insert(t["contact"]).values(company_id=5, name="Lead (local)",
-                                                            email="lead@example.com", phone="+49 171 555")
-                            .returning(t["contact"].c.id)).scalar_one()
-            r.execute(sa.insert(t["activity"]).values(contact_id=dup, kind="call", note="Erstkontakt",
-                                                       due_date=dt.date(2026, 3, 10), done=False))
+            dup = r.execute(
+                sa.insert(t["contact"])
+                .values(company_id=5, name="Lead (local)", email="lead@example.com", phone="+49 171 555")
+                .returning(t["contact"].c.id)
+            ).scalar_one()
+            r.execute(
+                sa.insert(t["activity"]).values(
+                    contact_id=dup, kind="call", note="Erstkontakt", due_date=dt.date(2026, 3, 10), done=False
+                )
+            )
             # crm / orphan: an activity for contact 20, whom the master deletes.
-            r.execute(sa.insert(t["activity"]).values(contact_id=20, kind="visit", note="Besuch",
-                                                       due_date=dt.date(2026, 3, 12), done=False))
+            r.execute(
+                sa.insert(t["activity"]).values(
+                    contact_id=20, kind="visit", note="Besuch", due_date=dt.date(2026, 3, 12), done=False
+                )
+            )
             # sales / update_update (newest_wins): order 2's status; the master changed it earlier.
             r.execute(sa.update(t["order"]).where(t["order"].c.id == 2).values(status="shipped"))
             # sales / update_update (newest_wins): order 4's status; the master changes it later.
             r.execute(sa.update(t["order"]).where(t["order"].c.id == 4).values(status="cancelled"))
             # sales / insert_insert (local_wins on order_line): both add line 4 to order 1.
-            r.execute(sa.insert(t["order_line"]).values(order_id=1, line_no=4, product="Widget", quantity=5,
-                                                         unit_price=Decimal("12.50")))
+            r.execute(
+                sa.insert(t["order_line"]).values(
+                    order_id=1, line_no=4, product="Widget", quantity=5, unit_price=Decimal("12.50")
+                )
+            )
             # sales / delete_update (local_wins on order_line): local deletes line 2 of order 3.
-            r.execute(sa.delete(t["order_line"]).where(t["order_line"].c.order_id == 3,
-                                                        t["order_line"].c.line_no == 2))
+            r.execute(sa.delete(t["order_line"]).where(t["order_line"].c.order_id == 3, t["order_line"].c.line_no == 2))
             # sales / plain changes: a new order with two lines, a changed order total.
-            order = r.execute(sa.insert(t["order"]).values(company_id=new_company, order_date=dt.date(2026, 3, 2),
-                                                            status="open", total=Decimal("99.90"))
-                              .returning(t["order"].c.id)).scalar_one()
-            r.execute(sa.insert(t["order_line"]), [
-                {"order_id": order, "line_no": 1, "product": "Gizmo", "quantity": 2, "unit_price": Decimal("19.95")},
-                {"order_id": order, "line_no": 2, "product": "Flange", "quantity": 6, "unit_price": Decimal("10.00")},
-            ])
+            order = r.execute(
+                sa.insert(t["order"])
+                .values(company_id=new_company, order_date=dt.date(2026, 3, 2), status="open", total=Decimal("99.90"))
+                .returning(t["order"].c.id)
+            ).scalar_one()
+            r.execute(
+                sa.insert(t["order_line"]),
+                [
+                    {
+                        "order_id": order,
+                        "line_no": 1,
+                        "product": "Gizmo",
+                        "quantity": 2,
+                        "unit_price": Decimal("19.95"),
+                    },
+                    {
+                        "order_id": order,
+                        "line_no": 2,
+                        "product": "Flange",
+                        "quantity": 6,
+                        "unit_price": Decimal("10.00"),
+                    },
+                ],
+            )
             r.execute(sa.update(t["order"]).where(t["order"].c.id == 6).values(total=Decimal("1234.56")))
     finally:
         replica.dispose()
@@ -229,12 +312,21 @@ def make_demo_edits(master_engine: Engine, replica_path: Path) -> None:
         m.execute(sa.delete(t["activity"]).where(t["activity"].c.id == 10))
         m.execute(sa.update(t["activity"]).where(t["activity"].c.id == 11).values(done=True))
         m.execute(sa.insert(t["company"]).values(name="Zentrale Neuanlage KG", city="Wien", updated_at=late))
-        m.execute(sa.insert(t["contact"]).values(company_id=7, name="Lead (master)", email="lead@example.com",
-                                                 phone="+49 30 555"))
+        m.execute(
+            sa.insert(t["contact"]).values(
+                company_id=7, name="Lead (master)", email="lead@example.com", phone="+49 30 555"
+            )
+        )
         m.execute(sa.delete(t["activity"]).where(t["activity"].c.contact_id == 20))
         m.execute(sa.delete(t["contact"]).where(t["contact"].c.id == 20))
         m.execute(sa.update(t["order"]).where(t["order"].c.id == 4).values(status="invoiced"))
-        m.execute(sa.insert(t["order_line"]).values(order_id=1, line_no=4, product="Gadget", quantity=1,
-                                                     unit_price=Decimal("99.00")))
-        m.execute(sa.update(t["order_line"]).where(t["order_line"].c.order_id == 3, t["order_line"].c.line_no == 2)
-                  .values(quantity=42))
+        m.execute(
+            sa.insert(t["order_line"]).values(
+                order_id=1, line_no=4, product="Gadget", quantity=1, unit_price=Decimal("99.00")
+            )
+        )
+        m.execute(
+            sa.update(t["order_line"])
+            .where(t["order_line"].c.order_id == 3, t["order_line"].c.line_no == 2)
+            .values(quantity=42)
+        )

@@ -43,7 +43,7 @@ class TableSettings(BaseModel):
         out = []
         for item in value:
             if isinstance(item, dict) and "type" not in item and len(item) == 1:
-                (name, kwargs), = item.items()
+                ((name, kwargs),) = item.items()
                 out.append({"type": name, "kwargs": kwargs or {}})
             else:
                 out.append(item)
@@ -148,13 +148,21 @@ def parse_settings(text: str, source: str = "<settings>") -> SyncSettings:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise SettingsError(
-            source, mark.line + 1 if mark else None, "<yaml>", f"not valid YAML ({getattr(exc, 'problem', exc)})",
+            source,
+            mark.line + 1 if mark else None,
+            "<yaml>",
+            f"not valid YAML ({getattr(exc, 'problem', exc)})",
             "fix the YAML syntax at that line",
         ) from None
     lines = _line_map(root) if root is not None else {}
     if not isinstance(data, dict):
-        raise SettingsError(source, 1, "<root>", "the settings file must be a mapping with a 'modules:' key",
-                            "start the file with 'modules:' (see README.md)")
+        raise SettingsError(
+            source,
+            1,
+            "<root>",
+            "the settings file must be a mapping with a 'modules:' key",
+            "start the file with 'modules:' (see README.md)",
+        )
     try:
         settings = SyncSettings.model_validate(data)
     except ValidationError as exc:
@@ -180,8 +188,13 @@ def load_settings(path: str | Path) -> SyncSettings:
     """Load a settings file from disk."""
     file = Path(path)
     if not file.is_file():
-        raise SettingsError(str(file), None, "<file>", "the settings file does not exist",
-                            "pass the path of an existing YAML file with --settings")
+        raise SettingsError(
+            str(file),
+            None,
+            "<file>",
+            "the settings file does not exist",
+            "pass the path of an existing YAML file with --settings",
+        )
     return parse_settings(file.read_text(encoding="utf-8"), str(file))
 
 
@@ -191,8 +204,11 @@ def _check_internal_consistency(settings: SyncSettings) -> None:
     seen: dict[str, str] = {}
     for module_name, module in settings.modules.items():
         if not module.tables:
-            raise settings.error(("modules", module_name, "tables"), "the module has no tables",
-                                 "list at least one table under 'tables:'")
+            raise settings.error(
+                ("modules", module_name, "tables"),
+                "the module has no tables",
+                "list at least one table under 'tables:'",
+            )
         for table in module.tables:
             if table in seen:
                 raise settings.error(

@@ -67,8 +67,13 @@ def replica_metadata(infos: dict[str, TableInfo]) -> sa.MetaData:
     for name in fk_order(infos):
         info = infos[name]
         columns = [
-            sa.Column(c.name, sqlite_column_type(c.type), primary_key=c.primary_key, nullable=c.nullable,
-                      autoincrement=info.generated_pk and c.primary_key)
+            sa.Column(
+                c.name,
+                sqlite_column_type(c.type),
+                primary_key=c.primary_key,
+                nullable=c.nullable,
+                autoincrement=info.generated_pk and c.primary_key,
+            )
             for c in info.table.columns
         ]
         fks = [
@@ -99,14 +104,18 @@ def checkout(
     chosen = list(dict.fromkeys(modules)) if modules else list(settings.modules)
     unknown = [m for m in chosen if m not in settings.modules]
     if unknown:
-        raise BadInputError(f"unknown module(s): {', '.join(unknown)}",
-                            f"choose from: {', '.join(settings.modules)}")
+        raise BadInputError(f"unknown module(s): {', '.join(unknown)}", f"choose from: {', '.join(settings.modules)}")
     infos = reflect_tables(engine, settings.tables(chosen))
     replica_id = store.new_id()
     checked_out_at = store.now_iso()
     manifest = Manifest(
-        replica_id=replica_id, owner=owner, modules=chosen, master_id=meta["master_id"],
-        checked_out_at=checked_out_at, settings=settings.source_text, schema=schema_snapshot(infos),
+        replica_id=replica_id,
+        owner=owner,
+        modules=chosen,
+        master_id=meta["master_id"],
+        checked_out_at=checked_out_at,
+        settings=settings.source_text,
+        schema=schema_snapshot(infos),
     )
     manifest.sign(meta["signing_key"])
 
@@ -136,11 +145,18 @@ def checkout(
         finally:
             replica.close()
         with engine.begin() as conn:
-            conn.execute(sa.insert(store.sync_replica).values(
-                replica_id=replica_id, owner=owner, modules=json.dumps(chosen), checked_out_at=checked_out_at,
-                status="offline", path=str(path.resolve()), settings=settings.source_text,
-                schema_hash=manifest.schema_hash,
-            ))
+            conn.execute(
+                sa.insert(store.sync_replica).values(
+                    replica_id=replica_id,
+                    owner=owner,
+                    modules=json.dumps(chosen),
+                    checked_out_at=checked_out_at,
+                    status="offline",
+                    path=str(path.resolve()),
+                    settings=settings.source_text,
+                    schema_hash=manifest.schema_hash,
+                )
+            )
         os.replace(partial, path)
     except BaseException:
         partial.unlink(missing_ok=True)
@@ -149,7 +165,10 @@ def checkout(
 
 
 def _copy_table(
-    mconn: sa.Connection, replica: sqlite3.Connection, info: TableInfo, target: sa.Table,
+    mconn: sa.Connection,
+    replica: sqlite3.Connection,
+    info: TableInfo,
+    target: sa.Table,
     progress: Progress | None,
 ) -> int:
     total = mconn.execute(sa.select(sa.func.count()).select_from(info.table)).scalar_one()

@@ -51,7 +51,10 @@ class Detected:
 
 
 def fetch_rows_by_key(
-    conn: Connection, info: TableInfo, keys: Iterable[tuple[Any, ...]], columns: Sequence[str] | None = None,
+    conn: Connection,
+    info: TableInfo,
+    keys: Iterable[tuple[Any, ...]],
+    columns: Sequence[str] | None = None,
     for_update: bool = False,
 ) -> dict[tuple[Any, ...], dict[str, Any]]:
     """Master rows by primary key (or any unique column list), in batches."""
@@ -87,8 +90,9 @@ def fetch_master_times(
         chunk = key_list[start : start + BATCH]
         texts = {}
         # The triggers render keys as CAST(col AS TEXT); let the database render ours the same way.
-        rendered = conn.execute(sa.select(*[key_text(info.table, info.pk, k).label(f"k{i}")
-                                            for i, k in enumerate(chunk)])).one()
+        rendered = conn.execute(
+            sa.select(*[key_text(info.table, info.pk, k).label(f"k{i}") for i, k in enumerate(chunk)])
+        ).one()
         for key, text in zip(chunk, rendered, strict=True):
             texts[text] = key
         rows = conn.execute(
@@ -102,7 +106,10 @@ def fetch_master_times(
 
 
 def detect_conflicts(
-    conn: Connection, changes: ChangeSet, infos: dict[str, TableInfo], settings: SyncSettings,
+    conn: Connection,
+    changes: ChangeSet,
+    infos: dict[str, TableInfo],
+    settings: SyncSettings,
     replica_rows: Any = None,
 ) -> list[Detected]:
     """Classify every change (§5 table). `replica_rows(table, key)` returns a replica row (orphans)."""
@@ -137,28 +144,44 @@ def detect_conflicts(
 
 def _diff(columns: Iterable[str], base: dict | None, local: dict | None, master: dict | None) -> list[FieldDiff]:
     return [
-        FieldDiff(c, None if base is None else base[c], None if local is None else local[c],
-                  None if master is None else master[c])
+        FieldDiff(
+            c,
+            None if base is None else base[c],
+            None if local is None else local[c],
+            None if master is None else master[c],
+        )
         for c in columns
     ]
 
 
 def _classify(
-    change: RowChange, module: str, info: TableInfo, master: dict[str, Any] | None,
-    natural: list[str], natural_hits: dict[tuple[Any, ...], dict[str, Any]],
+    change: RowChange,
+    module: str,
+    info: TableInfo,
+    master: dict[str, Any] | None,
+    natural: list[str],
+    natural_hits: dict[tuple[Any, ...], dict[str, Any]],
 ) -> Detected:
     base, local = change.base, change.local
     if change.op == "update":
         assert base is not None and local is not None
         if master is None:
-            return Detected(change, module, "conflict", None, kind="update_delete",
-                            fields=_diff(change.changed, base, local, None))
+            return Detected(
+                change, module, "conflict", None, kind="update_delete", fields=_diff(change.changed, base, local, None)
+            )
         master_changed = {c for c in info.columns if master[c] != base[c]}
         conflict = [c for c in change.changed if c in master_changed and master[c] != local[c]]
         apply = [c for c in change.changed if c not in conflict and master[c] != local[c]]
         if conflict:
-            return Detected(change, module, "conflict", master, apply_fields=apply, kind="update_update",
-                            fields=_diff(conflict, base, local, master))
+            return Detected(
+                change,
+                module,
+                "conflict",
+                master,
+                apply_fields=apply,
+                kind="update_update",
+                fields=_diff(conflict, base, local, master),
+            )
         if apply:
             return Detected(change, module, "apply", master, apply_fields=apply)
         return Detected(change, module, "skip", master, note="the master already holds the same values")
@@ -168,8 +191,14 @@ def _classify(
             return Detected(change, module, "skip", None, note="deleted on both sides")
         master_changed = [c for c in info.columns if master[c] != base[c]]
         if master_changed:
-            return Detected(change, module, "conflict", master, kind="delete_update",
-                            fields=_diff(master_changed, base, None, master))
+            return Detected(
+                change,
+                module,
+                "conflict",
+                master,
+                kind="delete_update",
+                fields=_diff(master_changed, base, None, master),
+            )
         return Detected(change, module, "apply", master)
 
     assert local is not None
@@ -178,8 +207,15 @@ def _classify(
         hit = natural_hits.get(tuple(local[n] for n in natural))
         if hit is not None and info.key_of(hit) != change.key:
             differing = [c for c in value_columns if hit[c] != local[c]]
-            return Detected(change, module, "conflict", hit, kind="duplicate", target_key=info.key_of(hit),
-                            fields=_diff(differing, None, local, hit))
+            return Detected(
+                change,
+                module,
+                "conflict",
+                hit,
+                kind="duplicate",
+                target_key=info.key_of(hit),
+                fields=_diff(differing, None, local, hit),
+            )
     if master is None:
         return Detected(change, module, "apply", None)
     if info.generated_pk:
@@ -187,13 +223,18 @@ def _classify(
     differing = [c for c in value_columns if master[c] != local[c]]
     if not differing:
         return Detected(change, module, "skip", master, note="the master already holds the same row")
-    return Detected(change, module, "conflict", master, kind="insert_insert",
-                    fields=_diff(differing, None, local, master))
+    return Detected(
+        change, module, "conflict", master, kind="insert_insert", fields=_diff(differing, None, local, master)
+    )
 
 
 def _find_orphans(
-    conn: Connection, detected: list[Detected], info: TableInfo, infos: dict[str, TableInfo],
-    local_inserts: set[tuple[str, tuple[Any, ...]]], replica_rows: Any,
+    conn: Connection,
+    detected: list[Detected],
+    info: TableInfo,
+    infos: dict[str, TableInfo],
+    local_inserts: set[tuple[str, tuple[Any, ...]]],
+    replica_rows: Any,
 ) -> None:
     """Inserts (and updates of a reference) pointing at a parent the master no longer has."""
     for fk in info.foreign_keys:
@@ -216,16 +257,23 @@ def _find_orphans(
             parent_info = TableInfo(info.table.metadata.tables[fk.parent_table], fk.parent_columns, False)
         present = fetch_rows_by_key(conn, parent_info, [k for _, k in candidates], fk.parent_columns)
         missing = [k for _, k in candidates if k not in present]
-        deleted_at = fetch_master_times(conn, parent_info, missing) if tuple(parent_info.pk) == fk.parent_columns else {}
+        deleted_at = (
+            fetch_master_times(conn, parent_info, missing) if tuple(parent_info.pk) == fk.parent_columns else {}
+        )
         for d, parent_key in candidates:
             if parent_key in present:
                 continue
-            parent_row = replica_rows(fk.parent_table, dict(zip(fk.parent_columns, parent_key, strict=True))) \
-                if replica_rows and fk.parent_table in infos else None
+            parent_row = (
+                replica_rows(fk.parent_table, dict(zip(fk.parent_columns, parent_key, strict=True)))
+                if replica_rows and fk.parent_table in infos
+                else None
+            )
             d.action, d.kind = "conflict", "orphan"
             d.fields = _diff(fk.columns, d.change.base, d.change.local, d.master)
-            d.detail = {"parent_table": fk.parent_table,
-                        "parent_key": dict(zip(fk.parent_columns, parent_key, strict=True)),
-                        "parent_row": parent_row,
-                        "parent_deleted_at": deleted_at.get(parent_key, {}).get("*")}
+            d.detail = {
+                "parent_table": fk.parent_table,
+                "parent_key": dict(zip(fk.parent_columns, parent_key, strict=True)),
+                "parent_row": parent_row,
+                "parent_deleted_at": deleted_at.get(parent_key, {}).get("*"),
+            }
             d.apply_fields = d.apply_fields if d.change.op == "update" else []

@@ -68,8 +68,9 @@ def _log_entries(replica: sqlite3.Connection) -> Iterator[tuple[int, str, str, s
         )
         yield from cursor
     except sqlite3.DatabaseError as exc:
-        raise ReplicaError(f"the replica's change log cannot be read ({exc})",
-                           "the replica was damaged; use an intact copy") from None
+        raise ReplicaError(
+            f"the replica's change log cannot be read ({exc})", "the replica was damaged; use an intact copy"
+        ) from None
 
 
 def _decode(text: str | None, info: TableInfo, where: str) -> dict[str, Any] | None:
@@ -78,8 +79,10 @@ def _decode(text: str | None, info: TableInfo, where: str) -> dict[str, Any] | N
     try:
         raw = json.loads(text)
     except ValueError:
-        raise ReplicaError(f"{where}: the change log holds values that are not JSON",
-                           "the replica was edited by hand; check out a new replica") from None
+        raise ReplicaError(
+            f"{where}: the change log holds values that are not JSON",
+            "the replica was edited by hand; check out a new replica",
+        ) from None
     if not isinstance(raw, dict):
         raise ReplicaError(f"{where}: the change log holds a malformed row", "check out a new replica")
     unknown = set(raw) - set(info.columns)
@@ -176,5 +179,7 @@ def _key_values(row_key: str, info: TableInfo, where: str) -> list[Any]:
     try:
         return [normalize(v, info.table.columns[c]) for c, v in zip(info.pk, values, strict=True)]
     except ValueRejected as exc:
-        raise ReplicaError(f"{where}: key value rejected by the master's type ({exc})",
-                           "correct the key in the replica, then sync again") from None
+        raise ReplicaError(
+            f"{where}: key value rejected by the master's type ({exc})",
+            "correct the key in the replica, then sync again",
+        ) from None

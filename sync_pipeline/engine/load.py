@@ -48,6 +48,8 @@ class Plan:
     operations: list[Operation] = field(default_factory=list)
     key_map: dict[tuple[str, tuple[Any, ...]], tuple[Any, ...]] = field(default_factory=dict)
     dropped: list[tuple[int, str, tuple[Any, ...], str]] = field(default_factory=list)  # id, table, key, why
+    # Local rows that will not exist in the master under their key: rows referencing them are dropped too.
+    gone: set[tuple[str, tuple[Any, ...]]] = field(default_factory=set)
 
 
 @dataclass
@@ -86,19 +88,29 @@ def build_plan(items: list[tuple[int, Detected, CurrentDecision | None]], infos:
             continue
         if d.action == "apply":
             if change.op == "insert":
-                plan.operations.append(Operation(change_id, change.table, "insert", change.key, dict(local), None,
-                                                 "change"))
+                plan.operations.append(
+                    Operation(change_id, change.table, "insert", change.key, dict(local), None, "change")
+                )
             elif change.op == "update":
-                plan.operations.append(Operation(change_id, change.table, "update", change.key,
-                                                 {f: local[f] for f in d.apply_fields}, d.master, "change"))
+                plan.operations.append(
+                    Operation(
+                        change_id,
+                        change.table,
+                        "update",
+                        change.key,
+                        {f: local[f] for f in d.apply_fields},
+                        d.master,
+                        "change",
+                    )
+                )
             else:
-                plan.operations.append(Operation(change_id, change.table, "delete", change.key, {}, d.master,
-                                                 "change"))
+                plan.operations.append(Operation(change_id, change.table, "delete", change.key, {}, d.master, "change"))
             continue
         if d.action == "remap":
             values = {k: v for k, v in local.items() if k not in info.pk}
-            plan.operations.append(Operation(change_id, change.table, "insert", change.key, values, ABSENT, "remap",
-                                             new_key=True))
+            plan.operations.append(
+                Operation(change_id, change.table, "insert", change.key, values, ABSENT, "remap", new_key=True)
+            )
             continue
         kind = d.kind
         names = [f.name for f in d.fields]
@@ -111,24 +123,28 @@ def build_plan(items: list[tuple[int, Detected, CurrentDecision | None]], infos:
                 elif chosen == "value":
                     values[name] = value
             if values:
-                plan.operations.append(Operation(change_id, change.table, "update", change.key, values, d.master,
-                                                 "decision"))
+                plan.operations.append(
+                    Operation(change_id, change.table, "update", change.key, values, d.master, "decision")
+                )
         elif kind == "update_delete":
             if _choice(decision, None)[0] == "local":
-                plan.operations.append(Operation(change_id, change.table, "insert", change.key, dict(local), None,
-                                                 "decision"))
+                plan.operations.append(
+                    Operation(change_id, change.table, "insert", change.key, dict(local), None, "decision")
+                )
         elif kind == "delete_update":
             if _choice(decision, None)[0] == "local":
-                plan.operations.append(Operation(change_id, change.table, "delete", change.key, {}, d.master,
-                                                 "decision"))
+                plan.operations.append(
+                    Operation(change_id, change.table, "delete", change.key, {}, d.master, "decision")
+                )
         elif kind in ("insert_insert", "duplicate"):
             target = d.target_key or change.key
             if kind == "duplicate":
                 plan.key_map[(change.table, change.key)] = target
             values = {n: local[n] for n in names if _choice(decision, n)[0] == "local"}
             if values:
-                plan.operations.append(Operation(change_id, change.table, "update", target, values, d.master,
-                                                 "decision"))
+                plan.operations.append(
+                    Operation(change_id, change.table, "update", target, values, d.master, "decision")
+                )
             elif kind == "insert_insert":
                 plan.dropped.append((change_id, change.table, change.key, "the master's row was kept"))
             else:
@@ -136,17 +152,37 @@ def build_plan(items: list[tuple[int, Detected, CurrentDecision | None]], infos:
         elif kind == "orphan":
             if _choice(decision, None)[0] == "local" and d.detail.get("parent_row"):
                 parent_table = d.detail["parent_table"]
-                plan.operations.append(Operation(change_id, parent_table, "insert",
-                                                 infos[parent_table].key_of(d.detail["parent_row"]),
-                                                 dict(d.detail["parent_row"]), None, "orphan_parent"))
+                plan.operations.append(
+                    Operation(
+                        change_id,
+                        parent_table,
+                        "insert",
+                        infos[parent_table].key_of(d.detail["parent_row"]),
+                        dict(d.detail["parent_row"]),
+                        None,
+                        "orphan_parent",
+                    )
+                )
                 if change.op == "insert":
-                    plan.operations.append(Operation(change_id, change.table, "insert", change.key, dict(local),
-                                                     None, "decision"))
+                    plan.operations.append(
+                        Operation(change_id, change.table, "insert", change.key, dict(local), None, "decision")
+                    )
                 else:
-                    plan.operations.append(Operation(change_id, change.table, "update", change.key,
-                                                     {f: local[f] for f in d.apply_fields}, d.master, "decision"))
+                    plan.operations.append(
+                        Operation(
+                            change_id,
+                            change.table,
+                            "update",
+                            change.key,
+                            {f: local[f] for f in d.apply_fields},
+                            d.master,
+                            "decision",
+                        )
+                    )
             else:
                 plan.dropped.append((change_id, change.table, change.key, "its parent was deleted on the master"))
+                if change.op == "insert":
+                    plan.gone.add((change.table, change.key))
     return plan
 
 
@@ -173,7 +209,7 @@ def execute_plan(conn: Connection, plan: Plan, infos: dict[str, TableInfo]) -> L
     order = fk_order(infos)
     key_map = dict(plan.key_map)
     dropped = list(plan.dropped)
-    dropped_keys = {(t, k) for _, t, k, _ in dropped}
+    dropped_keys = set(plan.gone)
     applied: list[AppliedRow] = []
     by_phase: dict[tuple[str, str], list[Operation]] = defaultdict(list)
     for operation in plan.operations:
@@ -186,11 +222,11 @@ def execute_plan(conn: Connection, plan: Plan, infos: dict[str, TableInfo]) -> L
             if not set(fk.columns) <= set(operation.values):
                 continue
             parent_key = tuple(operation.values[c] for c in fk.columns)
-            if (fk.parent_table, parent_key) in dropped_keys:
-                return False
             mapped = key_map.get((fk.parent_table, parent_key))
             if mapped is not None:
                 operation.values.update(dict(zip(fk.columns, mapped, strict=True)))
+            elif (fk.parent_table, parent_key) in dropped_keys:
+                return False
         return True
 
     explicit_generated: set[str] = set()
@@ -214,14 +250,15 @@ def execute_plan(conn: Connection, plan: Plan, infos: dict[str, TableInfo]) -> L
         if plain:
             conn.execute(sa.insert(info.table), [o.values for o in plain])
             applied.extend(
-                AppliedRow(o.change_id, table, info.key_of(o.values), "insert", None, o.values, o.source)
-                for o in plain
+                AppliedRow(o.change_id, table, info.key_of(o.values), "insert", None, o.values, o.source) for o in plain
             )
     for table in order:
         info = infos[table]
         for operation in by_phase.get(("update", table), []):
             if not rewrite(operation):
-                dropped.append((operation.change_id, table, operation.key, "it points at a row that was not synchronised"))
+                dropped.append(
+                    (operation.change_id, table, operation.key, "it points at a row that was not synchronised")
+                )
                 continue
             values = {k: v for k, v in operation.values.items() if k not in info.pk}
             if not values:
@@ -230,8 +267,9 @@ def execute_plan(conn: Connection, plan: Plan, infos: dict[str, TableInfo]) -> L
             conn.execute(sa.update(info.table).where(condition).values(values))
             before = operation.expected if isinstance(operation.expected, dict) else None
             after = (dict(before) if before else {}) | values
-            applied.append(AppliedRow(operation.change_id, table, operation.key, "update", before, after,
-                                      operation.source))
+            applied.append(
+                AppliedRow(operation.change_id, table, operation.key, "update", before, after, operation.source)
+            )
     for table in reversed(order):
         info = infos[table]
         deletes = by_phase.get(("delete", table), [])
@@ -243,11 +281,13 @@ def execute_plan(conn: Connection, plan: Plan, infos: dict[str, TableInfo]) -> L
             else:
                 condition = sa.tuple_(*[info.table.columns[c] for c in info.pk]).in_(keys)
             conn.execute(sa.delete(info.table).where(condition))
-            applied.extend(AppliedRow(o.change_id, table, o.key, "delete", o.expected, None, o.source)  # type: ignore[arg-type]
-                           for o in chunk)
+            applied.extend(
+                AppliedRow(o.change_id, table, o.key, "delete", o.expected, None, o.source)  # type: ignore[arg-type]
+                for o in chunk
+            )
     if conn.dialect.name == "postgresql":
         for table in explicit_generated:
-            _advance_sequence(conn, infos[table])
+            advance_sequence(conn, infos[table])
     return LoadResult(applied, key_map, dropped)
 
 
@@ -257,10 +297,12 @@ def _insert_returning_key(conn: Connection, info: TableInfo, values: dict[str, A
     return tuple(row)
 
 
-def _advance_sequence(conn: Connection, info: TableInfo) -> None:
+def advance_sequence(conn: Connection, info: TableInfo) -> None:
     """After inserting explicit values into a serial/identity key, move its sequence past them."""
     column = info.table.columns[info.pk[0]]
-    sequence = conn.execute(sa.select(sa.func.pg_get_serial_sequence(conn.dialect.identifier_preparer.quote(info.name), column.name))).scalar()
+    sequence = conn.execute(
+        sa.select(sa.func.pg_get_serial_sequence(conn.dialect.identifier_preparer.quote(info.name), column.name))
+    ).scalar()
     if not sequence:
         return
     highest = sa.select(sa.func.max(column)).scalar_subquery()

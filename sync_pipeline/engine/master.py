@@ -33,15 +33,18 @@ def connect_master(url: str | None = None, *, must_exist: bool = True) -> Engine
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise BadInputError(f"{url!r} is not a database URL",
-                            "use e.g. sqlite:///path/master.db or postgresql://user@host/db") from None
+        raise BadInputError(
+            f"{url!r} is not a database URL", "use e.g. sqlite:///path/master.db or postgresql://user@host/db"
+        ) from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
         if must_exist and database not in ("", ":memory:") and not Path(database).exists():
-            raise BadInputError(f"the master database file {database} does not exist",
-                                "check --master / SYNC_MASTER_URL, or run `sync-pipeline init-master` first")
+            raise BadInputError(
+                f"the master database file {database} does not exist",
+                "check --master / SYNC_MASTER_URL, or run `sync-pipeline init-master` first",
+            )
         engine = sa.create_engine(parsed, connect_args={"timeout": 30})
 
         @sa.event.listens_for(engine, "connect")
@@ -56,9 +59,11 @@ def connect_master(url: str | None = None, *, must_exist: bool = True) -> Engine
         with engine.connect():
             pass
     except OperationalError as exc:
-        raise BadInputError(f"cannot connect to the master at {parsed.render_as_string(hide_password=True)}: "
-                            f"{str(exc.orig).strip().splitlines()[0]}",
-                            "check that the server runs and the URL is right") from None
+        raise BadInputError(
+            f"cannot connect to the master at {parsed.render_as_string(hide_password=True)}: "
+            f"{str(exc.orig).strip().splitlines()[0]}",
+            "check that the server runs and the URL is right",
+        ) from None
     return engine
 
 
@@ -79,20 +84,25 @@ def check_settings_against_schema(settings: SyncSettings, bind: Engine | Connect
             info = infos[table_name]
             where = ("modules", module_name, "tables", table_name)
             if not info.pk:
-                raise settings.error(where, f"table '{table_name}' has no primary key",
-                                     "add a primary key to the table; rows are matched by it")
+                raise settings.error(
+                    where,
+                    f"table '{table_name}' has no primary key",
+                    "add a primary key to the table; rows are matched by it",
+                )
             for column in [*(table.natural_key or []), *([table.modified_column] if table.modified_column else [])]:
                 if column not in info.table.columns:
                     key = "natural_key" if column in (table.natural_key or []) else "modified_column"
                     raise settings.error(
-                        (*where, key), f"column '{column}' does not exist in table '{table_name}'",
+                        (*where, key),
+                        f"column '{column}' does not exist in table '{table_name}'",
                         "use one of: " + ", ".join(info.columns),
                     )
             policy = table.policy or module.policy
             if policy == "newest_wins" and not settings.master_change_capture and not table.modified_column:
                 path = (*where, "policy") if table.policy else ("modules", module_name, "policy")
                 raise settings.error(
-                    path, f"newest_wins needs change times, but table '{table_name}' has none",
+                    path,
+                    f"newest_wins needs change times, but table '{table_name}' has none",
                     "keep master_change_capture: true, or give the table a modified_column, or choose another policy",
                 )
     return infos
@@ -104,13 +114,16 @@ def init_master(engine: Engine, settings: SyncSettings) -> dict[str, TableInfo]:
     with engine.begin() as conn:
         store.create_sync_tables(conn)
         existing = {row.key: row.value for row in conn.execute(sa.select(store.sync_meta))}
-        store.write_meta(conn, {
-            "master_id": existing.get("master_id") or store.new_id(),
-            "signing_key": existing.get("signing_key") or store.new_signing_key(),
-            "settings": settings.source_text,
-            "settings_source": settings.source_path,
-            "initialised_at": existing.get("initialised_at") or store.now_iso(),
-        })
+        store.write_meta(
+            conn,
+            {
+                "master_id": existing.get("master_id") or store.new_id(),
+                "signing_key": existing.get("signing_key") or store.new_signing_key(),
+                "settings": settings.source_text,
+                "settings_source": settings.source_path,
+                "initialised_at": existing.get("initialised_at") or store.now_iso(),
+            },
+        )
         if settings.master_change_capture:
             capture = capture_for(conn.dialect.name)
             for info in infos.values():

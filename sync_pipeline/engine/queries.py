@@ -26,9 +26,11 @@ def list_conflicts(engine: Engine, session_id: str | None = None, status: str | 
         history: dict[int, list[dict[str, Any]]] = {}
         ids = [x["conflict_id"] for x in conflicts]
         for start in range(0, len(ids), 500):
-            rows = conn.execute(sa.select(store.sync_decision)
-                                .where(store.sync_decision.c.conflict_id.in_(ids[start : start + 500]))
-                                .order_by(store.sync_decision.c.decision_id)).mappings()
+            rows = conn.execute(
+                sa.select(store.sync_decision)
+                .where(store.sync_decision.c.conflict_id.in_(ids[start : start + 500]))
+                .order_by(store.sync_decision.c.decision_id)
+            ).mappings()
             for row in rows:
                 item = dict(row)
                 item["value"] = store.loads(item["value"])
@@ -44,18 +46,41 @@ def list_conflicts(engine: Engine, session_id: str | None = None, status: str | 
             last = decisions[-1]
             decision = {
                 "row": current.row,
-                "fields": {n: {"take": ch.choice, **({"value": ch.value} if ch.choice == "value" else {})}
-                           for n, ch in current.fields.items()},
-                "rule": last["rule"], "by": last["decided_by"], "at": last["decided_at"],
-                "history": [{"field": d["field"], "take": d["choice"], "value": d["value"], "rule": d["rule"],
-                             "by": d["decided_by"], "at": d["decided_at"]} for d in decisions],
+                "fields": {
+                    n: {"take": ch.choice, **({"value": ch.value} if ch.choice == "value" else {})}
+                    for n, ch in current.fields.items()
+                },
+                "rule": last["rule"],
+                "by": last["decided_by"],
+                "at": last["decided_at"],
+                "history": [
+                    {
+                        "field": d["field"],
+                        "take": d["choice"],
+                        "value": d["value"],
+                        "rule": d["rule"],
+                        "by": d["decided_by"],
+                        "at": d["decided_at"],
+                    }
+                    for d in decisions
+                ],
             }
-        out.append({
-            "id": conflict["conflict_id"], "session": conflict["session_id"], "module": conflict["module"],
-            "table": conflict["table_name"], "key": json.loads(conflict["row_key"]), "kind": conflict["kind"],
-            "fields": fields, "status": conflict["status"], "policy": conflict["policy"], "decision": decision,
-            "detail": json.loads(conflict["detail"] or "{}"), "created_at": conflict["created_at"],
-        })
+        out.append(
+            {
+                "id": conflict["conflict_id"],
+                "session": conflict["session_id"],
+                "module": conflict["module"],
+                "table": conflict["table_name"],
+                "key": json.loads(conflict["row_key"]),
+                "kind": conflict["kind"],
+                "fields": fields,
+                "status": conflict["status"],
+                "policy": conflict["policy"],
+                "decision": decision,
+                "detail": json.loads(conflict["detail"] or "{}"),
+                "created_at": conflict["created_at"],
+            }
+        )
     return out
 
 
@@ -66,12 +91,20 @@ def list_replicas(engine: Engine) -> list[dict[str, Any]]:
     with engine.connect() as conn:
         replicas = [dict(x) for x in conn.execute(sa.select(r).order_by(r.c.checked_out_at)).mappings()]
         sessions: dict[str, dict[str, Any]] = {}
-        for row in conn.execute(sa.select(s.c.replica_id, s.c.session_id, s.c.status, s.c.started_at)
-                                .order_by(s.c.started_at)).mappings():
+        for row in conn.execute(
+            sa.select(s.c.replica_id, s.c.session_id, s.c.status, s.c.started_at).order_by(s.c.started_at)
+        ).mappings():
             sessions[row["replica_id"]] = dict(row)
     return [
-        {"replica_id": x["replica_id"], "owner": x["owner"], "modules": json.loads(x["modules"]),
-         "checked_out_at": x["checked_out_at"], "status": x["status"], "retired_at": x["retired_at"],
-         "path": x["path"], "session": sessions.get(x["replica_id"], {}).get("session_id")}
+        {
+            "replica_id": x["replica_id"],
+            "owner": x["owner"],
+            "modules": json.loads(x["modules"]),
+            "checked_out_at": x["checked_out_at"],
+            "status": x["status"],
+            "retired_at": x["retired_at"],
+            "path": x["path"],
+            "session": sessions.get(x["replica_id"], {}).get("session_id"),
+        }
         for x in replicas
     ]

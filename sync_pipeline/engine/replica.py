@@ -19,7 +19,13 @@ from sqlalchemy.engine import Engine
 from sync_pipeline.engine import store
 from sync_pipeline.engine.capture.sqlite import set_replica_frozen
 from sync_pipeline.engine.errors import ReplicaError, SchemaDriftError
-from sync_pipeline.engine.manifest import Manifest, open_replica_file, read_manifest, schema_snapshot, set_manifest_status
+from sync_pipeline.engine.manifest import (
+    Manifest,
+    open_replica_file,
+    read_manifest,
+    schema_snapshot,
+    set_manifest_status,
+)
 from sync_pipeline.engine.schema import TableInfo, normalize_row, reflect_tables
 from sync_pipeline.settings import SyncSettings, parse_settings
 
@@ -40,8 +46,10 @@ class OpenReplica:
         """One row of the replica by key (used for orphans: the parent's base values)."""
         info = self.infos[table]
         condition = sa.and_(*[info.table.columns[c] == v for c, v in key.items()])
-        compiled = sa.select(info.table).where(condition).compile(
-            dialect=sa.dialects.sqlite.dialect(paramstyle="qmark"), compile_kwargs={}
+        compiled = (
+            sa.select(info.table)
+            .where(condition)
+            .compile(dialect=sa.dialects.sqlite.dialect(paramstyle="qmark"), compile_kwargs={})
         )
         params = [compiled.params[name] for name in compiled.positiontup or []]
         cursor = self.conn.execute(str(compiled), [_sqlite_param(p) for p in params])
@@ -76,12 +84,18 @@ def open_replica(engine: Engine, path: str | Path, *, allow_retired: bool = Fals
                 "a tampered replica is never loaded; check out a new replica",
             )
         with engine.connect() as mconn:
-            record = mconn.execute(
-                sa.select(store.sync_replica).where(store.sync_replica.c.replica_id == manifest.replica_id)
-            ).mappings().first()
+            record = (
+                mconn.execute(
+                    sa.select(store.sync_replica).where(store.sync_replica.c.replica_id == manifest.replica_id)
+                )
+                .mappings()
+                .first()
+            )
         if record is None:
-            raise ReplicaError(f"replica {manifest.replica_id} is not registered on this master",
-                               "check out a new replica from this master")
+            raise ReplicaError(
+                f"replica {manifest.replica_id} is not registered on this master",
+                "check out a new replica from this master",
+            )
         if record["status"] == "retired" and not allow_retired:
             raise ReplicaError(
                 f"replica {file} ({manifest.replica_id}, owner {manifest.owner}) was already synchronised and "
@@ -129,8 +143,9 @@ def _reflect_checked(engine: Engine, manifest: Manifest) -> dict[str, TableInfo]
 
 
 def freeze(replica: OpenReplica, session_id: str) -> None:
-    message = (f"this replica is being synchronised (session {session_id}): local writes are blocked until "
-               "the sync finishes")
+    message = (
+        f"this replica is being synchronised (session {session_id}): local writes are blocked until the sync finishes"
+    )
     set_replica_frozen_file(replica.conn, replica.manifest.tables, message, "frozen")
 
 

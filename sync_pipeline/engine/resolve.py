@@ -55,15 +55,17 @@ def validate_decision(kind: str, field_names: list[str], field_name: str | None,
         raise DecisionError(f"unknown choice {choice!r}", "use --take local or --take master, or --value JSON")
     if field_name is not None:
         if kind not in FIELD_KINDS:
-            raise DecisionError(f"a {kind} conflict is decided for the whole row, not per field",
-                                "leave out --field")
+            raise DecisionError(f"a {kind} conflict is decided for the whole row, not per field", "leave out --field")
         if field_name not in field_names:
-            raise DecisionError(f"field {field_name!r} is not part of this conflict",
-                                f"choose one of: {', '.join(field_names)}")
+            raise DecisionError(
+                f"field {field_name!r} is not part of this conflict", f"choose one of: {', '.join(field_names)}"
+            )
     if choice == "value":
         if kind not in VALUE_KINDS:
-            raise DecisionError(f"an edited value is possible only for update_update conflicts, not {kind}",
-                                "use --take local or --take master")
+            raise DecisionError(
+                f"an edited value is possible only for update_update conflicts, not {kind}",
+                "use --take local or --take master",
+            )
         if field_name is None:
             raise DecisionError("an edited value needs the field it is for", "add --field NAME")
 
@@ -97,7 +99,10 @@ def _local_time(d: Detected, name: str) -> dt.datetime:
 
 
 def auto_decide(
-    d: Detected, policy: str, modified_column: str | None = None, detected_at: dt.datetime | None = None,
+    d: Detected,
+    policy: str,
+    modified_column: str | None = None,
+    detected_at: dt.datetime | None = None,
 ) -> list[tuple[str | None, str]] | None:
     """The decisions a policy takes for one conflict, as (field or None for the row, choice); None: manual."""
     assert d.kind is not None

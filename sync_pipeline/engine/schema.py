@@ -7,7 +7,6 @@ Dialect differences of reflection live here; dialect SQL of change capture lives
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import decimal
 import json

@@ -51,8 +51,12 @@ class SyncResult:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "session": self.session_id, "replica": self.replica_id, "status": self.status,
-            "modules": self.modules, "pending": self.pending, "message": self.message,
+            "session": self.session_id,
+            "replica": self.replica_id,
+            "status": self.status,
+            "modules": self.modules,
+            "pending": self.pending,
+            "message": self.message,
         }
 
 
@@ -73,37 +77,57 @@ class SessionContext:
 
 def session_context(engine: Engine, session_id: str) -> SessionContext:
     with engine.connect() as conn:
-        row = conn.execute(
-            sa.select(store.sync_session, store.sync_replica.c.settings, store.sync_replica.c.modules,
-                      store.sync_replica.c.path)
-            .join(store.sync_replica, store.sync_replica.c.replica_id == store.sync_session.c.replica_id)
-            .where(store.sync_session.c.session_id == session_id)
-        ).mappings().first()
+        row = (
+            conn.execute(
+                sa.select(
+                    store.sync_session,
+                    store.sync_replica.c.settings,
+                    store.sync_replica.c.modules,
+                    store.sync_replica.c.path,
+                )
+                .join(store.sync_replica, store.sync_replica.c.replica_id == store.sync_session.c.replica_id)
+                .where(store.sync_session.c.session_id == session_id)
+            )
+            .mappings()
+            .first()
+        )
     if row is None:
-        raise ConflictNotFoundError(f"session {session_id} does not exist on this master",
-                                    "list sessions with `sync-pipeline replicas` or `sync-pipeline conflicts list`")
+        raise ConflictNotFoundError(
+            f"session {session_id} does not exist on this master",
+            "list sessions with `sync-pipeline replicas` or `sync-pipeline conflicts list`",
+        )
     settings = parse_settings(row["settings"], f"<settings of session {session_id}>")
     infos = reflect_tables(engine, settings.tables(json.loads(row["modules"])))
     return SessionContext(session_id, row["replica_id"], row["path"], settings, infos, row["status"])
 
 
 def _set_status(conn: Connection, session_id: str, status: str, **extra: Any) -> None:
-    conn.execute(sa.update(store.sync_session).where(store.sync_session.c.session_id == session_id)
-                 .values(status=status, **extra))
+    conn.execute(
+        sa.update(store.sync_session)
+        .where(store.sync_session.c.session_id == session_id)
+        .values(status=status, **extra)
+    )
 
 
 def _set_replica_status(conn: Connection, replica_id: str, status: str, **extra: Any) -> None:
-    conn.execute(sa.update(store.sync_replica).where(store.sync_replica.c.replica_id == replica_id)
-                 .values(status=status, **extra))
+    conn.execute(
+        sa.update(store.sync_replica)
+        .where(store.sync_replica.c.replica_id == replica_id)
+        .values(status=status, **extra)
+    )
 
 
 def open_session_of(engine: Engine, replica_id: str) -> dict[str, Any] | None:
     with engine.connect() as conn:
-        row = conn.execute(
-            sa.select(store.sync_session)
-            .where(store.sync_session.c.replica_id == replica_id, store.sync_session.c.status.in_(OPEN_STATUSES))
-            .order_by(store.sync_session.c.started_at.desc())
-        ).mappings().first()
+        row = (
+            conn.execute(
+                sa.select(store.sync_session)
+                .where(store.sync_session.c.replica_id == replica_id, store.sync_session.c.status.in_(OPEN_STATUSES))
+                .order_by(store.sync_session.c.started_at.desc())
+            )
+            .mappings()
+            .first()
+        )
     return dict(row) if row else None
 
 
@@ -114,11 +138,16 @@ def open_session_of(engine: Engine, replica_id: str) -> dict[str, Any] | None:
 
 def _change_record(session_id: str, change_id: int, module: str, change: RowChange, info: TableInfo) -> dict[str, Any]:
     return {
-        "session_id": session_id, "change_id": change_id, "module": module, "table_name": change.table,
-        "row_key": dumps(encode_row(change.key_dict(info.pk))), "op": change.op,
+        "session_id": session_id,
+        "change_id": change_id,
+        "module": module,
+        "table_name": change.table,
+        "row_key": dumps(encode_row(change.key_dict(info.pk))),
+        "op": change.op,
         "base": None if change.base is None else dumps(encode_row(change.base)),
         "local": None if change.local is None else dumps(encode_row(change.local)),
-        "changed": json.dumps(change.changed), "local_times": json.dumps(change.times),
+        "changed": json.dumps(change.changed),
+        "local_times": json.dumps(change.times),
     }
 
 
@@ -126,9 +155,14 @@ def _change_from_record(record: dict[str, Any], info: TableInfo) -> RowChange:
     key = decode_row(json.loads(record["row_key"]), info.table)
     assert key is not None
     return RowChange(
-        record["table_name"], tuple(key[c] for c in info.pk), record["op"],
-        decode_row(store.loads(record["base"]), info.table), decode_row(store.loads(record["local"]), info.table),
-        json.loads(record["changed"]), json.loads(record["local_times"]), record["change_id"],
+        record["table_name"],
+        tuple(key[c] for c in info.pk),
+        record["op"],
+        decode_row(store.loads(record["base"]), info.table),
+        decode_row(store.loads(record["local"]), info.table),
+        json.loads(record["changed"]),
+        json.loads(record["local_times"]),
+        record["change_id"],
     )
 
 
@@ -145,10 +179,16 @@ def start_session(engine: Engine, replica: OpenReplica, dagster_run_id: str | No
         for index, c in enumerate(changes.changes)
     ]
     with engine.begin() as conn:
-        conn.execute(sa.insert(store.sync_session).values(
-            session_id=session_id, replica_id=replica.manifest.replica_id, status="extracted", started_at=now,
-            dagster_run_id=dagster_run_id, summary=json.dumps({"extracted": changes.counts()}),
-        ))
+        conn.execute(
+            sa.insert(store.sync_session).values(
+                session_id=session_id,
+                replica_id=replica.manifest.replica_id,
+                status="extracted",
+                started_at=now,
+                dagster_run_id=dagster_run_id,
+                summary=json.dumps({"extracted": changes.counts()}),
+            )
+        )
         for start in range(0, len(records), 1000):
             conn.execute(sa.insert(store.sync_change), records[start : start + 1000])
         _set_replica_status(conn, replica.manifest.replica_id, "syncing", path=str(replica.path.resolve()))
@@ -170,8 +210,9 @@ def load_changes(engine: Engine, ctx: SessionContext, change_ids: list[int] | No
 
 
 def _encode_fields(fields: list[FieldDiff]) -> str:
-    return dumps([{"name": f.name, "base": encode(f.base), "local": encode(f.local), "master": encode(f.master)}
-                  for f in fields])
+    return dumps(
+        [{"name": f.name, "base": encode(f.base), "local": encode(f.local), "master": encode(f.master)} for f in fields]
+    )
 
 
 def _decode_fields(text: str, info: TableInfo) -> list[FieldDiff]:
@@ -182,8 +223,12 @@ def _decode_fields(text: str, info: TableInfo) -> list[FieldDiff]:
     return out
 
 
-def detect_session(engine: Engine, ctx: SessionContext, replica_row: Callable[..., Any] | None = None,
-                   change_ids: list[int] | None = None) -> list[Detected]:
+def detect_session(
+    engine: Engine,
+    ctx: SessionContext,
+    replica_row: Callable[..., Any] | None = None,
+    change_ids: list[int] | None = None,
+) -> list[Detected]:
     """Detect conflicts for the session's changes (or only `change_ids`, when the load found them stale)."""
     records = load_changes(engine, ctx, change_ids)
     changes = ChangeSet([_change_from_record(r, ctx.infos[r["table_name"]]) for r in records])
@@ -199,8 +244,10 @@ def detect_session(engine: Engine, ctx: SessionContext, replica_row: Callable[..
                 sa.update(store.sync_change)
                 .where(store.sync_change.c.session_id == ctx.session_id, store.sync_change.c.change_id == d.change.seq)
                 .values(
-                    action=d.action, master=None if d.master is None else dumps(encode_row(d.master)),
-                    master_times=json.dumps(d.master_times), apply_fields=json.dumps(d.apply_fields),
+                    action=d.action,
+                    master=None if d.master is None else dumps(encode_row(d.master)),
+                    master_times=json.dumps(d.master_times),
+                    apply_fields=json.dumps(d.apply_fields),
                     target_key=None if d.target_key is None else dumps(encode_row(info.key_dict(d.target_key))),
                     note=d.note or None,
                 )
@@ -209,22 +256,35 @@ def detect_session(engine: Engine, ctx: SessionContext, replica_row: Callable[..
                 detail = dict(d.detail)
                 if detail.get("parent_row") is not None:
                     detail["parent_row"] = encode_row(detail["parent_row"])
-                conn.execute(sa.insert(store.sync_conflict).values(
-                    session_id=ctx.session_id, change_id=d.change.seq, module=d.module, table_name=d.change.table,
-                    row_key=dumps(encode_row(d.change.key_dict(info.pk))), kind=d.kind,
-                    fields=_encode_fields(d.fields), policy=ctx.settings.policy_for(d.change.table),
-                    status="pending", detail=dumps(detail), created_at=now,
-                ))
+                conn.execute(
+                    sa.insert(store.sync_conflict).values(
+                        session_id=ctx.session_id,
+                        change_id=d.change.seq,
+                        module=d.module,
+                        table_name=d.change.table,
+                        row_key=dumps(encode_row(d.change.key_dict(info.pk))),
+                        kind=d.kind,
+                        fields=_encode_fields(d.fields),
+                        policy=ctx.settings.policy_for(d.change.table),
+                        status="pending",
+                        detail=dumps(detail),
+                        created_at=now,
+                    )
+                )
         _set_status(conn, ctx.session_id, "detected")
     return detected
 
 
 def _drop_conflicts(conn: Connection, session_id: str, change_ids: list[int]) -> None:
     ids = sa.select(store.sync_conflict.c.conflict_id).where(
-        store.sync_conflict.c.session_id == session_id, store.sync_conflict.c.change_id.in_(change_ids))
+        store.sync_conflict.c.session_id == session_id, store.sync_conflict.c.change_id.in_(change_ids)
+    )
     conn.execute(sa.delete(store.sync_decision).where(store.sync_decision.c.conflict_id.in_(ids)))
-    conn.execute(sa.delete(store.sync_conflict).where(store.sync_conflict.c.session_id == session_id,
-                                                      store.sync_conflict.c.change_id.in_(change_ids)))
+    conn.execute(
+        sa.delete(store.sync_conflict).where(
+            store.sync_conflict.c.session_id == session_id, store.sync_conflict.c.change_id.in_(change_ids)
+        )
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -237,7 +297,10 @@ def _detected_from(record: dict[str, Any], conflict: dict[str, Any] | None, ctx:
     change = _change_from_record(record, info)
     target = decode_row(store.loads(record["target_key"]), info.table)
     d = Detected(
-        change, record["module"], record["action"], decode_row(store.loads(record["master"]), info.table),
+        change,
+        record["module"],
+        record["action"],
+        decode_row(store.loads(record["master"]), info.table),
         apply_fields=json.loads(record["apply_fields"] or "[]"),
         master_times=json.loads(record["master_times"] or "{}"),
         target_key=None if target is None else tuple(target[c] for c in info.pk),
@@ -291,17 +354,33 @@ def resolve_session(engine: Engine, ctx: SessionContext) -> dict[str, int]:
             choices = auto_decide(d, conflict["policy"], table.modified_column, detected_at)
             if choices is None:
                 continue
-            conn.execute(sa.insert(store.sync_decision), [
-                {"conflict_id": conflict["conflict_id"], "field": name, "choice": choice, "value": None,
-                 "rule": conflict["policy"], "decided_by": None, "decided_at": now}
-                for name, choice in choices
-            ])
-            conn.execute(sa.update(store.sync_conflict)
-                         .where(store.sync_conflict.c.conflict_id == conflict["conflict_id"])
-                         .values(status="decided"))
+            conn.execute(
+                sa.insert(store.sync_decision),
+                [
+                    {
+                        "conflict_id": conflict["conflict_id"],
+                        "field": name,
+                        "choice": choice,
+                        "value": None,
+                        "rule": conflict["policy"],
+                        "decided_by": None,
+                        "decided_at": now,
+                    }
+                    for name, choice in choices
+                ],
+            )
+            conn.execute(
+                sa.update(store.sync_conflict)
+                .where(store.sync_conflict.c.conflict_id == conflict["conflict_id"])
+                .values(status="decided")
+            )
         pending = _pending_per_module(conn, ctx.session_id)
-        _set_status(conn, ctx.session_id, "waiting" if pending else "ready",
-                    decision_version=store.sync_session.c.decision_version + 1)
+        _set_status(
+            conn,
+            ctx.session_id,
+            "waiting" if pending else "ready",
+            decision_version=store.sync_session.c.decision_version + 1,
+        )
         _set_replica_status(conn, ctx.replica_id, "waiting" if pending else "syncing")
     return pending
 
@@ -320,26 +399,34 @@ def _pending_per_module(conn: Connection, session_id: str) -> dict[str, int]:
 # ------------------------------------------------------------------------------------------------
 
 
-def decide(engine: Engine, conflict_id: int, choice: str, by: str, field_name: str | None = None,
-           value: Any = None) -> dict[str, Any]:
+def decide(
+    engine: Engine, conflict_id: int, choice: str, by: str, field_name: str | None = None, value: Any = None
+) -> dict[str, Any]:
     """Record one person's decision for a conflict (a field of it, or the whole row)."""
     if not by or not by.strip():
         raise DecisionError("a decision needs the name of the person who takes it", "pass --by NAME")
     with engine.begin() as conn:
-        conflict = conn.execute(
-            sa.select(store.sync_conflict).where(store.sync_conflict.c.conflict_id == conflict_id)
-        ).mappings().first()
+        conflict = (
+            conn.execute(sa.select(store.sync_conflict).where(store.sync_conflict.c.conflict_id == conflict_id))
+            .mappings()
+            .first()
+        )
         if conflict is None:
-            raise ConflictNotFoundError(f"conflict {conflict_id} does not exist",
-                                        "list conflicts with `sync-pipeline conflicts list`")
+            raise ConflictNotFoundError(
+                f"conflict {conflict_id} does not exist", "list conflicts with `sync-pipeline conflicts list`"
+            )
         _record_decision(conn, dict(conflict), choice, by, field_name, value)
         return dict(conflict)
 
 
-def _record_decision(conn: Connection, conflict: dict[str, Any], choice: str, by: str, field_name: str | None,
-                     value: Any) -> None:
-    session = conn.execute(sa.select(store.sync_session.c.status, store.sync_session.c.replica_id)
-                           .where(store.sync_session.c.session_id == conflict["session_id"])).one()
+def _record_decision(
+    conn: Connection, conflict: dict[str, Any], choice: str, by: str, field_name: str | None, value: Any
+) -> None:
+    session = conn.execute(
+        sa.select(store.sync_session.c.status, store.sync_session.c.replica_id).where(
+            store.sync_session.c.session_id == conflict["session_id"]
+        )
+    ).one()
     if session.status not in ("detected", "waiting", "ready"):
         raise DecisionError(
             f"conflict {conflict['conflict_id']} belongs to session {conflict['session_id']}, which is "
@@ -356,24 +443,41 @@ def _record_decision(conn: Connection, conflict: dict[str, Any], choice: str, by
         try:
             checked = normalize(value, column)
         except ValueError as exc:
-            raise DecisionError(f"value {value!r} does not fit column {conflict['table_name']}.{field_name}: {exc}",
-                                "give a value of the column's type") from None
+            raise DecisionError(
+                f"value {value!r} does not fit column {conflict['table_name']}.{field_name}: {exc}",
+                "give a value of the column's type",
+            ) from None
         if checked is None and not column.nullable:
-            raise DecisionError(f"column {conflict['table_name']}.{field_name} cannot be empty (NOT NULL)",
-                                "give a value")
+            raise DecisionError(
+                f"column {conflict['table_name']}.{field_name} cannot be empty (NOT NULL)", "give a value"
+            )
         stored_value = dumps(encode(checked))
     now = store.now_iso()
-    conn.execute(sa.insert(store.sync_decision).values(
-        conflict_id=conflict["conflict_id"], field=field_name, choice=choice, value=stored_value, rule="person",
-        decided_by=by, decided_at=now,
-    ))
+    conn.execute(
+        sa.insert(store.sync_decision).values(
+            conflict_id=conflict["conflict_id"],
+            field=field_name,
+            choice=choice,
+            value=stored_value,
+            rule="person",
+            decided_by=by,
+            decided_at=now,
+        )
+    )
     history = _decisions(conn, [conflict["conflict_id"]])[conflict["conflict_id"]]
     decided = is_decided(conflict["kind"], names, current_decision(history, names))
-    conn.execute(sa.update(store.sync_conflict).where(store.sync_conflict.c.conflict_id == conflict["conflict_id"])
-                 .values(status="decided" if decided else "pending"))
+    conn.execute(
+        sa.update(store.sync_conflict)
+        .where(store.sync_conflict.c.conflict_id == conflict["conflict_id"])
+        .values(status="decided" if decided else "pending")
+    )
     pending = _pending_per_module(conn, conflict["session_id"])
-    _set_status(conn, conflict["session_id"], "waiting" if pending else "ready",
-                decision_version=store.sync_session.c.decision_version + 1)
+    _set_status(
+        conn,
+        conflict["session_id"],
+        "waiting" if pending else "ready",
+        decision_version=store.sync_session.c.decision_version + 1,
+    )
     _set_replica_status(conn, session.replica_id, "waiting" if pending else "syncing")
 
 
@@ -384,8 +488,9 @@ def decide_module(engine: Engine, session_id: str, module: str, choice: str, by:
     if not by or not by.strip():
         raise DecisionError("a decision needs the name of the person who takes it", "pass --by NAME")
     with engine.begin() as conn:
-        exists = conn.execute(sa.select(store.sync_session.c.session_id)
-                              .where(store.sync_session.c.session_id == session_id)).first()
+        exists = conn.execute(
+            sa.select(store.sync_session.c.session_id).where(store.sync_session.c.session_id == session_id)
+        ).first()
         if exists is None:
             raise ConflictNotFoundError(f"session {session_id} does not exist", "check the session id")
         conflicts = _conflicts(conn, session_id, module=module, status="pending")
@@ -425,31 +530,51 @@ def load_session(engine: Engine, ctx: SessionContext, dagster_run_id: str | None
     with engine.begin() as conn:
         if conn.dialect.name == "sqlite":
             # A write takes SQLite's lock now, so that no writer slips in between check and write.
-            conn.execute(sa.update(store.sync_session).where(store.sync_session.c.session_id == ctx.session_id)
-                         .values(status=store.sync_session.c.status))
+            conn.execute(
+                sa.update(store.sync_session)
+                .where(store.sync_session.c.session_id == ctx.session_id)
+                .values(status=store.sync_session.c.status)
+            )
         status = conn.execute(
-            sa.select(store.sync_session.c.status).where(store.sync_session.c.session_id == ctx.session_id)
+            sa.select(store.sync_session.c.status)
+            .where(store.sync_session.c.session_id == ctx.session_id)
             .with_for_update()
         ).scalar_one()
         if status == "done":
             return {"already_loaded": True}
         if status != "ready":
-            raise DecisionError(f"session {ctx.session_id} is {status}, not ready to load",
-                                "decide the pending conflicts first (`sync-pipeline conflicts list`)")
+            raise DecisionError(
+                f"session {ctx.session_id} is {status}, not ready to load",
+                "decide the pending conflicts first (`sync-pipeline conflicts list`)",
+            )
         result = execute_plan(conn, plan, ctx.infos)
         now = store.now_iso()
         if result.applied:
-            conn.execute(sa.insert(store.sync_applied), [
-                {"session_id": ctx.session_id, "table_name": a.table,
-                 "row_key": dumps(encode_row(ctx.infos[a.table].key_dict(a.key))), "op": a.op,
-                 "before": None if a.before is None else dumps(encode_row(a.before)),
-                 "after": None if a.after is None else dumps(encode_row(a.after)),
-                 "source": a.source, "applied_at": now}
-                for a in result.applied
-            ])
+            conn.execute(
+                sa.insert(store.sync_applied),
+                [
+                    {
+                        "session_id": ctx.session_id,
+                        "table_name": a.table,
+                        "row_key": dumps(encode_row(ctx.infos[a.table].key_dict(a.key))),
+                        "op": a.op,
+                        "before": None if a.before is None else dumps(encode_row(a.before)),
+                        "after": None if a.after is None else dumps(encode_row(a.after)),
+                        "source": a.source,
+                        "applied_at": now,
+                    }
+                    for a in result.applied
+                ],
+            )
         summary = _summary(conn, ctx, result)
-        _set_status(conn, ctx.session_id, "done", finished_at=now, summary=json.dumps(summary),
-                    **({"dagster_run_id": dagster_run_id} if dagster_run_id else {}))
+        _set_status(
+            conn,
+            ctx.session_id,
+            "done",
+            finished_at=now,
+            summary=json.dumps(summary),
+            **({"dagster_run_id": dagster_run_id} if dagster_run_id else {}),
+        )
         _set_replica_status(conn, ctx.replica_id, "retired", retired_at=now)
     return summary
 
@@ -467,14 +592,20 @@ def _summary(conn: Connection, ctx: SessionContext, result: Any) -> dict[str, An
         modules[conflict["module"]]["conflicts"] += 1
     return {
         "modules": {m: dict(c) for m, c in modules.items() if c},
-        "remapped": [{"table": t, "local_key": list(map(encode, k)), "master_key": list(map(encode, v))}
-                     for (t, k), v in result.key_map.items()],
+        "remapped": [
+            {"table": t, "local_key": list(map(encode, k)), "master_key": list(map(encode, v))}
+            for (t, k), v in result.key_map.items()
+        ],
         "dropped": [{"table": t, "key": list(map(encode, k)), "reason": why} for _, t, k, why in result.dropped],
     }
 
 
-def load_with_redetection(engine: Engine, ctx: SessionContext, replica_row: Callable[..., Any] | None = None,
-                          dagster_run_id: str | None = None) -> dict[str, Any] | None:
+def load_with_redetection(
+    engine: Engine,
+    ctx: SessionContext,
+    replica_row: Callable[..., Any] | None = None,
+    dagster_run_id: str | None = None,
+) -> dict[str, Any] | None:
     """Load; rows the master changed after detection go back to detection, then the load is retried.
 
     Returns the summary, or None when re-detection produced conflicts that wait for a person.
@@ -486,8 +617,10 @@ def load_with_redetection(engine: Engine, ctx: SessionContext, replica_row: Call
             detect_session(engine, ctx, replica_row, change_ids=stale.change_ids)
             if resolve_session(engine, ctx):
                 return None
-    raise SyncError(f"the master kept changing the session's rows during {MAX_REDETECT_ROUNDS} load attempts",
-                    "run the sync again when the master is quieter")
+    raise SyncError(
+        f"the master kept changing the session's rows during {MAX_REDETECT_ROUNDS} load attempts",
+        "run the sync again when the master is quieter",
+    )
 
 
 def mark_failed(engine: Engine, session_id: str, replica_id: str, error: str) -> None:
@@ -503,15 +636,19 @@ def mark_failed(engine: Engine, session_id: str, replica_id: str, error: str) ->
 
 def counts_of(engine: Engine, session_id: str) -> dict[str, dict[str, int]]:
     with engine.connect() as conn:
-        summary = conn.execute(sa.select(store.sync_session.c.summary)
-                               .where(store.sync_session.c.session_id == session_id)).scalar()
+        summary = conn.execute(
+            sa.select(store.sync_session.c.summary).where(store.sync_session.c.session_id == session_id)
+        ).scalar()
         data = json.loads(summary or "{}")
         if "modules" in data:
             return data["modules"]
         counts: dict[str, Counter[str]] = defaultdict(Counter)
-        for row in conn.execute(sa.select(store.sync_change.c.module, store.sync_change.c.op, store.sync_change.c.action)
-                                .where(store.sync_change.c.session_id == session_id)):
-            counts[row.module][f"{row.op}s"] += 1
+        for row in conn.execute(
+            sa.select(store.sync_change.c.module, store.sync_change.c.op, store.sync_change.c.action).where(
+                store.sync_change.c.session_id == session_id
+            )
+        ):
+            counts[row.module][f"local_{row.op}s"] += 1
         for conflict in _conflicts(conn, session_id):
             counts[conflict["module"]][conflict["kind"]] += 1
             counts[conflict["module"]]["conflicts"] += 1
@@ -547,14 +684,25 @@ def run_sync(engine: Engine, replica_path: str | Path, progress: Progress | None
                 resolve_session(engine, ctx)
             pending = pending_of(engine, session_id)
             if pending:
-                return SyncResult(session_id, replica_id, "waiting", counts_of(engine, session_id), pending,
-                                  "waiting for manual decisions")
+                return SyncResult(
+                    session_id,
+                    replica_id,
+                    "waiting",
+                    counts_of(engine, session_id),
+                    pending,
+                    "waiting for manual decisions",
+                )
             say("loading into the master")
             summary = load_with_redetection(engine, ctx, replica.row)
             if summary is None:
-                return SyncResult(session_id, replica_id, "waiting", counts_of(engine, session_id),
-                                  pending_of(engine, session_id), "the master changed during the load; "
-                                  "new conflicts wait for decisions")
+                return SyncResult(
+                    session_id,
+                    replica_id,
+                    "waiting",
+                    counts_of(engine, session_id),
+                    pending_of(engine, session_id),
+                    "the master changed during the load; new conflicts wait for decisions",
+                )
         except BadInputError:
             raise
         except Exception as exc:
@@ -591,8 +739,14 @@ def dry_run(engine: Engine, replica_path: str | Path) -> SyncResult:
             counts[f"{d.change.op}s"] += 1
         else:
             counts["unchanged"] += 1
-    return SyncResult(None, replica.manifest.replica_id, "dry-run", {m: dict(c) for m, c in modules.items()},
-                      dict(pending), "dry run: nothing was written")
+    return SyncResult(
+        None,
+        replica.manifest.replica_id,
+        "dry-run",
+        {m: dict(c) for m, c in modules.items()},
+        dict(pending),
+        "dry run: nothing was written",
+    )
 
 
 def modules_of_replica(record: dict[str, Any]) -> list[str]:

@@ -18,13 +18,15 @@ from sync_pipeline.engine.errors import NotInitialisedError
 metadata = sa.MetaData()
 
 sync_meta = sa.Table(
-    "sync_meta", metadata,
+    "sync_meta",
+    metadata,
     sa.Column("key", sa.String(64), primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
 )
 
 sync_replica = sa.Table(
-    "sync_replica", metadata,
+    "sync_replica",
+    metadata,
     sa.Column("replica_id", sa.String(36), primary_key=True),
     sa.Column("owner", sa.String(200), nullable=False),
     sa.Column("modules", sa.Text, nullable=False),  # JSON list
@@ -37,7 +39,8 @@ sync_replica = sa.Table(
 )
 
 sync_session = sa.Table(
-    "sync_session", metadata,
+    "sync_session",
+    metadata,
     sa.Column("session_id", sa.String(36), primary_key=True),
     sa.Column("replica_id", sa.String(36), sa.ForeignKey("sync_replica.replica_id"), nullable=False, index=True),
     # extracted|detected|waiting|ready|done|failed
@@ -51,7 +54,8 @@ sync_session = sa.Table(
 )
 
 sync_change = sa.Table(
-    "sync_change", metadata,
+    "sync_change",
+    metadata,
     sa.Column("session_id", sa.String(36), sa.ForeignKey("sync_session.session_id"), primary_key=True),
     sa.Column("change_id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("module", sa.String(200), nullable=False),
@@ -72,7 +76,8 @@ sync_change = sa.Table(
 )
 
 sync_conflict = sa.Table(
-    "sync_conflict", metadata,
+    "sync_conflict",
+    metadata,
     sa.Column("conflict_id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("session_id", sa.String(36), sa.ForeignKey("sync_session.session_id"), nullable=False, index=True),
     sa.Column("change_id", sa.Integer, nullable=False),
@@ -88,7 +93,8 @@ sync_conflict = sa.Table(
 )
 
 sync_decision = sa.Table(
-    "sync_decision", metadata,
+    "sync_decision",
+    metadata,
     sa.Column("decision_id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("conflict_id", sa.Integer, sa.ForeignKey("sync_conflict.conflict_id"), nullable=False, index=True),
     sa.Column("field", sa.String(200)),  # NULL: the whole row
@@ -100,7 +106,8 @@ sync_decision = sa.Table(
 )
 
 sync_applied = sa.Table(
-    "sync_applied", metadata,
+    "sync_applied",
+    metadata,
     sa.Column("applied_id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("session_id", sa.String(36), sa.ForeignKey("sync_session.session_id"), nullable=False, index=True),
     sa.Column("table_name", sa.String(200), nullable=False),
@@ -114,7 +121,8 @@ sync_applied = sa.Table(
 
 # Written by the master's change-capture triggers: the last time each field of each row changed.
 sync_field_clock = sa.Table(
-    "sync_field_clock", metadata,
+    "sync_field_clock",
+    metadata,
     sa.Column("table_name", sa.String(200), primary_key=True),
     sa.Column("row_key", sa.Text, primary_key=True),
     sa.Column("column_name", sa.String(200), primary_key=True),  # '*': row inserted or deleted

@@ -42,13 +42,13 @@ DECLARE
 BEGIN
   IF TG_OP = 'DELETE' THEN
     INSERT INTO sync_field_clock (table_name, row_key, column_name, changed_at)
-      VALUES ({name}, {key('OLD')}, '*', ts) {UPSERT_TAIL};
+      VALUES ({name}, {key("OLD")}, '*', ts) {UPSERT_TAIL};
   ELSIF TG_OP = 'INSERT' THEN
     INSERT INTO sync_field_clock (table_name, row_key, column_name, changed_at)
-      VALUES ({name}, {key('NEW')}, '*', ts) {UPSERT_TAIL};
+      VALUES ({name}, {key("NEW")}, '*', ts) {UPSERT_TAIL};
   ELSE
     INSERT INTO sync_field_clock (table_name, row_key, column_name, changed_at)
-      SELECT {name}, {key('NEW')}, v.col, ts
+      SELECT {name}, {key("NEW")}, v.col, ts
       FROM (VALUES {changed_columns}) AS v(col, changed)
       WHERE v.changed
       {UPSERT_TAIL};

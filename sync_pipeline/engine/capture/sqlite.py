@@ -66,7 +66,9 @@ class SQLiteMasterCapture(MasterCapture):
         )
         per_column = " ".join(
             _clock_upsert(
-                info.name, _key_sql(conn, info, "NEW"), sql_string(c),
+                info.name,
+                _key_sql(conn, info, "NEW"),
+                sql_string(c),
                 f"AND OLD.{_q(conn, c)} IS NOT NEW.{_q(conn, c)}",
             )
             for c in info.columns
@@ -119,10 +121,11 @@ def _json_key_sql(conn: AnyConnection, info: TableInfo, ref: str) -> str:
 
 def install_replica_log(conn: AnyConnection, infos: list[TableInfo]) -> None:
     """The change log and the triggers that fill it, on every replica table."""
-    _exec(conn, 
+    _exec(
+        conn,
         f"CREATE TABLE IF NOT EXISTS {LOG_TABLE} ("
         "seq INTEGER PRIMARY KEY AUTOINCREMENT, table_name TEXT NOT NULL, op TEXT NOT NULL, "
-        "row_key TEXT NOT NULL, old_values TEXT, new_values TEXT, changed_at TEXT NOT NULL)"
+        "row_key TEXT NOT NULL, old_values TEXT, new_values TEXT, changed_at TEXT NOT NULL)",
     )
     for info in infos:
         table = _q(conn, info.name)
@@ -161,7 +164,8 @@ def set_replica_frozen(conn: AnyConnection, tables: list[str], message: str | No
             trigger = _q(conn, trigger_name("_sync_frozen", table, "_" + op.lower()))
             _exec(conn, f"DROP TRIGGER IF EXISTS {trigger}")
             if message is not None:
-                _exec(conn, 
+                _exec(
+                    conn,
                     f"CREATE TRIGGER {trigger} BEFORE {op} ON {_q(conn, table)} "
-                    f"BEGIN SELECT RAISE(ABORT, {sql_string(message)}); END"
+                    f"BEGIN SELECT RAISE(ABORT, {sql_string(message)}); END",
                 )

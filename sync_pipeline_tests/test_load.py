@@ -1,0 +1,204 @@
+"""Load behaviour on both backends: key remapping, duplicates with children, the optimistic check,
+idempotency, FK order, non-conflicting changes of both sides kept, and a retired replica refused.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from sync_pipeline.engine.errors import ReplicaError
+from sync_pipeline.engine.queries import list_conflicts, list_replicas
+from sync_pipeline.engine.replica import open_replica
+from sync_pipeline.engine.session import (
+    detect_session,
+    load_session,
+    resolve_session,
+    run_sync,
+    session_context,
+    start_session,
+)
+from sync_pipeline_tests.helpers import TABLES, make_master, make_replica, master_state, replica_engine, row, rows
+
+P, C, T = TABLES["parent"], TABLES["child"], TABLES["tagged"]
+
+
+def test_remap_generated_key_and_child_follows(master_url: str, tmp_path: Path) -> None:
+    engine = make_master(master_url, "master_wins")
+    replica = make_replica(engine, tmp_path)
+    with replica_engine(replica).begin() as r:
+        local_id = r.execute(
+            sa.insert(P).values(name="Local new", city="L", email="ln@example.com").returning(P.c.id)
+        ).scalar_one()
+        r.execute(sa.insert(C).values(id=200, parent_id=local_id, label="of local new", amount=Decimal("2.25")))
+    with engine.begin() as m:
+        m.execute(sa.insert(P).values(name="Master new", city="M", email="mn@example.com"))
+    assert local_id == 6 and row(engine, "parent", id=6)["name"] == "Master new"
+
+    result = run_sync(engine, replica)
+
+    assert result.status == "done" and result.modules["core"]["remapped"] == 1
+    assert list_conflicts(engine) == []
+    assert row(engine, "parent", id=6)["name"] == "Master new"
+    remapped = rows(engine, "parent", lambda t: t.c.email == "ln@example.com")
+    assert len(remapped) == 1 and remapped[0]["id"] not in (6,)
+    assert row(engine, "child", id=200) == {
+        "id": 200,
+        "parent_id": remapped[0]["id"],
+        "label": "of local new",
+        "amount": Decimal("2.25"),
+    }
+    # The master's own key generator still works after the sync (PostgreSQL sequences advanced).
+    with engine.begin() as m:
+        m.execute(sa.insert(P).values(name="after", city="x", email="after@example.com"))
+
+
+def test_insert_with_free_generated_key_keeps_it_and_sequence_moves_on(master_url: str, tmp_path: Path) -> None:
+    engine = make_master(master_url)
+    replica = make_replica(engine, tmp_path)
+    with replica_engine(replica).begin() as r:
+        r.execute(sa.insert(P).values(id=50, name="Fifty", city="L", email="fifty@example.com"))
+    assert run_sync(engine, replica).status == "done"
+    assert row(engine, "parent", id=50)["name"] == "Fifty"
+    with engine.begin() as m:
+        for i in range(50):  # would collide with 50 if the sequence were left behind
+            m.execute(sa.insert(P).values(name=f"n{i}", city="x", email=f"n{i}@example.com"))
+
+
+def test_duplicate_with_children_repointed(master_url: str, tmp_path: Path) -> None:
+    engine = make_master(master_url, "local_wins")
+    replica = make_replica(engine, tmp_path)
+    with replica_engine(replica).begin() as r:
+        dup = r.execute(
+            sa.insert(P).values(name="Dup", city="L", email="same@example.com").returning(P.c.id)
+        ).scalar_one()
+        r.execute(
+            sa.insert(C), [{"id": 301, "parent_id": dup, "label": "a"}, {"id": 302, "parent_id": dup, "label": "b"}]
+        )
+    with engine.begin() as m:
+        m.execute(sa.insert(P).values(id=77, name="Same person", city="M", email="same@example.com"))
+    result = run_sync(engine, replica)
+    assert result.status == "done"
+    assert [c["kind"] for c in list_conflicts(engine)] == ["duplicate"]
+    assert rows(engine, "parent", lambda t: t.c.email == "same@example.com") == [
+        {"id": 77, "name": "Dup", "city": "L", "email": "same@example.com"}
+    ]
+    assert [r["parent_id"] for r in rows(engine, "child", lambda t: t.c.id.in_([301, 302]))] == [77, 77]
+
+
+def test_different_fields_changed_on_both_sides_are_both_kept(master_url: str, tmp_path: Path) -> None:
+    engine = make_master(master_url, "manual")
+    replica = make_replica(engine, tmp_path)
+    with replica_engine(replica).begin() as r:
+        r.execute(sa.update(P).where(P.c.id == 2).values(city="Local city"))
+        r.execute(sa.update(P).where(P.c.id == 3).values(city="Same"))
+    with engine.begin() as m:
+        m.execute(sa.update(P).where(P.c.id == 2).values(name="Master name"))
+        m.execute(sa.update(P).where(P.c.id == 3).values(city="Same"))  # convergent
+    result = run_sync(engine, replica)
+    assert result.status == "done" and list_conflicts(engine) == []
+    assert row(engine, "parent", id=2) == {
+        "id": 2,
+        "name": "Master name",
+        "city": "Local city",
+        "email": "p2@example.com",
+    }
+
+
+def test_fk_order_parent_and_children_inserted_and_deleted(master_url: str, tmp_path: Path) -> None:
+    engine = make_master(master_url)
+    replica = make_replica(engine, tmp_path)
+    with replica_engine(replica).begin() as r:
+        r.execute(sa.insert(P).values(id=60, name="New parent", city="x", email="np@example.com"))
+        r.execute(sa.insert(C).values(id=61, parent_id=60, label="new child"))
+        r.execute(sa.delete(C).where(C.c.parent_id == 5))
+        r.execute(sa.delete(P).where(P.c.id == 5))
+    assert run_sync(engine, replica).status == "done"
+    assert row(engine, "child", id=61)["parent_id"] == 60
+    assert row(engine, "parent", id=5) is None and rows(engine, "child", lambda t: t.c.parent_id == 5) == []
+
+
+def test_optimistic_check_master_change_after_detection_is_not_overwritten(master_url: str, tmp_path: Path) -> None:
+    engine = make_master(master_url, "manual")
+    replica = make_replica(engine, tmp_path)
+    with replica_engine(replica).begin() as r:
+        r.execute(sa.update(P).where(P.c.id == 1).values(city="Local"))
+        r.execute(sa.update(P).where(P.c.id == 2).values(city="Local two"))
+    opened = open_replica(engine, replica)
+    session_id = start_session(engine, opened)
+    ctx = session_context(engine, session_id)
+    detect_session(engine, ctx, opened.row)
+    assert resolve_session(engine, ctx) == {}  # nothing conflicts yet: ready to load
+    # Between detection and load, someone changes row 1 on the master.
+    with engine.begin() as m:
+        m.execute(sa.update(P).where(P.c.id == 1).values(city="Master after detection"))
+    before = master_state(engine)
+    ctx = session_context(engine, session_id)
+    from sync_pipeline.engine.load import StaleRows
+
+    with pytest.raises(StaleRows):
+        load_session(engine, ctx)
+    assert master_state(engine) == before  # nothing of the load was written
+    opened.close()
+
+    result = run_sync(engine, replica)  # goes back to detection for the stale row: now a conflict
+    assert result.status == "waiting" and result.pending == {"core": 1}
+    assert row(engine, "parent", id=1)["city"] == "Master after detection"
+    assert row(engine, "parent", id=2)["city"] == "Base"  # nothing loaded while waiting
+    (conflict,) = list_conflicts(engine, result.session_id, "pending")
+    assert conflict["kind"] == "update_update" and conflict["fields"][0]["master"] == "Master after detection"
+
+
+def test_load_is_idempotent_and_replica_retired_once(master_url: str, tmp_path: Path) -> None:
+    engine = make_master(master_url)
+    replica = make_replica(engine, tmp_path)
+    with replica_engine(replica).begin() as r:
+        r.execute(sa.update(C).where(C.c.id == 1).values(amount=Decimal("7.77")))
+    result = run_sync(engine, replica)
+    ctx = session_context(engine, result.session_id)
+    before = master_state(engine)
+    assert load_session(engine, ctx) == {"already_loaded": True}
+    assert master_state(engine) == before
+    assert [r["status"] for r in list_replicas(engine)] == ["retired"]
+
+    with pytest.raises(ReplicaError, match="already synchronised and retired"):
+        run_sync(engine, replica)
+    assert master_state(engine) == before
+    with pytest.raises(sa.exc.IntegrityError, match="retired"), replica_engine(replica).begin() as r:
+        r.execute(sa.update(C).where(C.c.id == 1).values(label="too late"))
+
+
+def test_replica_is_frozen_while_its_session_waits(tmp_path: Path) -> None:
+    engine = make_master(f"sqlite:///{tmp_path / 'm.db'}", "manual")
+    replica = make_replica(engine, tmp_path)
+    with replica_engine(replica).begin() as r:
+        r.execute(sa.update(P).where(P.c.id == 1).values(city="L"))
+    with engine.begin() as m:
+        m.execute(sa.update(P).where(P.c.id == 1).values(city="M"))
+    assert run_sync(engine, replica).status == "waiting"
+    with pytest.raises(sa.exc.IntegrityError, match="being synchronised"), replica_engine(replica).begin() as r:
+        r.execute(sa.update(P).where(P.c.id == 2).values(city="blocked"))
+    assert [r["status"] for r in list_replicas(engine)] == ["waiting"]
+
+
+def test_unicode_decimals_dates_and_nulls_round_trip(master_url: str, tmp_path: Path) -> None:
+    import datetime as dt
+
+    engine = make_master(master_url)
+    replica = make_replica(engine, tmp_path)
+    with replica_engine(replica).begin() as r:
+        r.execute(sa.insert(T).values(code="ß✓", version=3, title="Grüße 日本 🚀", valid_from=dt.date(2024, 2, 29)))
+        r.execute(sa.update(C).where(C.c.id == 4).values(amount=None, label=None))
+        r.execute(sa.update(C).where(C.c.id == 5).values(amount=Decimal("12345678.99")))
+    assert run_sync(engine, replica).status == "done"
+    assert row(engine, "tagged", code="ß✓", version=3) == {
+        "code": "ß✓",
+        "version": 3,
+        "title": "Grüße 日本 🚀",
+        "valid_from": dt.date(2024, 2, 29),
+    }
+    assert row(engine, "child", id=4) == {"id": 4, "parent_id": 4, "label": None, "amount": None}
+    assert row(engine, "child", id=5)["amount"] == Decimal("12345678.99")
