@@ -202,3 +202,38 @@ def test_unicode_decimals_dates_and_nulls_round_trip(master_url: str, tmp_path: 
     }
     assert row(engine, "child", id=4) == {"id": 4, "parent_id": 4, "label": None, "amount": None}
     assert row(engine, "child", id=5)["amount"] == Decimal("12345678.99")
+
+
+@pytest.mark.parametrize("policy", ["master_wins", "local_wins"])
+def test_local_delete_of_a_row_the_master_still_references(master_url: str, tmp_path: Path, policy: str) -> None:
+    """The replica deletes a parent and its children; meanwhile the master gave it a new child."""
+    engine = make_master(master_url, policy)
+    replica = make_replica(engine, tmp_path)
+    with replica_engine(replica).begin() as r:
+        r.execute(sa.delete(C).where(C.c.parent_id == 2))
+        r.execute(sa.delete(P).where(P.c.id == 2))
+    with engine.begin() as m:
+        m.execute(sa.insert(C).values(id=700, parent_id=2, label="added on the master"))
+    result = run_sync(engine, replica)
+    assert result.status == "done"
+    (conflict,) = list_conflicts(engine, result.session_id)
+    assert conflict["kind"] == "delete_update" and conflict["detail"]["referenced_by"] == {"child": 1}
+    # Whichever side wins, the master's new child keeps its parent; the replica's child deletes apply.
+    assert row(engine, "parent", id=2)["name"] == "P2"
+    assert [r["id"] for r in rows(engine, "child", lambda t: t.c.parent_id == 2)] == [700]
+
+
+def test_delete_referenced_from_a_table_outside_the_modules(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    engine = make_master(url, "local_wins")
+    with engine.begin() as m:
+        m.execute(sa.text("CREATE TABLE invoice (id INTEGER PRIMARY KEY, parent_id INTEGER REFERENCES parent(id))"))
+        m.execute(sa.text("INSERT INTO invoice VALUES (1, 3)"))
+    replica = make_replica(engine, tmp_path)
+    with replica_engine(replica).begin() as r:
+        r.execute(sa.delete(C).where(C.c.parent_id == 3))
+        r.execute(sa.delete(P).where(P.c.id == 3))
+    result = run_sync(engine, replica)
+    assert result.status == "done"
+    assert list_conflicts(engine)[0]["detail"]["referenced_by"] == {"invoice": 1}
+    assert row(engine, "parent", id=3) is not None

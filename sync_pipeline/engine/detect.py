@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection
 
 from sync_pipeline.engine import store
 from sync_pipeline.engine.extract import ChangeSet, RowChange
-from sync_pipeline.engine.schema import TableInfo, key_text, normalize_row
+from sync_pipeline.engine.schema import Reference, TableInfo, key_text, normalize_row, references_to
 from sync_pipeline.settings import SyncSettings
 
 BATCH = 500
@@ -117,6 +117,9 @@ def detect_conflicts(
     for change in changes.changes:
         by_table[change.table].append(change)
     local_inserts = {(c.table, c.key) for c in changes.changes if c.op == "insert"}
+    local_deletes = {(c.table, c.key) for c in changes.changes if c.op == "delete"}
+    deleting = {c.table for c in changes.changes if c.op == "delete"}
+    references = references_to(conn, deleting) if deleting else {}
 
     results: list[Detected] = []
     for table, table_changes in by_table.items():
@@ -134,6 +137,7 @@ def detect_conflicts(
             natural_hits = fetch_rows_by_key(conn, info, wanted, natural)
         detected = [_classify(c, module, info, masters.get(c.key), natural, natural_hits) for c in table_changes]
         _find_orphans(conn, detected, info, infos, local_inserts, replica_rows)
+        _find_referenced_deletes(conn, detected, info, references.get(table, []), local_deletes)
         conflicting = [d for d in detected if d.action == "conflict"]
         times = fetch_master_times(conn, info, [d.target_key or d.change.key for d in conflicting])
         for d in conflicting:
@@ -277,3 +281,53 @@ def _find_orphans(
                 "parent_deleted_at": deleted_at.get(parent_key, {}).get("*"),
             }
             d.apply_fields = d.apply_fields if d.change.op == "update" else []
+
+
+def still_referenced(
+    conn: Connection, info: TableInfo, references: list[Reference], keys: Iterable[tuple[Any, ...]],
+    deleted: set[tuple[str, tuple[Any, ...]]],
+) -> dict[tuple[Any, ...], dict[str, int]]:
+    """Master rows (not among `deleted`) that reference each key: key -> {child table: count}."""
+    key_list = list(dict.fromkeys(keys))
+    out: dict[tuple[Any, ...], dict[str, int]] = {}
+    for reference in references:
+        child = reference.child
+        child_pk = [c.name for c in child.primary_key.columns]
+        position = [info.pk.index(c) if c in info.pk else None for c in reference.parent_columns]
+        if None in position:
+            continue  # an FK to a unique column other than the key: not tracked by key
+        for start in range(0, len(key_list), BATCH):
+            chunk = key_list[start : start + BATCH]
+            wanted = [tuple(k[p] for p in position) for k in chunk]  # type: ignore[index]
+            by_fk = {w: k for w, k in zip(wanted, chunk, strict=True)}
+            fk_columns = [child.columns[c] for c in reference.columns]
+            condition = fk_columns[0].in_([w[0] for w in wanted]) if len(fk_columns) == 1 else (
+                sa.tuple_(*fk_columns).in_(wanted))
+            query = sa.select(*fk_columns, *[child.columns[c] for c in child_pk]).where(condition)
+            for found in conn.execute(query):
+                fk_value = tuple(found[: len(fk_columns)])
+                child_key = tuple(found[len(fk_columns) :])
+                if (child.name, child_key) in deleted:
+                    continue
+                parent_key = by_fk.get(fk_value)
+                if parent_key is None:
+                    continue
+                counts = out.setdefault(parent_key, {})
+                counts[child.name] = counts.get(child.name, 0) + 1
+    return out
+
+
+def _find_referenced_deletes(
+    conn: Connection, detected: list[Detected], info: TableInfo, references: list[Reference],
+    local_deletes: set[tuple[str, tuple[Any, ...]]],
+) -> None:
+    """A local delete of a row that master rows (added or kept meanwhile) still reference."""
+    candidates = [d for d in detected if d.change.op == "delete" and d.action in ("apply", "conflict")]
+    if not candidates or not references:
+        return
+    referenced = still_referenced(conn, info, references, [d.change.key for d in candidates], local_deletes)
+    for d in candidates:
+        if d.change.key in referenced:
+            d.action, d.kind = "conflict", "delete_update"
+            d.detail = {**d.detail, "referenced_by": referenced[d.change.key]}
+            d.note = "rows in the master still reference it"

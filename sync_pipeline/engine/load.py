@@ -15,10 +15,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import REGCLASS
 from sqlalchemy.engine import Connection
 
-from sync_pipeline.engine.detect import Detected, fetch_rows_by_key
+from sync_pipeline.engine.detect import Detected, fetch_rows_by_key, still_referenced
 from sync_pipeline.engine.errors import SyncError
 from sync_pipeline.engine.resolve import CurrentDecision
-from sync_pipeline.engine.schema import TableInfo, fk_order
+from sync_pipeline.engine.schema import TableInfo, fk_order, references_to
 
 ABSENT = object()
 
@@ -270,9 +270,18 @@ def execute_plan(conn: Connection, plan: Plan, infos: dict[str, TableInfo]) -> L
             applied.append(
                 AppliedRow(operation.change_id, table, operation.key, "update", before, after, operation.source)
             )
+    deleted = {(o.table, o.key) for o in plan.operations if o.op == "delete"}
+    references = references_to(conn, {t for (op, t) in by_phase if op == "delete"}) if deleted else {}
     for table in reversed(order):
         info = infos[table]
         deletes = by_phase.get(("delete", table), [])
+        if deletes and references.get(table):
+            # Never delete a row that master rows still reference (an FK error, or worse, a cascade).
+            referenced = still_referenced(conn, info, references[table], [o.key for o in deletes], deleted)
+            for o in deletes:
+                if o.key in referenced:
+                    dropped.append((o.change_id, table, o.key, "rows in the master still reference it"))  # type: ignore[arg-type]
+            deletes = [o for o in deletes if o.key not in referenced]
         for start in range(0, len(deletes), 500):
             chunk = deletes[start : start + 500]
             keys = [o.key for o in chunk]

@@ -304,3 +304,35 @@ def key_text(table: sa.Table, pk: tuple[str, ...], values: tuple[Any, ...]) -> s
     for part in parts[1:]:
         expression = expression.op("||")(part)
     return expression
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A foreign key of some master table (`child`) that points at one of our tables."""
+
+    child: sa.Table
+    columns: tuple[str, ...]
+    parent_columns: tuple[str, ...]
+
+
+def references_to(bind: Engine | Connection, parents: Iterable[str]) -> dict[str, list[Reference]]:
+    """Every FK in the whole master that points at one of `parents`, also from tables outside the
+    replica's modules: a row they reference must not be deleted from under them.
+    """
+    wanted = set(parents)
+    inspector = sa.inspect(bind)
+    found: dict[str, list[tuple[str, tuple[str, ...], tuple[str, ...]]]] = {}
+    for (_schema, child), fks in inspector.get_multi_foreign_keys().items():
+        for fk in fks:
+            if fk["referred_table"] in wanted:
+                found.setdefault(fk["referred_table"], []).append(
+                    (child, tuple(fk["constrained_columns"]), tuple(fk["referred_columns"]))
+                )
+    if not found:
+        return {}
+    metadata = sa.MetaData()
+    metadata.reflect(bind=bind, only=sorted({c for refs in found.values() for c, _, _ in refs}))
+    return {
+        parent: [Reference(metadata.tables[c], cols, pcols) for c, cols, pcols in refs]
+        for parent, refs in found.items()
+    }
