@@ -49,3 +49,14 @@ class ConflictNotFoundError(BadInputError):
 
 class DecisionError(BadInputError):
     """A decision that cannot be taken (wrong field, wrong choice, load already started)."""
+
+
+class AlreadyDecidedError(DecisionError):
+    """Someone decided the conflict after the person last looked at it."""
+
+    def __init__(self, conflict_id: int, by: str, at: str) -> None:
+        self.conflict_id, self.by, self.at = conflict_id, by, at
+        super().__init__(
+            f"conflict {conflict_id} was already decided by {by} at {at}",
+            "look at the current decision; to change it deliberately, decide again",
+        )

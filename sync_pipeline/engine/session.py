@@ -20,7 +20,13 @@ from sqlalchemy.engine import Connection, Engine
 
 from sync_pipeline.engine import store
 from sync_pipeline.engine.detect import Detected, FieldDiff, detect_conflicts
-from sync_pipeline.engine.errors import BadInputError, ConflictNotFoundError, DecisionError, SyncError
+from sync_pipeline.engine.errors import (
+    AlreadyDecidedError,
+    BadInputError,
+    ConflictNotFoundError,
+    DecisionError,
+    SyncError,
+)
 from sync_pipeline.engine.extract import ChangeSet, RowChange, extract_changes
 from sync_pipeline.engine.load import StaleRows, build_plan, execute_plan
 from sync_pipeline.engine.replica import OpenReplica, freeze, modules_of, open_replica, retire
@@ -34,7 +40,8 @@ from sync_pipeline.engine.resolve import (
 from sync_pipeline.engine.schema import TableInfo, decode_row, dumps, encode, encode_row, normalize, reflect_tables
 from sync_pipeline.settings import SyncSettings, parse_settings
 
-OPEN_STATUSES = ("extracted", "detected", "waiting", "ready")
+OPEN_STATUSES = ("extracted", "detected", "waiting", "ready", "loading")
+DECIDABLE_STATUSES = ("detected", "waiting", "ready")
 MAX_REDETECT_ROUNDS = 5
 
 Progress = Callable[[str], None]
@@ -400,12 +407,38 @@ def _pending_per_module(conn: Connection, session_id: str) -> dict[str, int]:
 
 
 def decide(
-    engine: Engine, conflict_id: int, choice: str, by: str, field_name: str | None = None, value: Any = None
+    engine: Engine,
+    conflict_id: int,
+    choice: str,
+    by: str,
+    field_name: str | None = None,
+    value: Any = None,
+    seen_decision_id: int | None = None,
 ) -> dict[str, Any]:
-    """Record one person's decision for a conflict (a field of it, or the whole row)."""
+    """Record one person's decision for a conflict (a field of it, or the whole row).
+
+    `seen_decision_id` is the latest decision id the person saw (0: none). If someone decided the
+    conflict since, `AlreadyDecidedError` says who and when, and nothing is stored: a decision is
+    never overwritten silently. Leave it None to change a decision deliberately.
+    """
     if not by or not by.strip():
         raise DecisionError("a decision needs the name of the person who takes it", "pass --by NAME")
     with engine.begin() as conn:
+        # Lock the conflict first: two people deciding at once are serialised here.
+        conn.execute(
+            sa.update(store.sync_conflict)
+            .where(store.sync_conflict.c.conflict_id == conflict_id)
+            .values(status=store.sync_conflict.c.status)
+        )
+        if seen_decision_id is not None:
+            latest = conn.execute(
+                sa.select(store.sync_decision)
+                .where(store.sync_decision.c.conflict_id == conflict_id)
+                .order_by(store.sync_decision.c.decision_id.desc())
+                .limit(1)
+            ).mappings().first()
+            if latest is not None and latest["decision_id"] != seen_decision_id:
+                raise AlreadyDecidedError(conflict_id, latest["decided_by"] or latest["rule"], latest["decided_at"])
         conflict = (
             conn.execute(sa.select(store.sync_conflict).where(store.sync_conflict.c.conflict_id == conflict_id))
             .mappings()
@@ -427,7 +460,7 @@ def _record_decision(
             store.sync_session.c.session_id == conflict["session_id"]
         )
     ).one()
-    if session.status not in ("detected", "waiting", "ready"):
+    if session.status not in DECIDABLE_STATUSES:
         raise DecisionError(
             f"conflict {conflict['conflict_id']} belongs to session {conflict['session_id']}, which is "
             f"{session.status}: its decisions can no longer change",
@@ -525,6 +558,13 @@ def load_session(engine: Engine, ctx: SessionContext, dagster_run_id: str | None
     """One transaction: the session's approved changes, the applied history, the session done and the
     replica retired on the master. Raises StaleRows (nothing written) if the master moved meanwhile.
     """
+    with engine.begin() as conn:
+        # From here on decisions are read-only: what is loaded is what was decided.
+        conn.execute(
+            sa.update(store.sync_session)
+            .where(store.sync_session.c.session_id == ctx.session_id, store.sync_session.c.status == "ready")
+            .values(status="loading")
+        )
     items = _load_items(engine, ctx)
     plan = build_plan(items, ctx.infos)
     with engine.begin() as conn:
@@ -542,7 +582,7 @@ def load_session(engine: Engine, ctx: SessionContext, dagster_run_id: str | None
         ).scalar_one()
         if status == "done":
             return {"already_loaded": True}
-        if status != "ready":
+        if status != "loading":
             raise DecisionError(
                 f"session {ctx.session_id} is {status}, not ready to load",
                 "decide the pending conflicts first (`sync-pipeline conflicts list`)",
