@@ -284,7 +284,10 @@ def _find_orphans(
 
 
 def still_referenced(
-    conn: Connection, info: TableInfo, references: list[Reference], keys: Iterable[tuple[Any, ...]],
+    conn: Connection,
+    info: TableInfo,
+    references: list[Reference],
+    keys: Iterable[tuple[Any, ...]],
     deleted: set[tuple[str, tuple[Any, ...]]],
 ) -> dict[tuple[Any, ...], dict[str, int]]:
     """Master rows (not among `deleted`) that reference each key: key -> {child table: count}."""
@@ -301,8 +304,11 @@ def still_referenced(
             wanted = [tuple(k[p] for p in position) for k in chunk]  # type: ignore[index]
             by_fk = {w: k for w, k in zip(wanted, chunk, strict=True)}
             fk_columns = [child.columns[c] for c in reference.columns]
-            condition = fk_columns[0].in_([w[0] for w in wanted]) if len(fk_columns) == 1 else (
-                sa.tuple_(*fk_columns).in_(wanted))
+            condition = (
+                fk_columns[0].in_([w[0] for w in wanted])
+                if len(fk_columns) == 1
+                else (sa.tuple_(*fk_columns).in_(wanted))
+            )
             query = sa.select(*fk_columns, *[child.columns[c] for c in child_pk]).where(condition)
             for found in conn.execute(query):
                 fk_value = tuple(found[: len(fk_columns)])
@@ -318,7 +324,10 @@ def still_referenced(
 
 
 def _find_referenced_deletes(
-    conn: Connection, detected: list[Detected], info: TableInfo, references: list[Reference],
+    conn: Connection,
+    detected: list[Detected],
+    info: TableInfo,
+    references: list[Reference],
     local_deletes: set[tuple[str, tuple[Any, ...]]],
 ) -> None:
     """A local delete of a row that master rows (added or kept meanwhile) still reference."""

@@ -254,6 +254,8 @@ def execute_plan(conn: Connection, plan: Plan, infos: dict[str, TableInfo]) -> L
             )
     for table in order:
         info = infos[table]
+        # Updates of the same columns go to the database as one executemany.
+        by_columns: dict[tuple[str, ...], list[Operation]] = defaultdict(list)
         for operation in by_phase.get(("update", table), []):
             if not rewrite(operation):
                 dropped.append(
@@ -261,15 +263,28 @@ def execute_plan(conn: Connection, plan: Plan, infos: dict[str, TableInfo]) -> L
                 )
                 continue
             values = {k: v for k, v in operation.values.items() if k not in info.pk}
-            if not values:
-                continue
-            condition = sa.and_(*[info.table.columns[c] == v for c, v in zip(info.pk, operation.key, strict=True)])
-            conn.execute(sa.update(info.table).where(condition).values(values))
-            before = operation.expected if isinstance(operation.expected, dict) else None
-            after = (dict(before) if before else {}) | values
-            applied.append(
-                AppliedRow(operation.change_id, table, operation.key, "update", before, after, operation.source)
+            if values:
+                operation.values = values
+                by_columns[tuple(sorted(values))].append(operation)
+        for columns, operations in by_columns.items():
+            statement = (
+                sa.update(info.table)
+                .where(*[info.table.columns[c] == sa.bindparam(f"_key_{c}") for c in info.pk])
+                .values({c: sa.bindparam(f"_new_{c}") for c in columns})
             )
+            params = [
+                {
+                    **{f"_key_{c}": v for c, v in zip(info.pk, o.key, strict=True)},  # type: ignore[arg-type]
+                    **{f"_new_{c}": o.values[c] for c in columns},
+                }
+                for o in operations
+            ]
+            for start in range(0, len(params), 1000):
+                conn.execute(statement, params[start : start + 1000])
+            for o in operations:
+                before = o.expected if isinstance(o.expected, dict) else None
+                after = (dict(before) if before else {}) | o.values
+                applied.append(AppliedRow(o.change_id, table, o.key, "update", before, after, o.source))  # type: ignore[arg-type]
     deleted = {(o.table, o.key) for o in plan.operations if o.op == "delete"}
     references = references_to(conn, {t for (op, t) in by_phase if op == "delete"}) if deleted else {}
     for table in reversed(order):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import functools
 import json
 import uuid
 from collections.abc import Iterable, Mapping
@@ -111,6 +112,7 @@ class ValueRejected(ValueError):
     """A value that the master's column type would reject."""
 
 
+@functools.lru_cache(maxsize=4096)
 def _python_kind(column_type: sa.types.TypeEngine) -> str:
     generic = column_type
     if isinstance(generic, sa.Boolean):

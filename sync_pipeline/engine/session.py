@@ -245,39 +245,54 @@ def detect_session(
     with engine.begin() as conn:
         if change_ids is not None:
             _drop_conflicts(conn, ctx.session_id, change_ids)
+        updates, conflicts = [], []
         for d in detected:
             info = ctx.infos[d.change.table]
-            conn.execute(
-                sa.update(store.sync_change)
-                .where(store.sync_change.c.session_id == ctx.session_id, store.sync_change.c.change_id == d.change.seq)
-                .values(
-                    action=d.action,
-                    master=None if d.master is None else dumps(encode_row(d.master)),
-                    master_times=json.dumps(d.master_times),
-                    apply_fields=json.dumps(d.apply_fields),
-                    target_key=None if d.target_key is None else dumps(encode_row(info.key_dict(d.target_key))),
-                    note=d.note or None,
-                )
+            updates.append(
+                {
+                    "_change_id": d.change.seq,
+                    "action": d.action,
+                    "master": None if d.master is None else dumps(encode_row(d.master)),
+                    "master_times": json.dumps(d.master_times),
+                    "apply_fields": json.dumps(d.apply_fields),
+                    "target_key": None if d.target_key is None else dumps(encode_row(info.key_dict(d.target_key))),
+                    "note": d.note or None,
+                }
             )
             if d.action == "conflict":
                 detail = dict(d.detail)
                 if detail.get("parent_row") is not None:
                     detail["parent_row"] = encode_row(detail["parent_row"])
-                conn.execute(
-                    sa.insert(store.sync_conflict).values(
-                        session_id=ctx.session_id,
-                        change_id=d.change.seq,
-                        module=d.module,
-                        table_name=d.change.table,
-                        row_key=dumps(encode_row(d.change.key_dict(info.pk))),
-                        kind=d.kind,
-                        fields=_encode_fields(d.fields),
-                        policy=ctx.settings.policy_for(d.change.table),
-                        status="pending",
-                        detail=dumps(detail),
-                        created_at=now,
-                    )
+                conflicts.append(
+                    {
+                        "session_id": ctx.session_id,
+                        "change_id": d.change.seq,
+                        "module": d.module,
+                        "table_name": d.change.table,
+                        "row_key": dumps(encode_row(d.change.key_dict(info.pk))),
+                        "kind": d.kind,
+                        "fields": _encode_fields(d.fields),
+                        "policy": ctx.settings.policy_for(d.change.table),
+                        "status": "pending",
+                        "detail": dumps(detail),
+                        "created_at": now,
+                    }
                 )
+        change = store.sync_change
+        statement = (
+            sa.update(change)
+            .where(change.c.session_id == ctx.session_id, change.c.change_id == sa.bindparam("_change_id"))
+            .values(
+                {
+                    name: sa.bindparam(name)
+                    for name in ("action", "master", "master_times", "apply_fields", "target_key", "note")
+                }
+            )
+        )
+        for start in range(0, len(updates), 1000):
+            conn.execute(statement, updates[start : start + 1000])
+        for start in range(0, len(conflicts), 1000):
+            conn.execute(sa.insert(store.sync_conflict), conflicts[start : start + 1000])
         _set_status(conn, ctx.session_id, "detected")
     return detected
 
@@ -431,12 +446,16 @@ def decide(
             .values(status=store.sync_conflict.c.status)
         )
         if seen_decision_id is not None:
-            latest = conn.execute(
-                sa.select(store.sync_decision)
-                .where(store.sync_decision.c.conflict_id == conflict_id)
-                .order_by(store.sync_decision.c.decision_id.desc())
-                .limit(1)
-            ).mappings().first()
+            latest = (
+                conn.execute(
+                    sa.select(store.sync_decision)
+                    .where(store.sync_decision.c.conflict_id == conflict_id)
+                    .order_by(store.sync_decision.c.decision_id.desc())
+                    .limit(1)
+                )
+                .mappings()
+                .first()
+            )
             if latest is not None and latest["decision_id"] != seen_decision_id:
                 raise AlreadyDecidedError(conflict_id, latest["decided_by"] or latest["rule"], latest["decided_at"])
         conflict = (

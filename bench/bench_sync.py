@@ -1,0 +1,451 @@
+"""Benchmarks: sync_pipeline against a raw baseline measured in the same run.
+
+    .venv/bin/python bench/bench_sync.py --quick          # small sizes, under a minute
+    .venv/bin/python bench/bench_sync.py                  # full sizes (1M-row master, 10k changes)
+    .venv/bin/python bench/bench_sync.py --sqlite         # SQLite master instead of PostgreSQL
+
+Each figure is the median of --repeat runs; the table printed at the end has the figure, ours, the
+baseline, the ratio, the target and whether it is met. Timings are wall-clock seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sync_pipeline.engine.checkout import checkout  # noqa: E402
+from sync_pipeline.engine.detect import detect_conflicts  # noqa: E402
+from sync_pipeline.engine.extract import extract_changes  # noqa: E402
+from sync_pipeline.engine.master import connect_master, init_master  # noqa: E402
+from sync_pipeline.engine.replica import open_replica  # noqa: E402
+from sync_pipeline.engine.session import run_sync  # noqa: E402
+from sync_pipeline.settings import parse_settings  # noqa: E402
+
+PG_URL = os.environ.get("SYNC_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+SETTINGS = "modules:\n  stock:\n    policy: newest_wins\n    tables:\n      item: {}\n"
+
+
+def item_table(metadata: sa.MetaData) -> sa.Table:
+    return sa.Table(
+        "item",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("name", sa.String(60), nullable=False),
+        sa.Column("qty", sa.Integer, nullable=False),
+        sa.Column("price", sa.Numeric(10, 2), nullable=False),
+        sa.Column("updated_on", sa.Date),
+        sa.Column("note", sa.Text),
+    )
+
+
+@dataclass
+class Master:
+    url: str
+    engine: sa.Engine
+    schema: str | None
+    rows: int
+
+    def drop(self) -> None:
+        self.engine.dispose()
+        if self.schema:
+            admin = sa.create_engine(PG_URL)
+            with admin.begin() as conn:
+                conn.execute(sa.schema.DropSchema(self.schema, cascade=True))
+            admin.dispose()
+
+
+def build_master(rows: int, use_sqlite: bool, folder: Path) -> Master:
+    """A master with one table of `rows` rows, initialised for sync."""
+    if use_sqlite:
+        url, schema = f"sqlite:///{folder / f'master-{rows}-{uuid.uuid4().hex[:6]}.db'}", None
+    else:
+        schema = f"bench_{uuid.uuid4().hex[:10]}"
+        admin = sa.create_engine(PG_URL)
+        with admin.begin() as conn:
+            conn.execute(sa.schema.CreateSchema(schema))
+        admin.dispose()
+        url = sa.engine.make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+        url = url.render_as_string(hide_password=False)
+    engine = connect_master(url, must_exist=False)
+    metadata = sa.MetaData()
+    item = item_table(metadata)
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        chunk = 50_000
+        for start in range(1, rows + 1, chunk):
+            conn.execute(
+                sa.insert(item),
+                [
+                    {
+                        "id": i,
+                        "name": f"item {i}",
+                        "qty": i % 97,
+                        "price": Decimal(i % 10_000) / 100,
+                        "updated_on": None,
+                        "note": "ü" * (i % 7),
+                    }
+                    for i in range(start, min(start + chunk, rows + 1))
+                ],
+            )
+        if conn.dialect.name == "postgresql":
+            from sync_pipeline.engine.load import advance_sequence
+            from sync_pipeline.engine.schema import reflect_tables
+
+            advance_sequence(conn, reflect_tables(conn, ["item"])["item"])
+            conn.exec_driver_sql("ANALYZE item")
+    init_master(engine, parse_settings(SETTINGS, "bench.yaml"))
+    return Master(url, engine, schema, rows)
+
+
+def timed(func: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    func()
+    return time.perf_counter() - start
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+# ------------------------------------------------------------------------------------------------
+# Raw baselines
+# ------------------------------------------------------------------------------------------------
+
+
+def raw_copy(master: Master, target: Path) -> None:
+    """The floor of a checkout: server-side cursor -> sqlite3 executemany, one transaction."""
+    conn = sqlite3.connect(target, isolation_level=None)
+    conn.execute(
+        "CREATE TABLE item (id INTEGER PRIMARY KEY, name VARCHAR(60) NOT NULL, qty INTEGER NOT NULL, "
+        "price NUMERIC(10,2) NOT NULL, updated_on DATE, note TEXT)"
+    )
+    conn.execute("BEGIN")
+    if master.schema:
+        import psycopg
+
+        dsn = sa.engine.make_url(PG_URL).set(drivername="postgresql").render_as_string(hide_password=False)
+        with psycopg.connect(dsn, options=f"-csearch_path={master.schema}") as pg, pg.cursor(name="raw") as cur:
+            cur.itersize = 10_000
+            cur.execute("SELECT id, name, qty, price, updated_on, note FROM item")
+            while batch := cur.fetchmany(10_000):
+                conn.executemany(
+                    "INSERT INTO item VALUES (?, ?, ?, ?, ?, ?)",
+                    [(r[0], r[1], r[2], str(r[3]), r[4] and r[4].isoformat(), r[5]) for r in batch],
+                )
+    else:
+        source = sqlite3.connect(master.engine.url.database)
+        cursor = source.execute("SELECT id, name, qty, price, updated_on, note FROM item")
+        while batch := cursor.fetchmany(10_000):
+            conn.executemany("INSERT INTO item VALUES (?, ?, ?, ?, ?, ?)", batch)
+        source.close()
+    conn.execute("COMMIT")
+    conn.close()
+
+
+@dataclass
+class ChangePlan:
+    updates: list[int]
+    inserts: list[int]
+    deletes: list[int]
+    master_touched: list[int]
+
+
+def plan_changes(rows: int, changes: int, seed: int = 1) -> ChangePlan:
+    """60% updates, 25% inserts, 15% deletes; 10% of the updated/deleted keys also changed on the master."""
+    rng = random.Random(seed)
+    existing = rng.sample(range(1, rows + 1), int(changes * 0.75))
+    updates, deletes = existing[: int(changes * 0.60)], existing[int(changes * 0.60) :]
+    inserts = list(range(rows + 1, rows + 1 + int(changes * 0.25)))
+    master_touched = rng.sample(existing, int(changes * 0.10))
+    return ChangePlan(updates, inserts, deletes, master_touched)
+
+
+def apply_local(replica: Path, plan: ChangePlan) -> None:
+    conn = sqlite3.connect(replica, isolation_level=None)
+    conn.execute("BEGIN")
+    conn.executemany("UPDATE item SET qty = qty + 1, note = 'local' WHERE id = ?", [(i,) for i in plan.updates])
+    conn.executemany(
+        "INSERT INTO item (id, name, qty, price, updated_on, note) VALUES (?, ?, 1, '9.99', NULL, 'new')",
+        [(i, f"new {i}") for i in plan.inserts],
+    )
+    conn.executemany("DELETE FROM item WHERE id = ?", [(i,) for i in plan.deletes])
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def apply_master(master: Master, plan: ChangePlan) -> None:
+    item = item_table(sa.MetaData())
+    with master.engine.begin() as conn:
+        conn.execute(
+            sa.update(item).where(item.c.id == sa.bindparam("k")).values(name=sa.bindparam("n")),
+            [{"k": i, "n": f"master {i}"} for i in plan.master_touched],
+        )
+
+
+def raw_apply(master: Master, plan: ChangePlan) -> float:
+    """The floor of a load: the same net changes with executemany in one transaction, on a copy table."""
+    metadata = sa.MetaData()
+    item = item_table(metadata)
+    copy = sa.Table("item_raw", metadata, *[sa.Column(c.name, c.type, primary_key=c.primary_key) for c in item.c])
+    with master.engine.begin() as conn:
+        copy.drop(conn, checkfirst=True)
+        copy.create(conn)
+        conn.execute(sa.insert(copy).from_select([c.name for c in item.c], sa.select(item)))
+    raw = master.engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        ph = "%s" if master.schema else "?"
+        start = time.perf_counter()
+        cur.executemany(
+            f"UPDATE item_raw SET qty = qty + 1, note = 'local' WHERE id = {ph}", [(i,) for i in plan.updates]
+        )
+        cur.executemany(
+            f"INSERT INTO item_raw (id, name, qty, price, updated_on, note) VALUES ({ph}, {ph}, 1, 9.99, NULL, 'new')",
+            [(i, f"new {i}") for i in plan.inserts],
+        )
+        cur.executemany(f"DELETE FROM item_raw WHERE id = {ph}", [(i,) for i in plan.deletes])
+        raw.commit()
+        elapsed = time.perf_counter() - start
+    finally:
+        raw.close()
+    with master.engine.begin() as conn:
+        copy.drop(conn)
+    return elapsed
+
+
+# ------------------------------------------------------------------------------------------------
+# Measurements
+# ------------------------------------------------------------------------------------------------
+
+
+def measure_checkout(master: Master, folder: Path, repeat: int) -> tuple[float, float]:
+    ours, raw = [], []
+    for n in range(repeat):
+        target = folder / f"co-{n}.db"
+        ours.append(timed(lambda: checkout(master.engine, target, "bench")))  # noqa: B023
+        target.unlink()
+        baseline = folder / f"raw-{n}.db"
+        raw.append(timed(lambda: raw_copy(master, baseline)))  # noqa: B023
+        baseline.unlink()
+    return median(ours), median(raw)
+
+
+def measure_sync(rows: int, changes: int, use_sqlite: bool, folder: Path, repeat: int) -> tuple[float, float]:
+    ours, raw = [], []
+    for n in range(repeat):
+        master = build_master(rows, use_sqlite, folder)
+        try:
+            replica = folder / f"sync-{n}.db"
+            checkout(master.engine, replica, "bench")
+            plan = plan_changes(rows, changes, seed=n)
+            apply_local(replica, plan)
+            apply_master(master, plan)
+            raw.append(raw_apply(master, plan))
+            ours.append(timed(lambda: run_sync(master.engine, replica)))  # noqa: B023
+            replica.unlink()
+        finally:
+            master.drop()
+    return median(ours), median(raw)
+
+
+def extract_and_detect(master: Master, replica: Path) -> None:
+    opened = open_replica(master.engine, replica)
+    try:
+        changes = extract_changes(opened.conn, opened.infos)
+        with master.engine.connect() as conn:
+            detect_conflicts(conn, changes, opened.infos, opened.settings, opened.row)
+    finally:
+        opened.close()
+
+
+def measure_scaling(
+    small: int, large: int, changes: int, use_sqlite: bool, folder: Path, repeat: int
+) -> tuple[float, float]:
+    results = []
+    for rows in (large, small):
+        master = build_master(rows, use_sqlite, folder)
+        try:
+            replica = folder / f"scale-{rows}.db"
+            checkout(master.engine, replica, "bench")
+            plan = plan_changes(rows, changes)
+            apply_local(replica, plan)
+            apply_master(master, plan)
+            extract_and_detect(master, replica)  # warm caches on both sizes alike
+            results.append(median([timed(lambda: extract_and_detect(master, replica)) for _ in range(repeat)]))  # noqa: B023
+            replica.unlink()
+        finally:
+            master.drop()
+    return results[0], results[1]
+
+
+def peak_rss_mb(args: list[str]) -> float:
+    """Peak resident memory of a child process running this script with `args`."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    completed = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=False)
+    if completed.returncode != 0:
+        raise RuntimeError(completed.stderr)
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    del before
+    return report["peak_mb"]
+
+
+def child_checkout(url: str, target: str) -> None:
+    engine = connect_master(url)
+    checkout(engine, target, "bench-memory")
+    print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def child_sync(url: str, replica: str) -> None:
+    engine = connect_master(url)
+    run_sync(engine, replica)
+    print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def measure_memory(master: Master, sync_changes: int, use_sqlite: bool, folder: Path) -> tuple[float, float]:
+    checkout_mb = peak_rss_mb(["--child-checkout", master.url, str(folder / "mem-co.db")])
+    sync_master = build_master(max(master.rows, int(sync_changes * 1.5)), use_sqlite, folder)
+    try:
+        replica = folder / "mem-sync.db"
+        checkout(sync_master.engine, replica, "bench")
+        plan = plan_changes(sync_master.rows, sync_changes)
+        apply_local(replica, plan)
+        apply_master(sync_master, plan)
+        sync_mb = peak_rss_mb(["--child-sync", sync_master.url, str(replica)])
+    finally:
+        sync_master.drop()
+    return checkout_mb, sync_mb
+
+
+def measure_capture_overhead(master: Master, folder: Path, writes: int, repeat: int) -> tuple[float, float]:
+    replica = folder / "cap.db"
+    checkout(master.engine, replica, "bench")
+    plain = folder / "cap-plain.db"
+    ours, raw = [], []
+    for n in range(repeat):
+        shutil.copy(replica, plain)
+        conn = sqlite3.connect(plain)
+        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+            conn.execute(f'DROP TRIGGER "{name}"')
+        conn.commit()
+        conn.close()
+        plan = plan_changes(master.rows, writes, seed=100 + n)
+        work = folder / "cap-work.db"
+        shutil.copy(replica, work)
+        ours.append(timed(lambda: apply_local(work, plan)))  # noqa: B023
+        raw.append(timed(lambda: apply_local(plain, plan)))  # noqa: B023
+    return median(ours), median(raw)
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    figure: str
+    ours: float
+    baseline: float
+    target: float
+    unit: str = "s"
+    ratio_kind: str = "ratio"
+
+    @property
+    def ratio(self) -> float:
+        return self.ours / self.baseline if self.ratio_kind == "ratio" else self.ours
+
+    @property
+    def met(self) -> bool:
+        return self.ratio <= self.target
+
+
+def print_table(rows: list[Row], header: str) -> None:
+    print(f"\n### {header}\n")
+    print("| figure | ours | baseline | ratio | target | met |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        if r.ratio_kind == "ratio":
+            print(
+                f"| {r.figure} | {r.ours:.2f} {r.unit} | {r.baseline:.2f} {r.unit} | {r.ratio:.2f} × | "
+                f"≤ {r.target} × | {'yes' if r.met else 'no'} |"
+            )
+        else:
+            print(
+                f"| {r.figure} | {r.ours:.0f} {r.unit} | — | — | ≤ {r.target:.0f} {r.unit} | "
+                f"{'yes' if r.met else 'no'} |"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes (under a minute)")
+    parser.add_argument("--sqlite", action="store_true", help="SQLite master instead of PostgreSQL")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", default="", help="comma list: checkout,sync,scaling,memory,capture")
+    parser.add_argument("--child-checkout", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--child-sync", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_checkout:
+        return child_checkout(*args.child_checkout)
+    if args.child_sync:
+        return child_sync(*args.child_sync)
+
+    rows, changes, small = (50_000, 2_000, 5_000) if args.quick else (1_000_000, 10_000, 100_000)
+    memory_changes = 5_000 if args.quick else 100_000
+    only = set(filter(None, args.only.split(","))) or {"checkout", "sync", "scaling", "memory", "capture"}
+    backend = "SQLite" if args.sqlite else "PostgreSQL"
+    results: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="sync-bench-") as tmp:
+        folder = Path(tmp)
+        big = build_master(rows, args.sqlite, folder) if only & {"checkout", "memory", "capture"} else None
+        try:
+            if "checkout" in only and big:
+                ours, raw = measure_checkout(big, folder, args.repeat)
+                results.append(Row(f"checkout of {rows:,} rows ({backend})", ours, raw, 1.5))
+                print(f"checkout: {ours:.2f}s vs raw {raw:.2f}s", file=sys.stderr)
+            if "capture" in only and big:
+                ours, raw = measure_capture_overhead(big, folder, changes, args.repeat)
+                results.append(Row(f"replica writes ({changes:,}) with vs without change capture", ours, raw, 1.5))
+                print(f"capture: {ours:.3f}s vs {raw:.3f}s", file=sys.stderr)
+            if "memory" in only and big:
+                checkout_mb, sync_mb = measure_memory(big, memory_changes, args.sqlite, folder)
+                results.append(Row(f"peak RSS, checkout of {rows:,} rows", checkout_mb, 0, 400, "MB", "abs"))
+                results.append(Row(f"peak RSS, sync of {memory_changes:,} changes", sync_mb, 0, 1536, "MB", "abs"))
+                print(f"memory: {checkout_mb:.0f} MB / {sync_mb:.0f} MB", file=sys.stderr)
+        finally:
+            if big:
+                big.drop()
+        if "sync" in only:
+            ours, raw = measure_sync(rows, changes, args.sqlite, folder, args.repeat)
+            results.append(Row(f"engine sync of {changes:,} changes into {rows:,} rows", ours, raw, 5.0))
+            print(f"sync: {ours:.2f}s vs raw {raw:.2f}s", file=sys.stderr)
+        if "scaling" in only:
+            large_t, small_t = measure_scaling(small, rows, changes, args.sqlite, folder, args.repeat)
+            results.append(
+                Row(f"extract+detect {changes:,} changes: {rows:,} vs {small:,} rows", large_t, small_t, 1.3)
+            )
+            print(f"scaling: {large_t:.2f}s vs {small_t:.2f}s", file=sys.stderr)
+    size = "quick" if args.quick else "full"
+    print_table(results, f"{backend}, {size} size, median of {args.repeat}")
+
+
+if __name__ == "__main__":
+    main()
