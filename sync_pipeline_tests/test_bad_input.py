@@ -194,3 +194,44 @@ def test_dry_run_writes_nothing(master_url: str, tmp_path: Path) -> None:
     report = json.loads(result.output)
     assert report["status"] == "dry-run" and report["modules"]["core"]["updates"] == 1
     assert master_state(engine) == before and replica.read_bytes() == replica_before
+
+
+def _forged_base(engine: sa.Engine, tmp_path: Path) -> Path:
+    replica = _edited_replica(engine, tmp_path)
+    # Claim that parent 1's name was something else at checkout, to sneak a change past detection.
+    _sql(
+        replica,
+        "UPDATE _sync_log SET old_values = json_set(old_values, '$.name', 'Forged') WHERE table_name = 'parent'",
+    )
+    return replica
+
+
+def _forged_key(engine: sa.Engine, tmp_path: Path) -> Path:
+    replica = _edited_replica(engine, tmp_path)
+    _sql(
+        replica,
+        "INSERT INTO _sync_log (table_name, op, row_key, old_values, new_values, changed_at) VALUES "
+        '(\'parent\', \'D\', \'[4242]\', \'{"id": 4242, "name": "ghost", "city": null, "email": null}\', '
+        "NULL, '2026-01-01T00:00:00.000')",
+    )
+    return replica
+
+
+CASES["forged base values in the change log"] = (_forged_base, "column 'name' was 'Forged' at checkout")
+CASES["forged key in the change log"] = (_forged_key, "did not have at checkout")
+
+
+@pytest.mark.parametrize("case", ["forged base values in the change log", "forged key in the change log"])
+def test_forged_change_log_is_refused(case: str, master_url: str, tmp_path: Path) -> None:
+    test_bad_replica_is_refused_and_master_unchanged(case, master_url, tmp_path)
+
+
+def test_bad_input_leaves_the_replica_unfrozen(tmp_path: Path) -> None:
+    engine = make_master(f"sqlite:///{tmp_path / 'm.db'}")
+    replica = _text_in_integer_column(engine, tmp_path)
+    code, output = _sync(str(engine.url), replica)
+    assert code == 2
+    # The field worker can correct the row and sync again.
+    _sql(replica, "UPDATE child SET parent_id = 1 WHERE id = 900")
+    code, output = _sync(str(engine.url), replica)
+    assert code == 0, output

@@ -237,3 +237,45 @@ def test_delete_referenced_from_a_table_outside_the_modules(tmp_path: Path) -> N
     assert result.status == "done"
     assert list_conflicts(engine)[0]["detail"]["referenced_by"] == {"invoice": 1}
     assert row(engine, "parent", id=3) is not None
+
+
+def test_natural_key_taken_between_detection_and_load(master_url: str, tmp_path: Path) -> None:
+    """A concurrent insert makes the load's insert violate a unique key: detect again, not fail."""
+    engine = make_master(master_url, "master_wins")
+    replica = make_replica(engine, tmp_path)
+    with replica_engine(replica).begin() as r:
+        r.execute(sa.insert(P).values(id=30, name="Racer local", city="L", email="race@example.com"))
+    opened = open_replica(engine, replica)
+    session_id = start_session(engine, opened)
+    ctx = session_context(engine, session_id)
+    detect_session(engine, ctx, opened.row)
+    resolve_session(engine, ctx)
+    opened.close()
+    with engine.begin() as m:
+        m.execute(sa.insert(P).values(id=31, name="Racer master", city="M", email="race@example.com"))
+    result = run_sync(engine, replica)
+    assert result.status == "done"
+    assert [c["kind"] for c in list_conflicts(engine, session_id)] == ["duplicate"]
+    assert rows(engine, "parent", lambda t: t.c.email == "race@example.com") == [
+        {"id": 31, "name": "Racer master", "city": "M", "email": "race@example.com"}
+    ]
+
+
+def test_process_ended_between_load_commit_and_retirement(master_url: str, tmp_path: Path) -> None:
+    engine = make_master(master_url)
+    replica = make_replica(engine, tmp_path)
+    with replica_engine(replica).begin() as r:
+        r.execute(sa.update(P).where(P.c.id == 1).values(city="Once"))
+    opened = open_replica(engine, replica)
+    session_id = start_session(engine, opened)
+    ctx = session_context(engine, session_id)
+    detect_session(engine, ctx, opened.row)
+    resolve_session(engine, ctx)
+    opened.close()
+    load_session(engine, ctx)  # committed; the file was never retired
+    before = master_state(engine)
+    result = run_sync(engine, replica)
+    assert (result.status, result.session_id) == ("done", session_id)
+    assert master_state(engine) == before  # nothing applied twice
+    with pytest.raises(ReplicaError, match="already synchronised"):
+        run_sync(engine, replica)

@@ -20,6 +20,7 @@ from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.engine import Engine
 
 from sync_pipeline.engine import store
+from sync_pipeline.engine.capture import capture_for
 from sync_pipeline.engine.capture.sqlite import install_replica_log
 from sync_pipeline.engine.errors import BadInputError, ReplicaError
 from sync_pipeline.engine.manifest import Manifest, schema_snapshot, write_manifest
@@ -107,7 +108,7 @@ def checkout(
         raise BadInputError(f"unknown module(s): {', '.join(unknown)}", f"choose from: {', '.join(settings.modules)}")
     infos = reflect_tables(engine, settings.tables(chosen))
     replica_id = store.new_id()
-    checked_out_at = store.now_iso()
+    checked_out_at = _master_clock(engine)
     manifest = Manifest(
         replica_id=replica_id,
         owner=owner,
@@ -162,6 +163,16 @@ def checkout(
         partial.unlink(missing_ok=True)
         raise
     return CheckoutResult(replica_id, path, owner, chosen, rows)
+
+
+def _master_clock(engine: Engine) -> str:
+    """The checkout time on the master's own clock, so that it compares with its change times."""
+    try:
+        capture = capture_for(engine.dialect.name)
+    except BadInputError:
+        return store.now_iso()
+    with engine.connect() as conn:
+        return capture.now(conn)
 
 
 def _copy_table(

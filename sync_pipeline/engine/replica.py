@@ -97,17 +97,21 @@ def open_replica(engine: Engine, path: str | Path, *, allow_retired: bool = Fals
                 "check out a new replica from this master",
             )
         if record["status"] == "retired" and not allow_retired:
-            raise ReplicaError(
-                f"replica {file} ({manifest.replica_id}, owner {manifest.owner}) was already synchronised and "
-                f"retired at {record['retired_at']}; a replica is synchronised only once",
-                "check out a new replica with `sync-pipeline checkout`",
-            )
+            raise already_synchronised(file, manifest, record)
         settings = parse_settings(manifest.settings, f"<settings frozen in replica {file.name}>")
         infos = _reflect_checked(engine, manifest)
         return OpenReplica(file, conn, manifest, settings, infos, dict(record))
     except BaseException:
         conn.close()
         raise
+
+
+def already_synchronised(file: Path, manifest: Manifest, record: dict[str, Any]) -> ReplicaError:
+    return ReplicaError(
+        f"replica {file} ({manifest.replica_id}, owner {manifest.owner}) was already synchronised and "
+        f"retired at {record['retired_at']}; a replica is synchronised only once",
+        "check out a new replica with `sync-pipeline checkout`",
+    )
 
 
 def _reflect_checked(engine: Engine, manifest: Manifest) -> dict[str, TableInfo]:
@@ -147,6 +151,10 @@ def freeze(replica: OpenReplica, session_id: str) -> None:
         f"this replica is being synchronised (session {session_id}): local writes are blocked until the sync finishes"
     )
     set_replica_frozen_file(replica.conn, replica.manifest.tables, message, "frozen")
+
+
+def unfreeze(replica: OpenReplica) -> None:
+    set_replica_frozen_file(replica.conn, replica.manifest.tables, None, "open")
 
 
 def retire(replica_path: str | Path, replica_tables: list[str], when: str) -> None:

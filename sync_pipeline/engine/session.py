@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from sync_pipeline.engine import store
-from sync_pipeline.engine.detect import Detected, FieldDiff, detect_conflicts
+from sync_pipeline.engine.detect import Detected, FieldDiff, detect_conflicts, verify_bases
 from sync_pipeline.engine.errors import (
     AlreadyDecidedError,
     BadInputError,
@@ -29,7 +29,15 @@ from sync_pipeline.engine.errors import (
 )
 from sync_pipeline.engine.extract import ChangeSet, RowChange, extract_changes
 from sync_pipeline.engine.load import StaleRows, build_plan, execute_plan
-from sync_pipeline.engine.replica import OpenReplica, freeze, modules_of, open_replica, retire
+from sync_pipeline.engine.replica import (
+    OpenReplica,
+    already_synchronised,
+    freeze,
+    modules_of,
+    open_replica,
+    retire,
+    unfreeze,
+)
 from sync_pipeline.engine.resolve import (
     CurrentDecision,
     auto_decide,
@@ -124,6 +132,15 @@ def _set_replica_status(conn: Connection, replica_id: str, status: str, **extra:
     )
 
 
+def last_session_of(engine: Engine, replica_id: str) -> str | None:
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(store.sync_session.c.session_id)
+            .where(store.sync_session.c.replica_id == replica_id, store.sync_session.c.status == "done")
+            .order_by(store.sync_session.c.started_at.desc())
+        ).scalar()
+
+
 def open_session_of(engine: Engine, replica_id: str) -> dict[str, Any] | None:
     with engine.connect() as conn:
         row = (
@@ -178,8 +195,17 @@ def start_session(engine: Engine, replica: OpenReplica, dagster_run_id: str | No
 
     Everything that can be wrong with the replica is found before the first write.
     """
-    changes = extract_changes(replica.conn, replica.infos)
     session_id = store.new_id()
+    # Frozen before reading the log: no local write can slip in after extraction and be lost.
+    freeze(replica, session_id)
+    try:
+        changes = extract_changes(replica.conn, replica.infos)
+        if replica.settings.master_change_capture:
+            with engine.connect() as conn:
+                verify_bases(conn, changes, replica.infos, replica.manifest.checked_out_at)
+    except BaseException:
+        unfreeze(replica)
+        raise
     now = store.now_iso()
     records = [
         _change_record(session_id, index, replica.settings.module_of(c.table), c, replica.infos[c.table])
@@ -199,7 +225,6 @@ def start_session(engine: Engine, replica: OpenReplica, dagster_run_id: str | No
         for start in range(0, len(records), 1000):
             conn.execute(sa.insert(store.sync_change), records[start : start + 1000])
         _set_replica_status(conn, replica.manifest.replica_id, "syncing", path=str(replica.path.resolve()))
-    freeze(replica, session_id)
     return session_id
 
 
@@ -669,13 +694,25 @@ def load_with_redetection(
 
     Returns the summary, or None when re-detection produced conflicts that wait for a person.
     """
+    refused: sa.exc.IntegrityError | None = None
     for _round in range(MAX_REDETECT_ROUNDS):
         try:
             return load_session(engine, ctx, dagster_run_id)
         except StaleRows as stale:
-            detect_session(engine, ctx, replica_row, change_ids=stale.change_ids)
-            if resolve_session(engine, ctx):
-                return None
+            stale_ids = stale.change_ids
+        except sa.exc.IntegrityError as exc:
+            # A concurrent writer took a key or a reference we rely on: look at every row again, once.
+            if refused is not None:
+                reason = str(exc.orig).strip().splitlines()[0]
+                raise SyncError(
+                    f"the master refused the session's changes: {reason}",
+                    "see which row the message names; correct it on the master or in a new replica",
+                ) from None
+            refused = exc
+            stale_ids = [r["change_id"] for r in load_changes(engine, ctx)]
+        detect_session(engine, ctx, replica_row, change_ids=stale_ids)
+        if resolve_session(engine, ctx):
+            return None
     raise SyncError(
         f"the master kept changing the session's rows during {MAX_REDETECT_ROUNDS} load attempts",
         "run the sync again when the master is quieter",
@@ -722,8 +759,16 @@ def pending_of(engine: Engine, session_id: str) -> dict[str, int]:
 def run_sync(engine: Engine, replica_path: str | Path, progress: Progress | None = None) -> SyncResult:
     """Run (or continue) the session of a replica to its end or until it waits for decisions."""
     say = progress or (lambda _message: None)
-    replica = open_replica(engine, replica_path)
+    replica = open_replica(engine, replica_path, allow_retired=True)
     replica_id = replica.manifest.replica_id
+    if replica.record["status"] == "retired":
+        replica.close()
+        if replica.manifest.status == "retired":
+            raise already_synchronised(replica.path, replica.manifest, replica.record)
+        # The load committed, but the process ended before the file was retired: finish that only.
+        done = last_session_of(engine, replica_id)
+        retire(replica.path, replica.manifest.tables, replica.record["retired_at"])
+        return SyncResult(done, replica_id, "done", counts_of(engine, done) if done else {}, {}, "synchronised")
     try:
         existing = open_session_of(engine, replica_id)
         if existing is None:

@@ -28,6 +28,10 @@ class MasterCapture(ABC):
     """Per-field change times on the master, written by triggers into `sync_field_clock`."""
 
     @abstractmethod
+    def now(self, conn: Connection) -> str:
+        """The master's clock, in the triggers' format: checkout times compare with change times."""
+
+    @abstractmethod
     def install(self, conn: Connection, table: TableInfo) -> None:
         """Create (or replace) the triggers of one table."""
 

@@ -17,6 +17,10 @@ def _q(conn: Connection, name: str) -> str:
 
 
 class PostgreSQLMasterCapture(MasterCapture):
+    def now(self, conn: Connection) -> str:
+        utc = sa.func.timezone("UTC", sa.func.clock_timestamp())
+        return conn.execute(sa.select(sa.func.to_char(utc, 'YYYY-MM-DD"T"HH24:MI:SS.US'))).scalar_one()
+
     def _function(self, info: TableInfo) -> str:
         return trigger_name("sync_clock_fn", info.name)
 

@@ -48,6 +48,9 @@ def _clock_upsert(table: str, key_sql: str, column_sql: str, where: str = "") ->
 
 
 class SQLiteMasterCapture(MasterCapture):
+    def now(self, conn: Connection) -> str:
+        return conn.execute(sa.select(sa.func.strftime("%Y-%m-%dT%H:%M:%f", "now"))).scalar_one()
+
     def _names(self, info: TableInfo) -> list[str]:
         return [trigger_name("sync_clock", info.name, s) for s in ("_ins", "_upd", "_del")]
 
