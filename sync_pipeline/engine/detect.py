@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 from sync_pipeline.engine import store
 from sync_pipeline.engine.errors import ReplicaError
 from sync_pipeline.engine.extract import ChangeSet, RowChange
-from sync_pipeline.engine.schema import Reference, TableInfo, key_text, normalize_row, references_to
+from sync_pipeline.engine.schema import KEY_SEPARATOR, Reference, TableInfo, key_text, normalize_row, references_to
 from sync_pipeline.settings import SyncSettings
 
 BATCH = 500
@@ -88,15 +88,24 @@ def fetch_master_times(
         return {}
     clock = store.sync_field_clock
     out: dict[tuple[Any, ...], dict[str, str]] = {}
+    # Integers and strings render the same in Python as CAST(... AS TEXT) on every dialect.
+    plain_text_keys = all(
+        isinstance(info.table.columns[c].type, (sa.Integer, sa.String))
+        and not isinstance(info.table.columns[c].type, (sa.Boolean, sa.Enum))
+        for c in info.pk
+    )
     for start in range(0, len(key_list), BATCH):
         chunk = key_list[start : start + BATCH]
         texts = {}
-        # The triggers render keys as CAST(col AS TEXT); let the database render ours the same way.
-        rendered = conn.execute(
-            sa.select(*[key_text(info.table, info.pk, k).label(f"k{i}") for i, k in enumerate(chunk)])
-        ).one()
-        for key, text in zip(chunk, rendered, strict=True):
-            texts[text] = key
+        if plain_text_keys:
+            texts = {KEY_SEPARATOR.join(str(v) for v in key): key for key in chunk}
+        else:
+            # The triggers render keys as CAST(col AS TEXT); let the database render ours the same way.
+            rendered = conn.execute(
+                sa.select(*[key_text(info.table, info.pk, k).label(f"k{i}") for i, k in enumerate(chunk)])
+            ).one()
+            for key, text in zip(chunk, rendered, strict=True):
+                texts[text] = key
         rows = conn.execute(
             sa.select(clock.c.row_key, clock.c.column_name, clock.c.changed_at).where(
                 clock.c.table_name == info.name, clock.c.row_key.in_(list(texts))

@@ -88,6 +88,9 @@ class SessionContext:
     settings: SyncSettings
     infos: dict[str, TableInfo]
     status: str
+    # When one process runs several steps, what a step computed is handed on instead of re-read.
+    cached_changes: ChangeSet | None = None
+    cached_detected: list[Detected] | None = None
 
 
 def session_context(engine: Engine, session_id: str) -> SessionContext:
@@ -195,6 +198,10 @@ def start_session(engine: Engine, replica: OpenReplica, dagster_run_id: str | No
 
     Everything that can be wrong with the replica is found before the first write.
     """
+    return _start_session(engine, replica, dagster_run_id)[0]
+
+
+def _start_session(engine: Engine, replica: OpenReplica, dagster_run_id: str | None = None) -> tuple[str, ChangeSet]:
     session_id = store.new_id()
     # Frozen before reading the log: no local write can slip in after extraction and be lost.
     freeze(replica, session_id)
@@ -225,7 +232,9 @@ def start_session(engine: Engine, replica: OpenReplica, dagster_run_id: str | No
         for start in range(0, len(records), 1000):
             conn.execute(sa.insert(store.sync_change), records[start : start + 1000])
         _set_replica_status(conn, replica.manifest.replica_id, "syncing", path=str(replica.path.resolve()))
-    return session_id
+    for index, change in enumerate(changes.changes):
+        change.seq = index  # from now on a change is known by its change_id
+    return session_id, changes
 
 
 def load_changes(engine: Engine, ctx: SessionContext, change_ids: list[int] | None = None) -> list[dict[str, Any]]:
@@ -262,10 +271,15 @@ def detect_session(
     change_ids: list[int] | None = None,
 ) -> list[Detected]:
     """Detect conflicts for the session's changes (or only `change_ids`, when the load found them stale)."""
-    records = load_changes(engine, ctx, change_ids)
-    changes = ChangeSet([_change_from_record(r, ctx.infos[r["table_name"]]) for r in records])
+    if change_ids is None and ctx.cached_changes is not None:
+        changes = ctx.cached_changes
+    else:
+        records = load_changes(engine, ctx, change_ids)
+        changes = ChangeSet([_change_from_record(r, ctx.infos[r["table_name"]]) for r in records])
+    ctx.cached_changes = None
     with engine.connect() as conn:
         detected = detect_conflicts(conn, changes, ctx.infos, ctx.settings, replica_row)
+    ctx.cached_detected = detected if change_ids is None else None
     now = store.now_iso()
     with engine.begin() as conn:
         if change_ids is not None:
@@ -582,14 +596,20 @@ def decide_module(engine: Engine, session_id: str, module: str, choice: str, by:
 
 
 def _load_items(engine: Engine, ctx: SessionContext) -> list[tuple[int, Detected, CurrentDecision | None]]:
-    records = load_changes(engine, ctx)
     with engine.connect() as conn:
         conflicts = {c["change_id"]: c for c in _conflicts(conn, ctx.session_id)}
         history = _decisions(conn, [c["conflict_id"] for c in conflicts.values()])
+    if ctx.cached_detected is not None:
+        cached = {d.change.seq: d for d in ctx.cached_detected}
+        ctx.cached_detected = None
+        records: list[dict[str, Any]] = [{"change_id": change_id} for change_id in cached]
+    else:
+        cached = {}
+        records = load_changes(engine, ctx)
     items = []
     for record in records:
         conflict = conflicts.get(record["change_id"])
-        d = _detected_from(record, conflict, ctx)
+        d = cached.get(record["change_id"]) or _detected_from(record, conflict, ctx)
         decision = None
         if conflict is not None:
             names = [f.name for f in d.fields]
@@ -771,13 +791,15 @@ def run_sync(engine: Engine, replica_path: str | Path, progress: Progress | None
         return SyncResult(done, replica_id, "done", counts_of(engine, done) if done else {}, {}, "synchronised")
     try:
         existing = open_session_of(engine, replica_id)
+        changes = None
         if existing is None:
             say("extracting local changes")
-            session_id = start_session(engine, replica)
+            session_id, changes = _start_session(engine, replica)
         else:
             session_id = existing["session_id"]
             say(f"continuing session {session_id} ({existing['status']})")
         ctx = session_context(engine, session_id)
+        ctx.cached_changes = changes
         try:
             if ctx.status == "extracted":
                 say("detecting conflicts")
