@@ -10,7 +10,7 @@ import json
 import os
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,6 +165,51 @@ def checkout(
     return CheckoutResult(replica_id, path, owner, chosen, rows)
 
 
+def _converter_for(column_type: sa.types.TypeEngine) -> Callable[[Any], Any] | None:
+    """How a value of this master type is stored in SQLite; None where the driver's value fits as is."""
+    if isinstance(
+        column_type,
+        (
+            sa.Boolean,
+            sa.Numeric,
+            sa.Date,
+            sa.DateTime,
+            sa.Time,
+            sa.Uuid,
+            sa.JSON,
+            sa.LargeBinary,
+            sa.Interval,
+            sa.ARRAY,
+            sa.Enum,
+        ),
+    ):
+        return _to_sqlite
+    if isinstance(column_type, (sa.Integer, sa.String)):
+        return None
+    return _to_sqlite
+
+
+def _stream_rows(mconn: sa.Connection, query: sa.Select[Any]) -> Iterator[list[tuple[Any, ...]]]:
+    """Rows of a Core query in chunks, straight from the driver: a server-side cursor on PostgreSQL,
+    so a table of any size streams in constant memory, without SQLAlchemy's per-row processing.
+    """
+    compiled = query.compile(dialect=mconn.dialect)
+    dbapi = mconn.connection.dbapi_connection
+    assert dbapi is not None
+    if mconn.dialect.name == "postgresql":
+        cursor = dbapi.cursor(name=f"sync_checkout_{uuid.uuid4().hex}")
+        cursor.itersize = CHUNK_ROWS
+        cursor.execute(str(compiled), compiled.params)
+    else:
+        cursor = dbapi.cursor()
+        cursor.execute(str(compiled), [compiled.params[name] for name in compiled.positiontup or []])
+    try:
+        while chunk := cursor.fetchmany(CHUNK_ROWS):
+            yield chunk
+    finally:
+        cursor.close()
+
+
 def _master_clock(engine: Engine) -> str:
     """The checkout time on the master's own clock, so that it compares with its change times."""
     try:
@@ -182,7 +227,8 @@ def _copy_table(
     target: sa.Table,
     progress: Progress | None,
 ) -> int:
-    total = mconn.execute(sa.select(sa.func.count()).select_from(info.table)).scalar_one()
+    # Counting costs a scan: only when someone watches the progress.
+    total = mconn.execute(sa.select(sa.func.count()).select_from(info.table)).scalar_one() if progress else 0
     columns = [target.columns[c] for c in info.columns]
     # Compiled once from Core in qmark style: sqlite3's executemany with positional rows is the fast path.
     compiled = sa.insert(target).compile(
@@ -192,14 +238,17 @@ def _copy_table(
     order = list(compiled.positiontup or [])
     if order != [c.name for c in columns]:
         raise RuntimeError(f"unexpected parameter order in {insert_sql}")
-    result = mconn.execution_options(stream_results=True, yield_per=CHUNK_ROWS).execute(
-        sa.select(*[info.table.columns[c] for c in info.columns])
-    )
+    converters = [_converter_for(info.table.columns[c].type) for c in info.columns]
     copied = 0
     if progress:
         progress(info.name, 0, total)
-    for chunk in result.partitions(CHUNK_ROWS):
-        replica.executemany(insert_sql, [tuple(_to_sqlite(v) for v in row) for row in chunk])
+    for chunk in _stream_rows(mconn, sa.select(*[info.table.columns[c] for c in info.columns])):
+        if any(converters):
+            chunk = [
+                tuple(v if f is None or v is None else f(v) for f, v in zip(converters, row, strict=True))
+                for row in chunk
+            ]
+        replica.executemany(insert_sql, chunk)
         copied += len(chunk)
         if progress:
             progress(info.name, copied, total)
