@@ -203,3 +203,22 @@ def test_checkout_unknown_module(tmp_path: Path) -> None:
     )
     assert code == 2 and "unknown module(s): payroll" in output and "choose from: core" in output
     assert not (tmp_path / "r.db").exists()
+
+
+def test_bulk_decision_keeps_fields_a_person_already_decided(tmp_path: Path) -> None:
+    from sync_pipeline.engine.queries import list_conflicts
+    from sync_pipeline.engine.session import decide, decide_module, run_sync
+    from sync_pipeline_tests.helpers import make_replica
+
+    engine = make_master(f"sqlite:///{tmp_path / 'm.db'}", "manual")
+    replica = make_replica(engine, tmp_path)
+    with replica_engine(replica).begin() as r:
+        r.execute(sa.update(P).where(P.c.id == 1).values(city="Local", name="Local name"))
+    with engine.begin() as m:
+        m.execute(sa.update(P).where(P.c.id == 1).values(city="Master", name="Master name"))
+    session = run_sync(engine, replica).session_id
+    (conflict,) = list_conflicts(engine, session)
+    decide(engine, conflict["id"], "value", "Ada", "name", "Typed by Ada")
+    assert decide_module(engine, session, "core", "local", "Ben") == 1
+    assert run_sync(engine, replica).status == "done"
+    assert row(engine, "parent", id=1) == {"id": 1, "name": "Typed by Ada", "city": "Local", "email": "p1@example.com"}

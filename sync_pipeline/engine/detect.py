@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection
 from sync_pipeline.engine import store
 from sync_pipeline.engine.errors import ReplicaError
 from sync_pipeline.engine.extract import ChangeSet, RowChange
+from sync_pipeline.engine.faults import checkpoint
 from sync_pipeline.engine.schema import KEY_SEPARATOR, Reference, TableInfo, key_text, normalize_row, references_to
 from sync_pipeline.settings import SyncSettings
 
@@ -154,6 +155,7 @@ def detect_conflicts(
         for d in conflicting:
             d.master_times = times.get(d.target_key or d.change.key, {})
         results.extend(detected)
+        checkpoint("detect")
     return results
 
 

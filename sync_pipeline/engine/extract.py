@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from sync_pipeline.engine.capture.sqlite import LOG_TABLE
 from sync_pipeline.engine.errors import ReplicaError
+from sync_pipeline.engine.faults import checkpoint
 from sync_pipeline.engine.schema import TableInfo, ValueRejected, fk_order, normalize
 
 Op = Literal["insert", "update", "delete"]
@@ -113,6 +114,7 @@ def extract_changes(replica: sqlite3.Connection, infos: dict[str, TableInfo]) ->
     """Net changes of every table in `infos`, from the replica's change log."""
     states: dict[tuple[str, str], _RowState] = {}
     for seq, table, op, row_key, old_text, new_text, changed_at in _log_entries(replica):
+        checkpoint("extract")
         info = infos.get(table)
         if info is None:
             raise ReplicaError(

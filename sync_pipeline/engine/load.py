@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection
 
 from sync_pipeline.engine.detect import Detected, fetch_rows_by_key, still_referenced
 from sync_pipeline.engine.errors import SyncError
+from sync_pipeline.engine.faults import checkpoint
 from sync_pipeline.engine.resolve import CurrentDecision
 from sync_pipeline.engine.schema import TableInfo, fk_order, references_to
 
@@ -240,6 +241,7 @@ def execute_plan(conn: Connection, plan: Plan, infos: dict[str, TableInfo]) -> L
                 continue
             if operation.new_key:
                 new_key = _insert_returning_key(conn, info, operation.values)
+                checkpoint("load_write")
                 key_map[(table, operation.key)] = new_key  # type: ignore[index]
                 after = dict(operation.values) | info.key_dict(new_key)
                 applied.append(AppliedRow(operation.change_id, table, new_key, "insert", None, after, "remap"))
@@ -249,6 +251,7 @@ def execute_plan(conn: Connection, plan: Plan, infos: dict[str, TableInfo]) -> L
                     explicit_generated.add(table)
         if plain:
             conn.execute(sa.insert(info.table), [o.values for o in plain])
+            checkpoint("load_write")
             applied.extend(
                 AppliedRow(o.change_id, table, info.key_of(o.values), "insert", None, o.values, o.source) for o in plain
             )
@@ -281,6 +284,7 @@ def execute_plan(conn: Connection, plan: Plan, infos: dict[str, TableInfo]) -> L
             ]
             for start in range(0, len(params), 1000):
                 conn.execute(statement, params[start : start + 1000])
+                checkpoint("load_write")
             for o in operations:
                 before = o.expected if isinstance(o.expected, dict) else None
                 after = (dict(before) if before else {}) | o.values
@@ -305,6 +309,7 @@ def execute_plan(conn: Connection, plan: Plan, infos: dict[str, TableInfo]) -> L
             else:
                 condition = sa.tuple_(*[info.table.columns[c] for c in info.pk]).in_(keys)
             conn.execute(sa.delete(info.table).where(condition))
+            checkpoint("load_write")
             applied.extend(
                 AppliedRow(o.change_id, table, o.key, "delete", o.expected, None, o.source)  # type: ignore[arg-type]
                 for o in chunk

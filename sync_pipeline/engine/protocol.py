@@ -16,7 +16,7 @@ import datetime as dt
 import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,11 +24,12 @@ from sqlalchemy.engine import Connection, Engine
 
 from sync_pipeline.engine import store
 from sync_pipeline.engine.errors import ConflictNotFoundError, SettingsError
-from sync_pipeline.engine.resolve import current_decision
+from sync_pipeline.engine.faults import checkpoint
+from sync_pipeline.engine.resolve import CurrentDecision, current_decision
+from sync_pipeline.engine.session import OPEN_STATUSES
 from sync_pipeline.settings import SyncSettings, parse_settings
 
 PROTOCOL_VERSION = 1
-OPEN_STATUSES = ("extracted", "detected", "waiting", "ready", "loading")
 KIND_ORDER = ("update_update", "update_delete", "delete_update", "insert_insert", "duplicate", "orphan")
 BATCH = 500
 
@@ -265,6 +266,11 @@ class _PrimaryKeys:
                 self.cache[table] = []
         return self.cache[table]
 
+    def ordered(self, table: str, key: Mapping[str, Any]) -> dict[str, Any]:
+        """A key dict in the table's primary-key column order (stored keys are sorted by name)."""
+        names = [n for n in self.of(table) if n in key]
+        return {**{n: key[n] for n in names}, **{n: v for n, v in key.items() if n not in names}}
+
     def as_dict(self, table: str, values: list[Any]) -> dict[str, Any]:
         names = self.of(table)
         if len(names) != len(values):
@@ -340,7 +346,7 @@ def _applied_rows(
     return out
 
 
-def _take_of(status: str, kind_fields: list[str], current: Any) -> str | None:
+def _take_of(status: str, kind_fields: list[str], current: CurrentDecision) -> str | None:
     if status != "decided":
         return None
     if current.row is not None:
@@ -441,8 +447,12 @@ def read_conflicts(
                 session=session_id,
                 module=row["module"],
                 table=row["table_name"],
-                key=key,
-                master_key=master_key if canonical_key(master_key) != canonical_key(key) else None,
+                key=pks.ordered(row["table_name"], key),
+                master_key=(
+                    pks.ordered(row["table_name"], master_key)
+                    if canonical_key(master_key) != canonical_key(key)
+                    else None
+                ),
                 kind=row["kind"],
                 policy=row["policy"],
                 status=row["status"],
@@ -553,7 +563,7 @@ def _state_and_notice(
             f"This session wrote nothing to the master: its {changes} local change(s) were already in the "
             "master, or every conflict kept the master's side. The replica is retired.",
         )
-    return "done", f"Synchronised: {applied} row(s) written to the master in one transaction. The replica is retired."
+    return "done", f"{applied} row(s) were written to the master in one transaction. The replica is retired."
 
 
 def build_protocol(engine: Engine, session_id: str, now: str | None = None) -> Protocol:
@@ -608,6 +618,7 @@ def build_protocol(engine: Engine, session_id: str, now: str | None = None) -> P
         ]
         facts = SessionFacts(session_id, session["status"], summary)
         conflicts = read_conflicts(conn, conflict_rows, {session_id: facts})
+        checkpoint("protocol")
         pks = _PrimaryKeys(conn)
         duplicates = {(x.table, canonical_key(x.key)) for x in conflicts if x.kind == "duplicate"}
         remapped = remapped_keys(summary, pks, duplicates)

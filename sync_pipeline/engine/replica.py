@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 from sync_pipeline.engine import store
 from sync_pipeline.engine.capture.sqlite import set_replica_frozen
 from sync_pipeline.engine.errors import ReplicaError, SchemaDriftError
+from sync_pipeline.engine.faults import checkpoint
 from sync_pipeline.engine.manifest import (
     Manifest,
     open_replica_file,
@@ -171,6 +172,7 @@ def set_replica_frozen_file(conn: sqlite3.Connection, tables: list[str], message
     try:
         set_replica_frozen(conn, tables, message)
         set_manifest_status(conn, status)
+        checkpoint("freeze")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

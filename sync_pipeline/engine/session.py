@@ -28,6 +28,7 @@ from sync_pipeline.engine.errors import (
     SyncError,
 )
 from sync_pipeline.engine.extract import ChangeSet, RowChange, extract_changes
+from sync_pipeline.engine.faults import checkpoint
 from sync_pipeline.engine.load import StaleRows, build_plan, execute_plan
 from sync_pipeline.engine.replica import (
     OpenReplica,
@@ -39,6 +40,7 @@ from sync_pipeline.engine.replica import (
     unfreeze,
 )
 from sync_pipeline.engine.resolve import (
+    FIELD_KINDS,
     CurrentDecision,
     auto_decide,
     current_decision,
@@ -232,6 +234,7 @@ def _start_session(engine: Engine, replica: OpenReplica, dagster_run_id: str | N
         for start in range(0, len(records), 1000):
             conn.execute(sa.insert(store.sync_change), records[start : start + 1000])
         _set_replica_status(conn, replica.manifest.replica_id, "syncing", path=str(replica.path.resolve()))
+        checkpoint("extract_store")
     for index, change in enumerate(changes.changes):
         change.seq = index  # from now on a change is known by its change_id
     return session_id, changes
@@ -333,6 +336,7 @@ def detect_session(
         for start in range(0, len(conflicts), 1000):
             conn.execute(sa.insert(store.sync_conflict), conflicts[start : start + 1000])
         _set_status(conn, ctx.session_id, "detected")
+        checkpoint("detect_store")
     return detected
 
 
@@ -435,6 +439,7 @@ def resolve_session(engine: Engine, ctx: SessionContext) -> dict[str, int]:
                 .where(store.sync_conflict.c.conflict_id == conflict["conflict_id"])
                 .values(status="decided")
             )
+            checkpoint("decide")
         pending = _pending_per_module(conn, ctx.session_id)
         _set_status(
             conn,
@@ -570,6 +575,7 @@ def _record_decision(
         decision_version=store.sync_session.c.decision_version + 1,
     )
     _set_replica_status(conn, session.replica_id, "waiting" if pending else "syncing")
+    checkpoint("decide_person")
 
 
 def decide_module(engine: Engine, session_id: str, module: str, choice: str, by: str) -> int:
@@ -585,8 +591,17 @@ def decide_module(engine: Engine, session_id: str, module: str, choice: str, by:
         if exists is None:
             raise ConflictNotFoundError(f"session {session_id} does not exist", "check the session id")
         conflicts = _conflicts(conn, session_id, module=module, status="pending")
+        history = _decisions(conn, [c["conflict_id"] for c in conflicts])
         for conflict in conflicts:
-            _record_decision(conn, conflict, choice, by, None, None)
+            names = [f["name"] for f in json.loads(conflict["fields"])]
+            current = current_decision(history.get(conflict["conflict_id"], []), names)
+            if current.fields and conflict["kind"] in FIELD_KINDS:
+                # Partly decided by a person: fill the open fields only, never overwrite a choice made.
+                for name in names:
+                    if name not in current.fields:
+                        _record_decision(conn, conflict, choice, by, name, None)
+            else:
+                _record_decision(conn, conflict, choice, by, None, None)
     return len(conflicts)
 
 
@@ -629,6 +644,7 @@ def load_session(engine: Engine, ctx: SessionContext, dagster_run_id: str | None
             .where(store.sync_session.c.session_id == ctx.session_id, store.sync_session.c.status == "ready")
             .values(status="loading")
         )
+    checkpoint("load_begin")
     items = _load_items(engine, ctx)
     plan = build_plan(items, ctx.infos)
     with engine.begin() as conn:
@@ -659,6 +675,7 @@ def load_session(engine: Engine, ctx: SessionContext, dagster_run_id: str | None
                 [
                     {
                         "session_id": ctx.session_id,
+                        "change_id": a.change_id,
                         "table_name": a.table,
                         "row_key": dumps(encode_row(ctx.infos[a.table].key_dict(a.key))),
                         "op": a.op,
@@ -680,6 +697,7 @@ def load_session(engine: Engine, ctx: SessionContext, dagster_run_id: str | None
             **({"dagster_run_id": dagster_run_id} if dagster_run_id else {}),
         )
         _set_replica_status(conn, ctx.replica_id, "retired", retired_at=now)
+        checkpoint("load_commit")
     return summary
 
 
@@ -836,6 +854,7 @@ def run_sync(engine: Engine, replica_path: str | Path, progress: Progress | None
             raise
     finally:
         replica.close()
+    checkpoint("retire")
     retire(replica.path, replica.manifest.tables, store.now_iso())
     return SyncResult(session_id, replica_id, "done", counts_of(engine, session_id), {}, "synchronised")
 

@@ -110,6 +110,7 @@ sync_applied = sa.Table(
     metadata,
     sa.Column("applied_id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("session_id", sa.String(36), sa.ForeignKey("sync_session.session_id"), nullable=False, index=True),
+    sa.Column("change_id", sa.Integer),  # the change (and so the conflict) this write comes from
     sa.Column("table_name", sa.String(200), nullable=False),
     sa.Column("row_key", sa.Text, nullable=False),
     sa.Column("op", sa.String(8), nullable=False),

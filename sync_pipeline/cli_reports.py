@@ -1,0 +1,123 @@
+"""`sync-pipeline protocol`, `history` and `purge`: thin click commands over the engine's protocol,
+conflict history and retention.
+
+Importing this module registers them on the `sync-pipeline` group, so `sync_pipeline/cli.py` needs only
+`import sync_pipeline.cli_reports` at its end. Registering here rather than there keeps the import
+cycle harmless whichever module is imported first: cli.py's plain `import` of a half-initialised
+module succeeds, while a `from … import REPORT_COMMANDS` there would fail when this module came first.
+
+Exit codes as everywhere: 0 done; 2 bad input or usage (unknown session, pdf to a terminal); 1 failure.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from sync_pipeline.cli import _engine, handles_errors, main, master_option
+from sync_pipeline.engine.errors import BadInputError
+
+
+@click.command("protocol")
+@master_option
+@click.option("--session", "session_id", required=True, help="The session (see `replicas --json` or `history`).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["md", "html", "pdf", "json"]),
+    default="md",
+    show_default=True,
+    help="Markdown, printable HTML, PDF (A4) or the documented JSON.",
+)
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Write to FILE (pdf needs it).")
+@handles_errors
+def protocol_command(master_url: str | None, session_id: str, fmt: str, out_path: str | None) -> None:
+    """The protocol of a session: per module what was written, every conflict and who decided it."""
+    from sync_pipeline.engine.protocol import build_protocol
+    from sync_pipeline.reports import render
+
+    if fmt == "pdf" and out_path is None:
+        # Refused before touching the master: binary PDF on a terminal helps no one.
+        raise BadInputError("a PDF cannot be printed to the terminal", "add --out FILE.pdf")
+    protocol = build_protocol(_engine(master_url), session_id)
+    content = render(protocol, fmt)
+    if out_path is None:
+        assert isinstance(content, str)
+        click.echo(content, nl=False)
+        return
+    target = Path(out_path).expanduser()
+    if not target.parent.exists():
+        raise BadInputError(f"folder {target.parent} does not exist", "create it, or choose another --out")
+    if isinstance(content, bytes):
+        target.write_bytes(content)
+    else:
+        target.write_text(content, encoding="utf-8")
+    click.echo(f"protocol of session {session_id} ({protocol.state}) written to {target}", err=True)
+
+
+@click.command("history")
+@master_option
+@click.option("--days", type=click.IntRange(1, 36500), default=7, show_default=True, help="How many days back.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list (the protocol's conflict fields and more).")
+@handles_errors
+def history_command(master_url: str | None, days: int, as_json: bool) -> None:
+    """Every conflict of the last days: local, master and kept value, the rule or person, session, replica."""
+    from sync_pipeline.engine.history import conflict_history
+    from sync_pipeline.reports import formatting as f
+
+    entries = conflict_history(_engine(master_url), days)
+    if as_json:
+        click.echo(json.dumps([e.as_json() for e in entries], indent=2, ensure_ascii=False))
+        return
+    if not entries:
+        click.echo(f"no conflicts in the last {days} day(s)")
+        return
+    for entry in entries:
+        c = entry.conflict
+        click.echo(
+            f"{f.time(entry.time, False)}  #{c.id} {c.module}/{c.table} ({f.key(c.key)}) {c.kind}  "
+            f"[{c.status}] {entry.owner}, replica {entry.replica}, session {c.session}"
+        )
+        for fd in c.fields:
+            click.echo(
+                f"    {fd.name}: local {f.value(fd.local)} | master {f.value(fd.master)} | "
+                f"kept {f.value(fd.kept) if fd.take else 'pending'}  — {f.decider(fd.rule, fd.decided_by)}"
+            )
+        click.echo(f"    {c.outcome}")
+
+
+@click.command("purge")
+@master_option
+@click.option(
+    "--days",
+    type=click.IntRange(1, 36500),
+    default=None,
+    help="Keep this many days (default: retention_days of the settings, 90 unless set).",
+)
+@click.option("--dry-run", is_flag=True, help="Count what would be purged; delete nothing.")
+@handles_errors
+def purge_command(master_url: str | None, days: int | None, dry_run: bool) -> None:
+    """Delete sync history older than the retention; sessions still open are never touched."""
+    from sync_pipeline.engine.retention import purge_sync_history, retention_days
+
+    engine = _engine(master_url)
+    kept_days = retention_days(engine) if days is None else days
+    counts = purge_sync_history(engine, kept_days, dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{verb} {sum(counts.values())} row(s) older than {kept_days} day(s):")
+    for table, count in counts.items():
+        click.echo(f"  {table}: {count}")
+
+
+REPORT_COMMANDS: tuple[click.Command, ...] = (protocol_command, history_command, purge_command)
+
+
+def register_report_commands(group: click.Group) -> None:
+    """Add protocol, history and purge to a click group (idempotent: a name is registered once)."""
+    for command in REPORT_COMMANDS:
+        group.add_command(command)
+
+
+register_report_commands(main)
