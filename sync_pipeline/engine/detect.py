@@ -25,6 +25,9 @@ from sync_pipeline.settings import SyncSettings
 
 BATCH = 500
 
+# Master rows already read in this process, per table: (the keys looked up, the rows found).
+Prefetched = dict[str, tuple[set[tuple[Any, ...]], dict[tuple[Any, ...], dict[str, Any]]]]
+
 Action = Literal["apply", "skip", "remap", "conflict"]
 KINDS = ("update_update", "update_delete", "delete_update", "insert_insert", "duplicate", "orphan")
 
@@ -123,6 +126,7 @@ def detect_conflicts(
     infos: dict[str, TableInfo],
     settings: SyncSettings,
     replica_rows: Any = None,
+    prefetched: Prefetched | None = None,
 ) -> list[Detected]:
     """Classify every change (§5 table). `replica_rows(table, key)` returns a replica row (orphans)."""
     by_table: dict[str, list[RowChange]] = defaultdict(list)
@@ -137,7 +141,9 @@ def detect_conflicts(
     for table, table_changes in by_table.items():
         info = infos[table]
         module = settings.module_of(table)
-        masters = fetch_rows_by_key(conn, info, [c.key for c in table_changes])
+        known_keys, known_rows = (prefetched or {}).get(table, (set(), {}))
+        masters = dict(known_rows)
+        masters.update(fetch_rows_by_key(conn, info, [c.key for c in table_changes if c.key not in known_keys]))
         natural = settings.table(table).natural_key or []
         natural_hits: dict[tuple[Any, ...], dict[str, Any]] = {}
         if natural:
@@ -360,7 +366,13 @@ def _find_referenced_deletes(
 CLOCK_OVERLAP = dt.timedelta(minutes=10)
 
 
-def verify_bases(conn: Connection, changes: ChangeSet, infos: dict[str, TableInfo], checked_out_at: str) -> None:
+def verify_bases(
+    conn: Connection,
+    changes: ChangeSet,
+    infos: dict[str, TableInfo],
+    checked_out_at: str,
+    seen: Prefetched | None = None,
+) -> None:
     """Refuse a change log whose base values (or keys) the master never held.
 
     Where the master's field clock shows no change of a field since the checkout, the master's current
@@ -382,6 +394,8 @@ def verify_bases(conn: Connection, changes: ChangeSet, infos: dict[str, TableInf
         info = infos[table]
         keys = [c.key for c in table_changes]
         masters = fetch_rows_by_key(conn, info, keys)
+        if seen is not None:
+            seen[table] = (set(keys), masters)
         times = fetch_master_times(conn, info, keys)
         for change in table_changes:
             assert change.base is not None

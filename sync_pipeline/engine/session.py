@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from sync_pipeline.engine import store
-from sync_pipeline.engine.detect import Detected, FieldDiff, detect_conflicts, verify_bases
+from sync_pipeline.engine.detect import Detected, FieldDiff, Prefetched, detect_conflicts, verify_bases
 from sync_pipeline.engine.errors import (
     AlreadyDecidedError,
     BadInputError,
@@ -93,6 +93,7 @@ class SessionContext:
     # When one process runs several steps, what a step computed is handed on instead of re-read.
     cached_changes: ChangeSet | None = None
     cached_detected: list[Detected] | None = None
+    cached_masters: Prefetched | None = None
 
 
 def session_context(engine: Engine, session_id: str) -> SessionContext:
@@ -203,15 +204,18 @@ def start_session(engine: Engine, replica: OpenReplica, dagster_run_id: str | No
     return _start_session(engine, replica, dagster_run_id)[0]
 
 
-def _start_session(engine: Engine, replica: OpenReplica, dagster_run_id: str | None = None) -> tuple[str, ChangeSet]:
+def _start_session(
+    engine: Engine, replica: OpenReplica, dagster_run_id: str | None = None
+) -> tuple[str, ChangeSet, Prefetched]:
     session_id = store.new_id()
+    seen: Prefetched = {}
     # Frozen before reading the log: no local write can slip in after extraction and be lost.
     freeze(replica, session_id)
     try:
         changes = extract_changes(replica.conn, replica.infos)
         if replica.settings.master_change_capture:
             with engine.connect() as conn:
-                verify_bases(conn, changes, replica.infos, replica.manifest.checked_out_at)
+                verify_bases(conn, changes, replica.infos, replica.manifest.checked_out_at, seen)
     except BaseException:
         unfreeze(replica)
         raise
@@ -237,7 +241,7 @@ def _start_session(engine: Engine, replica: OpenReplica, dagster_run_id: str | N
         checkpoint("extract_store")
     for index, change in enumerate(changes.changes):
         change.seq = index  # from now on a change is known by its change_id
-    return session_id, changes
+    return session_id, changes, seen
 
 
 def load_changes(engine: Engine, ctx: SessionContext, change_ids: list[int] | None = None) -> list[dict[str, Any]]:
@@ -279,9 +283,10 @@ def detect_session(
     else:
         records = load_changes(engine, ctx, change_ids)
         changes = ChangeSet([_change_from_record(r, ctx.infos[r["table_name"]]) for r in records])
-    ctx.cached_changes = None
+    prefetched = ctx.cached_masters if change_ids is None else None
+    ctx.cached_changes = ctx.cached_masters = None
     with engine.connect() as conn:
-        detected = detect_conflicts(conn, changes, ctx.infos, ctx.settings, replica_row)
+        detected = detect_conflicts(conn, changes, ctx.infos, ctx.settings, replica_row, prefetched)
     ctx.cached_detected = detected if change_ids is None else None
     now = store.now_iso()
     with engine.begin() as conn:
@@ -405,16 +410,19 @@ def _decisions(conn: Connection, conflict_ids: list[int]) -> dict[int, list[dict
 
 def resolve_session(engine: Engine, ctx: SessionContext) -> dict[str, int]:
     """Apply the automatic policies; returns pending conflicts per module (empty: ready to load)."""
-    records = {r["change_id"]: r for r in load_changes(engine, ctx)}
     now = store.now_iso()
     detected_at = dt.datetime.fromisoformat(now)
+    with engine.connect() as conn:
+        undecided = [c["change_id"] for c in _conflicts(conn, ctx.session_id, status="pending")]
+    records = {r["change_id"]: r for r in load_changes(engine, ctx, undecided)} if undecided else {}
     with engine.begin() as conn:
         conflicts = _conflicts(conn, ctx.session_id)
         history = _decisions(conn, [c["conflict_id"] for c in conflicts])
         for conflict in conflicts:
-            if conflict["status"] == "decided" or history.get(conflict["conflict_id"]):
+            record = records.get(conflict["change_id"])
+            if conflict["status"] == "decided" or history.get(conflict["conflict_id"]) or record is None:
                 continue
-            d = _detected_from(records[conflict["change_id"]], conflict, ctx)
+            d = _detected_from(record, conflict, ctx)
             table = ctx.settings.table(conflict["table_name"])
             choices = auto_decide(d, conflict["policy"], table.modified_column, detected_at)
             if choices is None:
@@ -809,15 +817,15 @@ def run_sync(engine: Engine, replica_path: str | Path, progress: Progress | None
         return SyncResult(done, replica_id, "done", counts_of(engine, done) if done else {}, {}, "synchronised")
     try:
         existing = open_session_of(engine, replica_id)
-        changes = None
+        changes, seen = None, None
         if existing is None:
             say("extracting local changes")
-            session_id, changes = _start_session(engine, replica)
+            session_id, changes, seen = _start_session(engine, replica)
         else:
             session_id = existing["session_id"]
             say(f"continuing session {session_id} ({existing['status']})")
         ctx = session_context(engine, session_id)
-        ctx.cached_changes = changes
+        ctx.cached_changes, ctx.cached_masters = changes, seen
         try:
             if ctx.status == "extracted":
                 say("detecting conflicts")
