@@ -7,55 +7,22 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
 from typing import Any
 
 import click
 
-from sync_pipeline.engine.errors import BadInputError, SyncError
-
-EXIT_DONE, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_WAITING = 0, 1, 2, 3
-
-master_option = click.option(
-    "--master",
-    "master_url",
-    envvar="SYNC_MASTER_URL",
-    default=None,
-    metavar="URL",
-    help="Master database URL (default: $SYNC_MASTER_URL, else sqlite:///$SYNC_HOME/master.db).",
+from sync_pipeline.accounts import accounts_group
+from sync_pipeline.cli_common import (
+    EXIT_DONE,
+    EXIT_FAILED,
+    EXIT_WAITING,
+    handles_errors,
+    master_option,
+    open_master,
 )
-
-
-def _fail(message: str, code: int) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
-
-def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn engine errors into a message on stderr and the contract's exit code."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except BadInputError as exc:
-            _fail(str(exc), EXIT_BAD_INPUT)
-        except SyncError as exc:
-            _fail(str(exc), EXIT_FAILED)
-        except (KeyboardInterrupt, click.exceptions.Exit, click.ClickException):
-            raise
-        except Exception as exc:  # noqa: BLE001 - the last line of defence prints, never a traceback
-            _fail(f"{type(exc).__name__}: {exc}", EXIT_FAILED)
-
-    return wrapper
-
-
-def _engine(master_url: str | None, must_exist: bool = True):  # type: ignore[no-untyped-def]
-    from sync_pipeline.engine.master import connect_master
-
-    return connect_master(master_url, must_exist=must_exist)
+from sync_pipeline.cli_conflicts import conflicts_group, serve_command
+from sync_pipeline.cli_reports import history_command, protocol_command, purge_command
 
 
 class ExitCodeGroup(click.Group):
@@ -78,7 +45,7 @@ def init_master_command(master_url: str | None, settings_path: str) -> None:
     from sync_pipeline.settings import load_settings
 
     settings = load_settings(settings_path)
-    engine = _engine(master_url, must_exist=False)
+    engine = open_master(master_url, must_exist=False)
     infos = init_master(engine, settings)
     click.echo(
         f"master ready: {len(infos)} table(s) in {len(settings.modules)} module(s) "
@@ -98,7 +65,7 @@ def checkout_command(master_url: str | None, replica_path: str, owner: str, modu
     from sync_pipeline.engine.checkout import checkout
     from sync_pipeline.progress import checkout_progress
 
-    engine = _engine(master_url)
+    engine = open_master(master_url)
     chosen = [m.strip() for m in modules.split(",") if m.strip()] if modules else None
     with checkout_progress() as progress:
         result = checkout(engine, replica_path, owner, chosen, progress)
@@ -144,7 +111,7 @@ def sync_command(master_url: str | None, replica_path: str, dry_run: bool, as_js
     from sync_pipeline.engine.session import dry_run as run_dry
     from sync_pipeline.engine.session import run_sync
 
-    engine = _engine(master_url)
+    engine = open_master(master_url)
     if dry_run:
         result = run_dry(engine, replica_path)
     else:
@@ -156,88 +123,6 @@ def sync_command(master_url: str | None, replica_path: str, dry_run: bool, as_js
         sys.exit(EXIT_FAILED)
 
 
-@main.group("conflicts")
-def conflicts_group() -> None:
-    """List and decide conflicts."""
-
-
-@conflicts_group.command("list")
-@master_option
-@click.option("--session", "session_id", default=None, help="Only this session.")
-@click.option("--status", type=click.Choice(["pending", "decided"]), default=None)
-@click.option("--json", "as_json", is_flag=True)
-@handles_errors
-def conflicts_list(master_url: str | None, session_id: str | None, status: str | None, as_json: bool) -> None:
-    """The conflicts of the master's sessions."""
-    from sync_pipeline.engine.queries import list_conflicts
-
-    items = list_conflicts(_engine(master_url), session_id, status)
-    if as_json:
-        click.echo(json.dumps(items, indent=2, ensure_ascii=False))
-        return
-    if not items:
-        click.echo("no conflicts")
-        return
-    for item in items:
-        key = ", ".join(f"{k}={v}" for k, v in item["key"].items())
-        click.echo(
-            f"#{item['id']} [{item['status']}] {item['module']}/{item['table']} ({key}) {item['kind']}"
-            f"  session {item['session']}"
-        )
-        for f in item["fields"]:
-            click.echo(f"    {f['name']}: base={f['base']!r} local={f['local']!r} master={f['master']!r}")
-        if item["decision"]:
-            click.echo(f"    decision: {item['decision']}")
-
-
-@conflicts_group.command("resolve")
-@master_option
-@click.option("--id", "conflict_id", type=int, default=None, help="One conflict.")
-@click.option("--session", "session_id", default=None, help="With --module: every pending conflict of a module.")
-@click.option("--module", default=None)
-@click.option("--take", type=click.Choice(["local", "master"]), default=None)
-@click.option("--field", "field_name", default=None, help="Decide one field only.")
-@click.option("--value", "value_json", default=None, help="An edited value for --field, as JSON.")
-@click.option("--by", required=True, help="Who decides.")
-@handles_errors
-def conflicts_resolve(
-    master_url: str | None,
-    conflict_id: int | None,
-    session_id: str | None,
-    module: str | None,
-    take: str | None,
-    field_name: str | None,
-    value_json: str | None,
-    by: str,
-) -> None:
-    """Decide a conflict (per row, per field, or an edited value), or a module in bulk."""
-    from sync_pipeline.engine.session import decide, decide_module
-
-    engine = _engine(master_url)
-    if conflict_id is None:
-        if not (session_id and module and take):
-            raise BadInputError(
-                "say which conflicts to decide", "use --id ID, or --session ID --module M --take local|master"
-            )
-        count = decide_module(engine, session_id, module, take, by)
-        click.echo(f"decided {count} pending conflict(s) of module {module}: take {take}")
-        return
-    if value_json is not None:
-        if take is not None:
-            raise BadInputError("--take and --value exclude each other", "use one of them")
-        try:
-            value = json.loads(value_json)
-        except ValueError:
-            raise BadInputError(f"--value {value_json!r} is not JSON", "quote strings: --value '\"text\"'") from None
-        decide(engine, conflict_id, "value", by, field_name, value)
-        click.echo(f"conflict {conflict_id}: field {field_name} set to {value!r}")
-        return
-    if take is None:
-        raise BadInputError("say which side to take", "add --take local|master (or --field NAME --value JSON)")
-    decide(engine, conflict_id, take, by, field_name)
-    click.echo(f"conflict {conflict_id}: take {take}" + (f" for field {field_name}" if field_name else ""))
-
-
 @main.command("replicas")
 @master_option
 @click.option("--json", "as_json", is_flag=True)
@@ -246,7 +131,7 @@ def replicas_command(master_url: str | None, as_json: bool) -> None:
     """Replicas checked out from the master: owner, modules, since when, status."""
     from sync_pipeline.engine.queries import list_replicas
 
-    items = list_replicas(_engine(master_url))
+    items = list_replicas(open_master(master_url))
     if as_json:
         click.echo(json.dumps(items, indent=2, ensure_ascii=False))
         return
@@ -307,6 +192,14 @@ def _is_default(url: str) -> bool:
     from sync_pipeline.engine.master import default_master_url
 
     return url == default_master_url()
+
+
+main.add_command(conflicts_group)
+main.add_command(serve_command)
+main.add_command(accounts_group)
+main.add_command(protocol_command)
+main.add_command(history_command)
+main.add_command(purge_command)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,7 @@
 """`sync-pipeline protocol`, `history` and `purge`: thin click commands over the engine's protocol,
 conflict history and retention.
 
-Importing this module registers them on the `sync-pipeline` group, so `sync_pipeline/cli.py` needs only
-`import sync_pipeline.cli_reports` at its end. Registering here rather than there keeps the import
-cycle harmless whichever module is imported first: cli.py's plain `import` of a half-initialised
-module succeeds, while a `from … import REPORT_COMMANDS` there would fail when this module came first.
+`sync_pipeline/cli.py` registers them on the `sync-pipeline` group.
 
 Exit codes as everywhere: 0 done; 2 bad input or usage (unknown session, pdf to a terminal); 1 failure.
 """
@@ -16,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from sync_pipeline.cli import _engine, handles_errors, main, master_option
+from sync_pipeline.cli_common import handles_errors, master_option, open_master
 from sync_pipeline.engine.errors import BadInputError
 
 
@@ -41,7 +38,7 @@ def protocol_command(master_url: str | None, session_id: str, fmt: str, out_path
     if fmt == "pdf" and out_path is None:
         # Refused before touching the master: binary PDF on a terminal helps no one.
         raise BadInputError("a PDF cannot be printed to the terminal", "add --out FILE.pdf")
-    protocol = build_protocol(_engine(master_url), session_id)
+    protocol = build_protocol(open_master(master_url), session_id)
     content = render(protocol, fmt)
     if out_path is None:
         assert isinstance(content, str)
@@ -67,7 +64,7 @@ def history_command(master_url: str | None, days: int, as_json: bool) -> None:
     from sync_pipeline.engine.history import conflict_history
     from sync_pipeline.reports import formatting as f
 
-    entries = conflict_history(_engine(master_url), days)
+    entries = conflict_history(open_master(master_url), days)
     if as_json:
         click.echo(json.dumps([e.as_json() for e in entries], indent=2, ensure_ascii=False))
         return
@@ -102,22 +99,10 @@ def purge_command(master_url: str | None, days: int | None, dry_run: bool) -> No
     """Delete sync history older than the retention; sessions still open are never touched."""
     from sync_pipeline.engine.retention import purge_sync_history, retention_days
 
-    engine = _engine(master_url)
+    engine = open_master(master_url)
     kept_days = retention_days(engine) if days is None else days
     counts = purge_sync_history(engine, kept_days, dry_run=dry_run)
     verb = "would delete" if dry_run else "deleted"
     click.echo(f"{verb} {sum(counts.values())} row(s) older than {kept_days} day(s):")
     for table, count in counts.items():
         click.echo(f"  {table}: {count}")
-
-
-REPORT_COMMANDS: tuple[click.Command, ...] = (protocol_command, history_command, purge_command)
-
-
-def register_report_commands(group: click.Group) -> None:
-    """Add protocol, history and purge to a click group (idempotent: a name is registered once)."""
-    for command in REPORT_COMMANDS:
-        group.add_command(command)
-
-
-register_report_commands(main)
