@@ -185,6 +185,9 @@ def demo_command(home: str | None, owner: str, force: bool) -> None:
                 f'--module {module} --take local --by "Your Name"   # all of {module}'
             )
         click.echo(f"  sync-pipeline sync{master_flag} --replica {paths.replica}")
+        click.echo("or decide them in the browser (see docs/review.md):")
+        click.echo('  sync-pipeline accounts add --name "Your Name" --modules crm')
+        click.echo("  sync-pipeline serve")
     sys.exit(EXIT_DONE)
 
 
