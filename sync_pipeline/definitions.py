@@ -1,5 +1,35 @@
-"""The Dagster entry point named by workspace.yaml and [tool.dg]."""
+"""The Dagster entry point named by workspace.yaml and [tool.dg]: the one place that builds `Definitions`.
+
+Loading it imports neither Great Expectations nor pandas (the checks import them when they run) and
+needs no master: resources resolve the master URL, settings and inbox when a run or tick uses them.
+"""
+
+from __future__ import annotations
 
 import dagster as dg
 
-defs = dg.Definitions()
+from sync_pipeline.defs.assets import sync_assets
+from sync_pipeline.defs.checks import sync_checks
+from sync_pipeline.defs.jobs import sync_jobs
+from sync_pipeline.defs.resources import MasterDatabase, SyncInbox, SyncSettingsResource
+from sync_pipeline.defs.sensors import sync_sensors
+
+
+def build_definitions(master_url: str | None = None) -> dg.Definitions:
+    """The code location. `master_url` pins the master (default: $SYNC_MASTER_URL, else the embedded
+    SQLite master in $SYNC_HOME/master.db); a pinned URL is resource config, which Dagster stores in
+    the job snapshots of every run, so pass URLs with passwords through SYNC_MASTER_URL instead."""
+    return dg.Definitions(
+        assets=sync_assets,
+        asset_checks=sync_checks,
+        jobs=sync_jobs,
+        sensors=sync_sensors,
+        resources={
+            "master": MasterDatabase(url=master_url),
+            "sync_settings": SyncSettingsResource(),
+            "inbox": SyncInbox(),
+        },
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,137 @@
+"""Take the screenshot of the sync asset graph in docs/asset_graph.png.
+
+Builds the demo (master, replica, edits on both sides) in a throw-away SYNC_HOME, synchronises it
+through the Dagster graph (detect, a person's decisions, apply) into a throw-away DAGSTER_HOME, starts
+dagster-webserver on a free loopback port, and photographs the `sync` asset group with headless
+Chromium from Debian's `chromium` package (installed with apt-get when missing and running as root).
+
+    .venv/bin/python scripts/screenshot_asset_graph.py [--out docs/asset_graph.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+GROUP_URL = "/locations/sync_pipeline.definitions/asset-groups/sync"
+INSTANCE_YAML = """\
+telemetry:
+  enabled: false
+nux:
+  enabled: false   # no "join the community" dialog over the graph
+"""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def ensure_chromium() -> str:
+    if Path(CHROMIUM).exists():
+        return CHROMIUM
+    if os.geteuid() != 0:
+        sys.exit(f"{CHROMIUM} is missing: install it with `sudo apt-get install -y chromium`")
+    subprocess.run(["apt-get", "install", "-y", "chromium"], check=True)
+    return CHROMIUM
+
+
+def build_demo_history(sync_home: Path) -> None:
+    """The demo synchronised through the graph: one replica, its detect run, decisions, its apply run."""
+    from sync_pipeline.dagster_run import materialize_sync
+    from sync_pipeline.demo import make_demo_edits, prepare_demo
+    from sync_pipeline.engine.master import connect_master
+    from sync_pipeline.engine.session import decide_module
+
+    paths = prepare_demo(sync_home, "Alex Field")
+    engine = connect_master(paths.master_url)
+    try:
+        make_demo_edits(engine, paths.replica)
+        waiting = materialize_sync(paths.master_url, str(paths.replica))
+        if waiting.status != "waiting" or waiting.session_id is None:
+            sys.exit(f"the demo sync should wait for decisions, but it is {waiting.status}: {waiting.message}")
+        for module in waiting.pending:
+            decide_module(engine, waiting.session_id, module, "local", "Demo Reviewer")
+        done = materialize_sync(paths.master_url, str(paths.replica))
+        if done.status != "done":
+            sys.exit(f"the demo sync did not finish: {done.status}: {done.message}")
+    finally:
+        engine.dispose()
+
+
+def wait_for_webserver(port: int, server: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            sys.exit(f"dagster-webserver exited with code {server.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    sys.exit(f"dagster-webserver did not answer on port {port} within {timeout:.0f} s")
+
+
+def screenshot(chromium: str, url: str, out: Path, profile: Path, width: int, height: int) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = [
+        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={profile}", f"--window-size={width},{height}", "--hide-scrollbars",
+        # Virtual time lets the page finish its GraphQL requests and layout before the picture.
+        "--virtual-time-budget=20000", f"--screenshot={out}", url,
+    ]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=180)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "asset_graph.png")
+    parser.add_argument("--width", type=int, default=1900)
+    parser.add_argument("--height", type=int, default=560)
+    args = parser.parse_args()
+    chromium = ensure_chromium()
+    with tempfile.TemporaryDirectory(prefix="sync_screenshot_") as scratch:
+        root = Path(scratch)
+        sync_home, dagster_home = root / "sync_home", root / "dagster_home"
+        dagster_home.mkdir()
+        (dagster_home / "dagster.yaml").write_text(INSTANCE_YAML, encoding="utf-8")
+        os.environ.update({"SYNC_HOME": str(sync_home), "DAGSTER_HOME": str(dagster_home)})
+        os.environ.pop("SYNC_MASTER_URL", None)
+        build_demo_history(sync_home)
+        port = free_port()
+        webserver = shutil.which("dagster-webserver", path=str(Path(sys.executable).parent)) or "dagster-webserver"
+        server = subprocess.Popen(
+            [webserver, "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+            cwd=REPO, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            wait_for_webserver(port, server)
+            screenshot(chromium, f"http://127.0.0.1:{port}{GROUP_URL}", args.out.resolve(), root / "chromium",
+                       args.width, args.height)
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""`sync-pipeline sync` through the Dagster asset graph, in-process, against the persistent instance.
+
+The CLI's sync runs the same jobs the UI launches (`sync_detect`, then `sync_apply` when nothing is
+pending), so a sync from the command line appears in the UI's run history like one launched there.
+The instance is `$DAGSTER_HOME` when set, else `$SYNC_HOME/dagster_home` (created with a dagster.yaml
+on first use): start `dagster dev` with DAGSTER_HOME pointing there to see the CLI's runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from sqlalchemy.engine import Engine
+
+from sync_pipeline.definitions import build_definitions
+from sync_pipeline.defs.assets import latest_session, open_for_sync
+from sync_pipeline.defs.jobs import APPLY_JOB_NAME, DETECT_JOB_NAME
+from sync_pipeline.defs.partitions import REPLICAS_PARTITION_NAME
+from sync_pipeline.defs.sensors import APPLY_KEY_TAG, SESSION_TAG, apply_key
+from sync_pipeline.engine import errors
+from sync_pipeline.engine.errors import BadInputError
+from sync_pipeline.engine.master import connect_master, sync_home
+from sync_pipeline.engine.replica import open_replica
+from sync_pipeline.engine.session import SyncResult, counts_of, last_session_of, pending_of
+
+DAGSTER_YAML = """\
+# Dagster instance of sync_pipeline: run history, event logs and schedules in SQLite files here.
+# Start the UI on it with:  DAGSTER_HOME={home} dagster dev -w workspace.yaml
+telemetry:
+  enabled: false
+nux:
+  enabled: false
+"""
+
+
+def default_dagster_home() -> Path:
+    """Where runs are recorded when DAGSTER_HOME is not set: $SYNC_HOME/dagster_home."""
+    return sync_home() / "dagster_home"
+
+
+@contextmanager
+def sync_instance() -> Iterator[dg.DagsterInstance]:
+    """The persistent Dagster instance: $DAGSTER_HOME, else $SYNC_HOME/dagster_home."""
+    if os.environ.get("DAGSTER_HOME"):
+        Path(os.environ["DAGSTER_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
+        instance = dg.DagsterInstance.get()
+    else:
+        home = default_dagster_home()
+        home.mkdir(parents=True, exist_ok=True)
+        config = home / "dagster.yaml"
+        if not config.exists():
+            config.write_text(DAGSTER_YAML.format(home=home), encoding="utf-8")
+        instance = dg.DagsterInstance.from_config(str(home))
+    try:
+        yield instance
+    finally:
+        instance.dispose()
+
+
+def _replica_id_of(engine: Engine, replica_path: str) -> str:
+    replica = open_replica(engine, replica_path, allow_retired=True)
+    replica.close()
+    return replica.manifest.replica_id
+
+
+_BAD_INPUT_NAMES = frozenset(
+    cls.__name__ for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, BadInputError)
+)
+
+
+def _step_errors(result: dg.ExecuteInProcessResult) -> list[tuple[str, str]]:
+    """(class name, message) of the errors that failed steps: the step's own error, not Dagster's wrapper."""
+    found: list[tuple[str, str]] = []
+    for event in result.all_events:
+        if not event.is_step_failure or event.step_failure_data is None:
+            continue
+        error = event.step_failure_data.error
+        chain = []
+        while error is not None:
+            chain.append(error)
+            error = error.cause
+        # Dagster wraps the step's own exception; the first error that is not Dagster's is the user's.
+        user = next((e for e in chain if not (e.cls_name or "").startswith("Dagster")), chain[0])
+        found.append((user.cls_name or "Error", user.message.strip()))
+    return found
+
+
+def _without_class(name: str, message: str) -> str:
+    prefix = f"{name}: "
+    return message[len(prefix) :] if message.startswith(prefix) else message
+
+
+def _failure_message(result: dg.ExecuteInProcessResult) -> str:
+    failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
+    if failed_checks:
+        return "; ".join(
+            f"blocking check {e.asset_key.to_user_string()}:{e.check_name} failed"
+            + (f": {e.description}" if e.description else "")
+            for e in failed_checks
+        )
+    step_errors = _step_errors(result)
+    if step_errors:
+        return "; ".join(f"{name}: {_without_class(name, message)}" for name, message in step_errors)
+    return f"run {result.run_id} failed"
+
+
+@contextmanager
+def _master_url_in_environment(master_url: str | None) -> Iterator[None]:
+    """Hand the master URL to the runs through SYNC_MASTER_URL, which the `master` resource reads when a
+    step starts. Set as resource config it would be stored, password and all, in the instance's job
+    snapshots."""
+    if not master_url:
+        yield
+        return
+    before = os.environ.get("SYNC_MASTER_URL")
+    os.environ["SYNC_MASTER_URL"] = master_url
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("SYNC_MASTER_URL", None)
+        else:
+            os.environ["SYNC_MASTER_URL"] = before
+
+
+def _run_job(
+    job_name: str,
+    master_url: str | None,
+    instance: dg.DagsterInstance,
+    replica_id: str,
+    run_config: dict[str, Any] | None = None,
+    tags: dict[str, str] | None = None,
+) -> dg.ExecuteInProcessResult:
+    job = build_definitions().resolve_job_def(job_name)
+    # The run's events all go to the instance (the UI shows them); the terminal only hears of problems.
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    with _master_url_in_environment(master_url):
+        return job.execute_in_process(
+            instance=instance,
+            partition_key=replica_id,
+            run_config={**quiet, **(run_config or {})},
+            tags=tags or {},
+            raise_on_error=False,
+        )
+
+
+def _failed(result: dg.ExecuteInProcessResult, engine: Engine, replica_id: str) -> SyncResult:
+    # Bad input found inside a run (the engine checks before writing) keeps its meaning: exit code 2.
+    for name, message in _step_errors(result):
+        if name in _BAD_INPUT_NAMES:
+            raise BadInputError(_without_class(name, message))
+    session = latest_session(engine, replica_id)
+    session_id = session["session_id"] if session else None
+    return SyncResult(
+        session_id,
+        replica_id,
+        "failed",
+        counts_of(engine, session_id) if session_id else {},
+        pending_of(engine, session_id) if session_id else {},
+        _failure_message(result),
+    )
+
+
+def materialize_sync(
+    master_url: str | None, replica_path: str, instance: dg.DagsterInstance | None = None
+) -> SyncResult:
+    """Run (or continue) a replica's session through the asset graph: `sync_detect`, then `sync_apply`
+    when nothing is pending. Returns what `run_sync` returns (status done, waiting or failed).
+
+    The replica is validated before any run starts, so bad input raises `BadInputError` with nothing
+    written, neither to the master nor to the Dagster instance.
+    """
+    engine = connect_master(master_url)
+    try:
+        replica = open_for_sync(engine, replica_path)
+        if replica is None:  # loaded before a crash; open_for_sync finished its retirement
+            manifest_id = _replica_id_of(engine, replica_path)
+            done = last_session_of(engine, manifest_id)
+            return SyncResult(done, manifest_id, "done", counts_of(engine, done) if done else {}, {}, "synchronised")
+        replica_id = replica.manifest.replica_id
+        resolved_path = str(replica.path.resolve())
+        replica.close()
+        with _instance_or(instance) as dagster:
+            if not dagster.has_dynamic_partition(REPLICAS_PARTITION_NAME, replica_id):
+                dagster.add_dynamic_partitions(REPLICAS_PARTITION_NAME, [replica_id])
+            detect = _run_job(
+                DETECT_JOB_NAME,
+                master_url,
+                dagster,
+                replica_id,
+                {"ops": {"local_changes": {"config": {"replica_path": resolved_path}}}},
+                {"sync/replica_file": resolved_path},
+            )
+            if not detect.success:
+                return _failed(detect, engine, replica_id)
+            session = latest_session(engine, replica_id)
+            assert session is not None, "sync_detect succeeded without a session"
+            session_id = session["session_id"]
+            # `loading`: an earlier load stopped half-way (nothing was committed); loading again is safe.
+            load_attempted = session["status"] in ("ready", "loading")
+            if load_attempted:
+                # Tagged like approval_sensor's runs, so the sensor does not launch this load again.
+                key = apply_key(session_id, session["decision_version"])
+                apply = _run_job(
+                    APPLY_JOB_NAME, master_url, dagster, replica_id, tags={SESSION_TAG: session_id, APPLY_KEY_TAG: key}
+                )
+                if not apply.success:
+                    return _failed(apply, engine, replica_id)
+        session = latest_session(engine, replica_id)
+        assert session is not None
+        counts = counts_of(engine, session_id)
+        if session["status"] == "done":
+            return SyncResult(session_id, replica_id, "done", counts, {}, "synchronised")
+        pending = pending_of(engine, session_id)
+        if session["status"] == "failed":
+            return SyncResult(session_id, replica_id, "failed", counts, pending, session["error"] or "failed")
+        message = (
+            "the master changed during the load; new conflicts wait for decisions"
+            if load_attempted
+            else "waiting for manual decisions"
+        )
+        return SyncResult(session_id, replica_id, "waiting", counts, pending, message)
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def _instance_or(instance: dg.DagsterInstance | None) -> Iterator[dg.DagsterInstance]:
+    if instance is not None:
+        yield instance
+        return
+    with sync_instance() as created:
+        yield created

@@ -1,0 +1,409 @@
+"""The sync as assets of group `sync`, one partition per replica:
+
+    local_changes -> conflicts -> resolutions -> master_load -> sync_protocol
+
+Each asset is a thin call into the engine's session steps. Durable state lives in the master's sync
+tables, so assets pass nothing through Dagster's IO managers: every step finds its session on the
+master by the partition key (the replica id). That is what lets the apply run, launched days after
+the detect run, or from another process, continue where the detect run stopped.
+"""
+
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import sqlalchemy as sa
+from pydantic import Field
+from sqlalchemy.engine import Engine
+
+from sync_pipeline.defs.partitions import replicas_partitions
+from sync_pipeline.defs.resources import MasterDatabase
+from sync_pipeline.engine import store
+from sync_pipeline.engine.errors import BadInputError
+from sync_pipeline.engine.faults import checkpoint
+from sync_pipeline.engine.queries import list_conflicts
+from sync_pipeline.engine.replica import OpenReplica, already_synchronised, open_replica, retire
+from sync_pipeline.engine.schema import TableInfo
+from sync_pipeline.engine.session import (
+    SessionContext,
+    counts_of,
+    detect_session,
+    last_session_of,
+    load_with_redetection,
+    mark_failed,
+    open_session_of,
+    pending_of,
+    resolve_session,
+    session_context,
+    start_session,
+)
+
+SYNC_GROUP = "sync"
+
+# ------------------------------------------------------------------------------------------------
+# Reading a partition's session from the sync tables
+# ------------------------------------------------------------------------------------------------
+
+
+def replica_record(engine: Engine, replica_id: str) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(store.sync_replica).where(store.sync_replica.c.replica_id == replica_id)
+        ).mappings().first()
+    return dict(row) if row else None
+
+
+def latest_session(engine: Engine, replica_id: str) -> dict[str, Any] | None:
+    """The replica's newest session, whatever its status (a replica is synchronised once)."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(store.sync_session)
+            .where(store.sync_session.c.replica_id == replica_id)
+            .order_by(store.sync_session.c.started_at.desc())
+        ).mappings().first()
+    return dict(row) if row else None
+
+
+def require_session(engine: Engine, replica_id: str) -> SessionContext:
+    session = latest_session(engine, replica_id)
+    if session is None:
+        raise dg.Failure(
+            description=f"replica {replica_id} has no session on this master yet",
+            metadata={"fix": "materialize local_changes for this partition first (job sync_detect)"},
+        )
+    return session_context(engine, session["session_id"])
+
+
+def table_row_counts(engine: Engine, infos: dict[str, TableInfo]) -> dict[str, int]:
+    with engine.connect() as conn:
+        return {name: conn.execute(sa.select(sa.func.count()).select_from(info.table)).scalar_one()
+                for name, info in infos.items()}
+
+
+def counts_metadata(counts: dict[str, dict[str, int]], prefix: str = "") -> dict[str, dg.MetadataValue]:
+    """`crm/update_update: 3` as numeric metadata, so the UI plots each count across runs."""
+    return {f"{prefix}{module}/{kind}": dg.MetadataValue.int(int(value))
+            for module, kinds in sorted(counts.items()) for kind, value in sorted(kinds.items())}
+
+
+def pending_metadata(pending: dict[str, int]) -> dict[str, dg.MetadataValue]:
+    out = {f"pending/{module}": dg.MetadataValue.int(count) for module, count in sorted(pending.items())}
+    out["pending_total"] = dg.MetadataValue.int(sum(pending.values()))
+    return out
+
+
+def session_metadata(ctx: SessionContext | dict[str, Any]) -> dict[str, dg.MetadataValue]:
+    session_id = ctx.session_id if isinstance(ctx, SessionContext) else ctx["session_id"]
+    return {"session_id": dg.MetadataValue.text(session_id)}
+
+
+def decision_version(engine: Engine, session_id: str) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(store.sync_session.c.decision_version)
+                            .where(store.sync_session.c.session_id == session_id)).scalar_one()
+
+
+def open_for_sync(engine: Engine, path: str) -> OpenReplica | None:
+    """The replica, validated for a sync; None when its load committed but the process ended before the
+    file was retired: the retirement is finished here and there is nothing left to synchronise."""
+    replica = open_replica(engine, path, allow_retired=True)
+    if replica.record["status"] != "retired":
+        return replica
+    replica.close()
+    if replica.manifest.status == "retired":
+        raise already_synchronised(replica.path, replica.manifest, replica.record)
+    retire(replica.path, replica.manifest.tables, replica.record["retired_at"])
+    return None
+
+
+def finish_retirement(engine: Engine, path: str | None) -> bool:
+    """Retire the replica file of a loaded session if a crash left it open; True if it had to be done."""
+    if not path or not Path(path).is_file():
+        return False
+    replica = open_replica(engine, path, allow_retired=True)
+    replica.close()
+    if replica.record["status"] != "retired" or replica.manifest.status == "retired":
+        return False
+    retire(replica.path, replica.manifest.tables, replica.record["retired_at"])
+    return True
+
+
+@contextmanager
+def failing_marks_session(engine: Engine, ctx: SessionContext) -> Iterator[None]:
+    """An unexpected error ends the session as failed (as `run_sync` does); bad input leaves it open."""
+    try:
+        yield
+    except (BadInputError, dg.Failure):
+        raise
+    except Exception as exc:
+        mark_failed(engine, ctx.session_id, ctx.replica_id, f"{type(exc).__name__}: {exc}")
+        raise
+
+
+# ------------------------------------------------------------------------------------------------
+# Assets
+# ------------------------------------------------------------------------------------------------
+
+
+class LocalChangesConfig(dg.Config):
+    replica_path: str | None = Field(
+        default=None,
+        description="The replica file. Empty: the path the master registered at checkout (or at the replica's "
+        "last sync).",
+    )
+
+
+@dg.asset(
+    partitions_def=replicas_partitions,
+    group_name=SYNC_GROUP,
+    description="The replica's net local changes, stored as a session in the master's sync tables; the replica "
+    "is frozen from here on. A session already open for the replica continues instead.",
+)
+def local_changes(
+    context: dg.AssetExecutionContext, config: LocalChangesConfig, master: MasterDatabase
+) -> dg.MaterializeResult:
+    replica_id = context.partition_key
+    with master.engine() as engine:
+        path = config.replica_path
+        if not path:
+            record = replica_record(engine, replica_id)
+            if record is None:
+                raise dg.Failure(description=f"replica {replica_id} is not registered on this master",
+                                 metadata={"fix": "check out the replica from this master, or set "
+                                           "SYNC_MASTER_URL to the master it came from"})
+            path = record["path"]
+        if not path:
+            raise dg.Failure(description=f"the master knows no file for replica {replica_id}",
+                             metadata={"fix": "launch with config local_changes.replica_path"})
+        replica = open_for_sync(engine, path)
+        if replica is None:
+            done = last_session_of(engine, replica_id)
+            context.log.info(f"replica {replica_id} was loaded before (session {done}); its file is retired now")
+            return dg.MaterializeResult(metadata={
+                **session_metadata({"session_id": done or ""}), "replica_path": dg.MetadataValue.path(str(path)),
+                "resumed": dg.MetadataValue.bool(True), **counts_metadata(counts_of(engine, done) if done else {}),
+            })
+        try:
+            if replica.manifest.replica_id != replica_id:
+                raise dg.Failure(
+                    description=f"{path} holds replica {replica.manifest.replica_id}, not {replica_id}",
+                    metadata={"fix": "launch the partition named by the file's replica id"},
+                )
+            existing = open_session_of(engine, replica_id)
+            if existing is None:
+                session_id = start_session(engine, replica, dagster_run_id=context.run.run_id)
+                context.log.info(f"session {session_id}: local changes of {path} extracted; replica frozen")
+                resumed = False
+            else:
+                session_id = existing["session_id"]
+                context.log.info(f"continuing session {session_id} ({existing['status']})")
+                resumed = True
+        finally:
+            replica.close()
+        counts = counts_of(engine, session_id)
+    return dg.MaterializeResult(metadata={
+        **session_metadata({"session_id": session_id}),
+        "replica_path": dg.MetadataValue.path(str(path)),
+        "owner": dg.MetadataValue.text(replica.manifest.owner),
+        "resumed": dg.MetadataValue.bool(resumed),
+        "changes": dg.MetadataValue.int(sum(v for m in counts.values() for k, v in m.items()
+                                            if k.startswith("local_"))),
+        **counts_metadata(counts),
+    })
+
+
+@dg.asset(
+    partitions_def=replicas_partitions,
+    group_name=SYNC_GROUP,
+    deps=[local_changes],
+    description="Three-way, field-level conflict detection of the session's changes against the master.",
+)
+def conflicts(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg.MaterializeResult:
+    with master.engine() as engine:
+        ctx = require_session(engine, context.partition_key)
+        if ctx.status == "extracted":
+            with failing_marks_session(engine, ctx):
+                replica = open_replica(engine, ctx.replica_path or "")
+                try:
+                    detected = detect_session(engine, ctx, replica.row)
+                finally:
+                    replica.close()
+            context.log.info(f"session {ctx.session_id}: {len(detected)} change(s) detected")
+        else:
+            context.log.info(f"session {ctx.session_id} is {ctx.status}: detection already done")
+        counts = counts_of(engine, ctx.session_id)
+    return dg.MaterializeResult(metadata={
+        **session_metadata(ctx),
+        "conflicts": dg.MetadataValue.int(sum(m.get("conflicts", 0) for m in counts.values())),
+        **counts_metadata(counts),
+    })
+
+
+@dg.asset(
+    partitions_def=replicas_partitions,
+    group_name=SYNC_GROUP,
+    deps=[conflicts],
+    description="Policies decide what they can; conflicts of `manual` modules wait for a person. Ends the "
+    "detect run: the load runs only when nothing is pending (approval_sensor or `sync-pipeline sync`).",
+)
+def resolutions(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg.MaterializeResult:
+    with master.engine() as engine:
+        ctx = require_session(engine, context.partition_key)
+        # Only right after detection do policies run: resolving again would bump the decision
+        # version and make approval_sensor launch the same load once more.
+        if ctx.status == "detected":
+            with failing_marks_session(engine, ctx):
+                resolve_session(engine, ctx)
+        pending = pending_of(engine, ctx.session_id)
+        version = decision_version(engine, ctx.session_id)
+        status = (latest_session(engine, ctx.replica_id) or {}).get("status", ctx.status)
+        items = list_conflicts(engine, ctx.session_id)
+    decided: dict[str, dict[str, int]] = {}
+    for item in items:
+        if item["status"] == "decided" and item["decision"]:
+            rule = item["decision"]["rule"]
+            decided.setdefault(item["module"], {}).setdefault(rule, 0)
+            decided[item["module"]][rule] += 1
+    if pending:
+        context.log.info(f"session {ctx.session_id} waits for {sum(pending.values())} manual decision(s): "
+                         + ", ".join(f"{m} {n}" for m, n in sorted(pending.items())))
+    return dg.MaterializeResult(metadata={
+        **session_metadata(ctx),
+        "status": dg.MetadataValue.text(status),
+        "decision_version": dg.MetadataValue.int(version),
+        **pending_metadata(pending),
+        **counts_metadata(decided, prefix="decided/"),
+    })
+
+
+@dg.asset(
+    partitions_def=replicas_partitions,
+    group_name=SYNC_GROUP,
+    deps=[resolutions],
+    output_required=False,
+    description="One transaction into the master; rows the master changed meanwhile go back to detection. "
+    "Retires the replica. Not materialized when re-detection left new conflicts waiting.",
+)
+def master_load(context: dg.AssetExecutionContext, master: MasterDatabase) -> Iterator[dg.MaterializeResult]:
+    with master.engine() as engine:
+        ctx = require_session(engine, context.partition_key)
+        if ctx.status == "done":
+            if finish_retirement(engine, ctx.replica_path):
+                context.log.info(f"session {ctx.session_id} was loaded before; its replica file is retired now")
+            else:
+                context.log.info(f"session {ctx.session_id} was loaded before: nothing to do")
+            yield dg.MaterializeResult(metadata={
+                **session_metadata(ctx), "already_loaded": dg.MetadataValue.bool(True),
+                **counts_metadata(counts_of(engine, ctx.session_id)),
+            })
+            return
+        replica = open_replica(engine, ctx.replica_path or "")
+        try:
+            before = table_row_counts(engine, ctx.infos)
+            with failing_marks_session(engine, ctx):
+                summary = load_with_redetection(engine, ctx, replica.row, dagster_run_id=context.run.run_id)
+        finally:
+            replica.close()
+        if summary is None:
+            pending = pending_of(engine, ctx.session_id)
+            context.log.warning(f"the master changed during the load of session {ctx.session_id}: "
+                                f"{sum(pending.values())} new conflict(s) wait for decisions; nothing was loaded")
+            return
+        checkpoint("retire")  # the crash-safety tests aim here, as at the same point of run_sync
+        retire(replica.path, replica.manifest.tables, store.now_iso())
+        after = table_row_counts(engine, ctx.infos)
+        counts = counts_of(engine, ctx.session_id)
+    yield dg.MaterializeResult(metadata={
+        **session_metadata(ctx),
+        "already_loaded": dg.MetadataValue.bool(bool(summary.get("already_loaded"))),
+        **counts_metadata(counts),
+        **{f"rows_before/{table}": dg.MetadataValue.int(n) for table, n in sorted(before.items())},
+        **{f"rows_after/{table}": dg.MetadataValue.int(n) for table, n in sorted(after.items())},
+    })
+
+
+def protocol_markdown(engine: Engine, session_id: str) -> str:
+    """A Markdown summary of one session, read from the sync tables (the full protocol is the engine's)."""
+    with engine.connect() as conn:
+        session = conn.execute(
+            sa.select(store.sync_session, store.sync_replica.c.owner, store.sync_replica.c.path)
+            .join(store.sync_replica, store.sync_replica.c.replica_id == store.sync_session.c.replica_id)
+            .where(store.sync_session.c.session_id == session_id)
+        ).mappings().one()
+        applied = conn.execute(
+            sa.select(store.sync_applied.c.table_name, store.sync_applied.c.op, sa.func.count())
+            .where(store.sync_applied.c.session_id == session_id)
+            .group_by(store.sync_applied.c.table_name, store.sync_applied.c.op)
+            .order_by(store.sync_applied.c.table_name, store.sync_applied.c.op)
+        ).all()
+    counts = counts_of(engine, session_id)
+    summary = json.loads(session["summary"] or "{}")
+    lines = [
+        f"# Sync protocol — session `{session_id}`",
+        "",
+        f"- replica: `{session['replica_id']}` ({session['owner']}), file `{session['path']}`",
+        f"- status: **{session['status']}**, started {session['started_at']}, finished {session['finished_at'] or '—'}",
+        "",
+        "## Per module",
+        "",
+        "| module | count | value |",
+        "|---|---|---:|",
+    ]
+    for module, kinds in sorted(counts.items()):
+        for kind, value in sorted(kinds.items()):
+            lines.append(f"| {module} | {kind} | {value} |")
+    lines += ["", "## Rows written to the master", "", "| table | operation | rows |", "|---|---|---:|"]
+    lines += [f"| {table} | {op} | {n} |" for table, op, n in applied] or ["| — | — | 0 |"]
+    for item in summary.get("remapped", []):
+        lines.append(f"\nremapped: {item['table']} {item['local_key']} -> {item['master_key']}")
+    for item in summary.get("dropped", []):
+        lines.append(f"\ndropped: {item['table']} {item['key']} ({item['reason']})")
+    items = list_conflicts(engine, session_id)
+    lines += ["", f"## Conflicts ({len(items)})", ""]
+    if items:
+        lines += ["| # | module | table | key | kind | field | local | master | decision | rule | by |",
+                  "|---:|---|---|---|---|---|---|---|---|---|---|"]
+    for item in items:
+        decision = item["decision"] or {}
+        key = ", ".join(f"{k}={v}" for k, v in item["key"].items())
+        fields = item["fields"] or [{"name": "(row)", "local": "", "master": ""}]
+        for field in fields:
+            chosen = decision.get("fields", {}).get(field["name"], {})
+            take = chosen.get("take") or decision.get("row") or item["status"]
+            if take == "value":
+                take = f"value {chosen.get('value')!r}"
+            cells = [item["id"], item["module"], item["table"], key, item["kind"], field["name"],
+                     _cell(field.get("local")), _cell(field.get("master")), take, decision.get("rule") or "—",
+                     decision.get("by") or "—"]
+            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    return "—" if value is None or value == "" else str(value).replace("|", "\\|").replace("\n", " ")
+
+
+@dg.asset(
+    partitions_def=replicas_partitions,
+    group_name=SYNC_GROUP,
+    deps=[master_load],
+    description="The session's protocol as Markdown: counts per module and kind, rows written, every conflict "
+    "with its local and master value and the rule or person that decided it.",
+)
+def sync_protocol(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg.MaterializeResult:
+    with master.engine() as engine:
+        ctx = require_session(engine, context.partition_key)
+        text = protocol_markdown(engine, ctx.session_id)
+        counts = counts_of(engine, ctx.session_id)
+    return dg.MaterializeResult(metadata={
+        **session_metadata(ctx),
+        "protocol": dg.MetadataValue.md(text),
+        **counts_metadata(counts),
+    })
+
+
+sync_assets: list[dg.AssetsDefinition] = [local_changes, conflicts, resolutions, master_load, sync_protocol]

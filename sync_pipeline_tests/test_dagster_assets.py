@@ -1,0 +1,266 @@
+"""The sync as a Dagster asset graph, materialized for real against a Dagster instance and a real master
+(SQLite and PostgreSQL): automatic end to end, manual waiting then loading, resuming, bad input.
+
+The helpers at the top are shared with the other test_dagster_* modules.
+"""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from sync_pipeline.dagster_run import materialize_sync
+from sync_pipeline.definitions import build_definitions
+from sync_pipeline.defs.assets import conflicts, local_changes, master_load, resolutions, sync_protocol
+from sync_pipeline.defs.jobs import APPLY_JOB_NAME
+from sync_pipeline.defs.partitions import REPLICAS_PARTITION_NAME
+from sync_pipeline.demo import DEMO_SETTINGS, build_master, demo_metadata, make_demo_edits
+from sync_pipeline.engine.checkout import checkout
+from sync_pipeline.engine.errors import BadInputError, ReplicaError
+from sync_pipeline.engine.master import connect_master, init_master
+from sync_pipeline.engine.replica import open_replica
+from sync_pipeline.engine.session import decide_module, open_session_of
+from sync_pipeline.settings import parse_settings
+
+# The demo's settings with the manual CRM module settled automatically: nothing waits for a person.
+AUTOMATIC_SETTINGS = DEMO_SETTINGS.replace("policy: manual", "policy: local_wins")
+
+
+@dataclass
+class Demo:
+    master_url: str
+    engine: Engine
+    replica: Path
+    replica_id: str
+
+
+def build_demo(master_url: str, folder: Path, settings_text: str = DEMO_SETTINGS, edits: bool = True,
+               replica_name: str = "alex.db", build: bool = True) -> Demo:
+    """The demo's master on `master_url` (tables, sync tables), a replica, and edits on both sides."""
+    engine = connect_master(master_url, must_exist=False)
+    if build:
+        build_master(engine)
+        if engine.dialect.name == "postgresql":
+            advance_sequences(engine)
+        init_master(engine, parse_settings(settings_text, "test-settings.yaml"))
+    folder.mkdir(parents=True, exist_ok=True)
+    replica = folder / replica_name
+    result = checkout(engine, replica, "Alex Field")
+    if edits:
+        make_demo_edits(engine, replica)
+    return Demo(master_url, engine, replica, result.replica_id)
+
+
+def advance_sequences(engine: Engine) -> None:
+    """build_master writes explicit ids; PostgreSQL's sequences must move past them for the master's
+    own inserts in make_demo_edits."""
+    with engine.begin() as conn:
+        for table in demo_metadata().sorted_tables:
+            key = list(table.primary_key.columns)
+            if len(key) == 1 and isinstance(key[0].type, sa.Integer):
+                sequence = sa.func.pg_get_serial_sequence(table.name, key[0].name)
+                conn.execute(sa.select(sa.func.setval(sequence, sa.select(sa.func.max(key[0])).scalar_subquery())))
+
+
+def business_rows(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every demo table, in key order: equal snapshots mean the master's data is untouched."""
+    tables = demo_metadata().tables
+    with engine.connect() as conn:
+        return {
+            name: [tuple(row) for row in conn.execute(sa.select(table).order_by(*table.primary_key.columns))]
+            for name, table in tables.items()
+        }
+
+
+def whole_master(engine: Engine) -> Any:
+    """The entire master, sync tables included: the SQLite file's bytes, or every row of every table."""
+    if engine.dialect.name == "sqlite":
+        return hashlib.sha256(Path(str(engine.url.database)).read_bytes()).hexdigest()
+    metadata = sa.MetaData()
+    metadata.reflect(engine)
+    with engine.connect() as conn:
+        return {name: sorted(repr(tuple(row)) for row in conn.execute(sa.select(table)))
+                for name, table in metadata.tables.items()}
+
+
+def materialized_partitions(instance: dg.DagsterInstance, asset: dg.AssetsDefinition) -> set[str]:
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=asset.key), limit=100).records
+    return {r.partition_key for r in records if r.partition_key}
+
+
+def latest_metadata(instance: dg.DagsterInstance, asset: dg.AssetsDefinition, partition: str) -> dict[str, Any]:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset.key, asset_partitions=[partition]), limit=1).records
+    assert records, f"{asset.key.to_user_string()} was not materialized for {partition}"
+    materialization = records[0].asset_materialization
+    assert materialization is not None
+    return {key: value.value for key, value in materialization.metadata.items()}
+
+
+def check_evaluations(instance: dg.DagsterInstance, run_id: str) -> dict[str, Any]:
+    out = {}
+    for record in instance.get_records_for_run(run_id).records:
+        event = record.event_log_entry.dagster_event
+        if event is not None and event.event_type_value == "ASSET_CHECK_EVALUATION":
+            out[event.event_specific_data.check_name] = event.event_specific_data
+    return out
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as test_instance:
+        yield test_instance
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def test_automatic_sync_runs_the_whole_graph_and_retires_the_replica(
+    master_url: str, tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    demo = build_demo(master_url, tmp_path / "replicas", AUTOMATIC_SETTINGS)
+
+    result = materialize_sync(master_url, str(demo.replica), instance)
+
+    assert result.status == "done", result.message
+    assert result.replica_id == demo.replica_id
+    assert result.pending == {}
+    assert result.modules["crm"]["conflicts"] == 5 and result.modules["sales"]["conflicts"] == 4
+    assert instance.has_dynamic_partition(REPLICAS_PARTITION_NAME, demo.replica_id)
+    for asset in (local_changes, conflicts, resolutions, master_load, sync_protocol):
+        assert demo.replica_id in materialized_partitions(instance, asset), asset.key
+    runs = instance.get_runs()
+    assert sorted(r.job_name for r in runs) == ["sync_apply", "sync_detect"]
+    assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+
+    # Counts are numeric metadata (the UI plots them), next to the session id.
+    detected = latest_metadata(instance, conflicts, demo.replica_id)
+    assert detected["session_id"] == result.session_id
+    assert detected["crm/update_update"] == 1 and detected["sales/insert_insert"] == 1
+    loaded = latest_metadata(instance, master_load, demo.replica_id)
+    assert loaded["rows_after/company"] == loaded["rows_before/company"] + 1
+    protocol = latest_metadata(instance, sync_protocol, demo.replica_id)["protocol"]
+    assert result.session_id in protocol and "update_update" in protocol
+
+    # local_wins on crm: the field worker's phone number of contact 1 is in the master now.
+    contact = demo_metadata().tables["contact"]
+    with demo.engine.connect() as conn:
+        assert conn.execute(sa.select(contact.c.phone).where(contact.c.id == 1)).scalar_one() == "+49 170 1111111"
+    with pytest.raises(ReplicaError, match="retired"):
+        open_replica(demo.engine, demo.replica)
+    apply_run = next(r for r in runs if r.job_name == APPLY_JOB_NAME)
+    evaluations = check_evaluations(instance, apply_run.run_id)
+    assert evaluations["master_reconciles"].passed
+    assert evaluations["resolutions_all_decided"].passed
+
+
+def test_manual_sync_waits_without_loading_then_loads_after_decisions(
+    master_url: str, tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    demo = build_demo(master_url, tmp_path / "replicas")
+    before = business_rows(demo.engine)
+
+    waiting = materialize_sync(master_url, str(demo.replica), instance)
+
+    assert waiting.status == "waiting"
+    assert waiting.pending == {"crm": 5}
+    assert business_rows(demo.engine) == before, "the detect run must not touch the master's data"
+    assert [r.job_name for r in instance.get_runs()] == ["sync_detect"]
+    assert demo.replica_id not in materialized_partitions(instance, master_load)
+    metadata = latest_metadata(instance, resolutions, demo.replica_id)
+    assert metadata["pending/crm"] == 5 and metadata["pending_total"] == 5
+    assert metadata["status"] == "waiting"
+
+    # Running the sync again while it waits continues the same session; it still waits.
+    again = materialize_sync(master_url, str(demo.replica), instance)
+    assert (again.status, again.session_id) == ("waiting", waiting.session_id)
+    assert latest_metadata(instance, local_changes, demo.replica_id)["resumed"] is True
+
+    assert waiting.session_id is not None
+    assert decide_module(demo.engine, waiting.session_id, "crm", "master", "Tess Tester") == 5
+    done = materialize_sync(master_url, str(demo.replica), instance)
+
+    assert (done.status, done.session_id) == ("done", waiting.session_id)
+    assert open_session_of(demo.engine, demo.replica_id) is None
+    contact = demo_metadata().tables["contact"]
+    with demo.engine.connect() as conn:
+        # master_wins by decision: contact 1 keeps the master's phone; contact 2 gets the local one.
+        phones = dict(conn.execute(sa.select(contact.c.id, contact.c.phone).where(contact.c.id.in_([1, 2]))).all())
+    assert phones == {1: "+49 30 9999999", 2: "+49 170 2222222"}
+
+
+def test_apply_run_refuses_to_load_while_conflicts_are_pending(
+    master_url: str, tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    demo = build_demo(master_url, tmp_path / "replicas")
+    assert materialize_sync(master_url, str(demo.replica), instance).status == "waiting"
+    before = whole_master(demo.engine)
+
+    apply = build_definitions(master_url).resolve_job_def(APPLY_JOB_NAME).execute_in_process(
+        instance=instance, partition_key=demo.replica_id, raise_on_error=False)
+
+    assert not apply.success
+    failed = [e for e in apply.get_asset_check_evaluations() if not e.passed]
+    assert [e.check_name for e in failed] == ["resolutions_all_decided"]
+    assert "crm has 5 undecided conflict(s)" in (failed[0].description or "")
+    assert master_load.key not in {e.asset_key for e in apply.get_asset_materialization_events() if e.asset_key}
+    assert whole_master(demo.engine) == before, "a failed gate must leave the master byte-for-byte unchanged"
+
+
+def test_bad_input_is_refused_before_any_run(master_url: str, tmp_path: Path, instance: dg.DagsterInstance) -> None:
+    demo = build_demo(master_url, tmp_path / "replicas", edits=False)
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"definitely not a replica")
+
+    with pytest.raises(BadInputError, match="not a SQLite database"):
+        materialize_sync(master_url, str(junk), instance)
+    with pytest.raises(BadInputError, match="does not exist"):
+        materialize_sync(master_url, str(tmp_path / "missing.db"), instance)
+
+    assert instance.get_runs() == []
+    assert not instance.has_dynamic_partition(REPLICAS_PARTITION_NAME, demo.replica_id)
+
+
+@pytest.mark.parametrize("fault", ["load_begin", "retire"])
+def test_sync_continues_after_a_crash_in_the_apply_run(master_url: str, tmp_path: Path, fault: str) -> None:
+    """A process killed while loading (`load_begin`: nothing committed) or after the load committed but
+    before the file was retired (`retire`) is finished by the next sync, against the same instance."""
+    demo = build_demo(master_url, tmp_path / "replicas", AUTOMATIC_SETTINGS)
+    script = ("import sys\nfrom sync_pipeline.dagster_run import materialize_sync\n"
+              "materialize_sync(sys.argv[1], sys.argv[2])\n")
+    killed = subprocess.run([sys.executable, "-c", script, master_url, str(demo.replica)],
+                            env={**os.environ, "SYNC_FAULT": fault}, capture_output=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+
+    result = materialize_sync(master_url, str(demo.replica))
+
+    assert result.status == "done", result.message
+    with pytest.raises(ReplicaError, match="retired"):
+        open_replica(demo.engine, demo.replica)
+    contact = demo_metadata().tables["contact"]
+    with demo.engine.connect() as conn:
+        assert conn.execute(sa.select(contact.c.phone).where(contact.c.id == 1)).scalar_one() == "+49 170 1111111"
+
+
+def test_the_master_url_is_not_stored_in_the_dagster_instance(tmp_path: Path, instance: dg.DagsterInstance) -> None:
+    # A query argument SQLite ignores stands in for a password: it must not reach the run storage.
+    master_url = f"sqlite:///{tmp_path / 'master.db'}?not_a_secret_marker=1"
+    demo = build_demo(master_url, tmp_path / "replicas", AUTOMATIC_SETTINGS)
+
+    assert materialize_sync(master_url, str(demo.replica), instance).status == "done"
+
+    assert "SYNC_MASTER_URL" not in os.environ
+    for run in instance.get_runs():
+        stored = dg.serialize_value(instance.get_job_snapshot(run.job_snapshot_id)) + json.dumps(run.run_config)
+        assert "not_a_secret_marker" not in stored

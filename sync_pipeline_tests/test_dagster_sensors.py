@@ -1,0 +1,188 @@
+"""Sensors evaluated for real against a Dagster instance and a master: approval_sensor launches one load
+per decision version; replica_sensor turns inbox files into partitions and skips junk."""
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from sync_pipeline.dagster_run import materialize_sync
+from sync_pipeline.definitions import build_definitions
+from sync_pipeline.defs.jobs import APPLY_JOB_NAME, DETECT_JOB_NAME
+from sync_pipeline.defs.partitions import REPLICAS_PARTITION_NAME
+from sync_pipeline.defs.resources import MasterDatabase, SyncInbox, SyncSettingsResource
+from sync_pipeline.defs.sensors import APPLY_KEY_TAG, approval_sensor, replica_sensor
+from sync_pipeline.engine.queries import list_conflicts
+from sync_pipeline.engine.session import decide, decide_module, open_session_of
+from sync_pipeline_tests.test_dagster_assets import AUTOMATIC_SETTINGS, build_demo
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as test_instance:
+        yield test_instance
+
+
+def tick_approval(instance: dg.DagsterInstance, master_url: str, cursor: str | None) -> dg.SensorResult:
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"master": MasterDatabase(url=master_url)})
+    result = approval_sensor(context)
+    assert isinstance(result, dg.SensorResult)
+    return result
+
+
+def tick_inbox(instance: dg.DagsterInstance, master_url: str, inbox: Path, cursor: str | None) -> dg.SensorResult:
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={
+        "master": MasterDatabase(url=master_url), "inbox": SyncInbox(path=str(inbox)),
+        "sync_settings": SyncSettingsResource(),
+    })
+    result = replica_sensor(context)
+    assert isinstance(result, dg.SensorResult)
+    return result
+
+
+def launch(instance: dg.DagsterInstance, master_url: str, job_name: str, request: dg.RunRequest) -> None:
+    """What the sensor daemon does with a run request: add the partitions, then run the job."""
+    run = build_definitions(master_url).resolve_job_def(job_name).execute_in_process(
+        instance=instance, partition_key=request.partition_key, run_config=request.run_config,
+        tags={**request.tags, "dagster/run_key": request.run_key or ""}, raise_on_error=False,
+    )
+    assert run.success
+
+
+def test_sensors_run_by_default() -> None:
+    assert approval_sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert replica_sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert approval_sensor.job_name == APPLY_JOB_NAME
+    assert replica_sensor.job_name == DETECT_JOB_NAME
+
+
+def test_approval_sensor_makes_replicas_that_are_out_partitions(
+    master_url: str, tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    demo = build_demo(master_url, tmp_path / "replicas", edits=False)
+
+    result = tick_approval(instance, master_url, None)
+
+    assert not result.run_requests
+    [partitions] = result.dynamic_partitions_requests
+    assert list(partitions.partition_keys) == [demo.replica_id]
+    instance.add_dynamic_partitions(REPLICAS_PARTITION_NAME, [demo.replica_id])
+    assert not tick_approval(instance, master_url, result.cursor).dynamic_partitions_requests
+
+
+def test_approval_sensor_launches_one_load_per_decision_version(
+    master_url: str, tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    demo = build_demo(master_url, tmp_path / "replicas")
+    waiting = materialize_sync(master_url, str(demo.replica), instance)
+    assert waiting.status == "waiting" and waiting.session_id
+
+    nothing_ready = tick_approval(instance, master_url, None)
+    assert not nothing_ready.run_requests and nothing_ready.skip_reason
+
+    decide_module(demo.engine, waiting.session_id, "crm", "local", "Tess Tester")
+    version = open_session_of(demo.engine, demo.replica_id)["decision_version"]
+    first = tick_approval(instance, master_url, nothing_ready.cursor)
+
+    [request] = first.run_requests
+    assert request.run_key == f"{waiting.session_id}:{version}"
+    assert request.partition_key == demo.replica_id
+    assert request.tags[APPLY_KEY_TAG] == request.run_key
+    # The same tick again launches nothing: the cursor remembers the version.
+    assert not tick_approval(instance, master_url, first.cursor).run_requests
+
+    launch(instance, master_url, APPLY_JOB_NAME, request)
+
+    assert open_session_of(demo.engine, demo.replica_id) is None  # done
+    assert not tick_approval(instance, master_url, first.cursor).run_requests
+    assert not tick_approval(instance, master_url, None).run_requests
+    [apply_run] = [r for r in instance.get_runs() if r.job_name == APPLY_JOB_NAME]
+    assert apply_run.tags["dagster/run_key"] == request.run_key
+
+
+def test_changed_decision_before_the_load_launches_once_more(
+    master_url: str, tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    demo = build_demo(master_url, tmp_path / "replicas")
+    waiting = materialize_sync(master_url, str(demo.replica), instance)
+    assert waiting.session_id
+    decide_module(demo.engine, waiting.session_id, "crm", "local", "Tess Tester")
+    first = tick_approval(instance, master_url, None)
+    [first_request] = first.run_requests
+
+    conflict = list_conflicts(demo.engine, waiting.session_id, "decided")[0]
+    decide(demo.engine, conflict["id"], "master", "Tess Tester")
+    second = tick_approval(instance, master_url, first.cursor)
+
+    [second_request] = second.run_requests
+    assert second_request.run_key != first_request.run_key
+    assert second_request.run_key.startswith(f"{waiting.session_id}:")
+    assert not tick_approval(instance, master_url, second.cursor).run_requests
+
+
+def test_approval_sensor_skips_a_load_that_already_ran(
+    master_url: str, tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    demo = build_demo(master_url, tmp_path / "replicas")
+    waiting = materialize_sync(master_url, str(demo.replica), instance)
+    assert waiting.session_id
+    decide_module(demo.engine, waiting.session_id, "crm", "local", "Tess Tester")
+    [request] = tick_approval(instance, master_url, None).run_requests
+    # A run carrying this load's key exists (e.g. the CLI's sync started it): a fresh cursor must not relaunch.
+    instance.create_run_for_job(
+        build_definitions(master_url).resolve_job_def(APPLY_JOB_NAME), tags={APPLY_KEY_TAG: request.run_key},
+    )
+    assert not tick_approval(instance, master_url, None).run_requests
+
+
+def test_replica_sensor_registers_a_dropped_replica_and_skips_junk(
+    master_url: str, tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    demo = build_demo(master_url, tmp_path / "replicas", AUTOMATIC_SETTINGS)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "junk.db").write_bytes(b"not a database at all")
+    (inbox / "notes.txt").write_text("not a .db file")
+
+    only_junk = tick_inbox(instance, master_url, inbox, None)
+    assert not only_junk.run_requests
+    assert "junk.db" in (only_junk.skip_reason.skip_message or "")
+    assert "not a SQLite database" in (only_junk.skip_reason.skip_message or "")
+
+    dropped = inbox / "alex.db"
+    shutil.copy2(demo.replica, dropped)
+    demo.replica.unlink()
+    found = tick_inbox(instance, master_url, inbox, only_junk.cursor)
+
+    [request] = found.run_requests
+    assert request.partition_key == demo.replica_id
+    assert request.run_config["ops"]["local_changes"]["config"]["replica_path"] == str(dropped.resolve())
+    [partitions] = found.dynamic_partitions_requests
+    assert partitions.partitions_def_name == REPLICAS_PARTITION_NAME
+    assert list(partitions.partition_keys) == [demo.replica_id]
+    assert sorted(json.loads(found.cursor)["seen"]) == ["alex.db", "junk.db"]
+    # Seen files are not launched twice.
+    assert not tick_inbox(instance, master_url, inbox, found.cursor).run_requests
+
+    instance.add_dynamic_partitions(REPLICAS_PARTITION_NAME, list(partitions.partition_keys))
+    launch(instance, master_url, DETECT_JOB_NAME, request)
+    session = open_session_of(demo.engine, demo.replica_id)
+    assert session is not None and session["status"] == "ready"
+
+    # Once loaded, the file is retired: a fresh sensor (no cursor) skips it with the reason.
+    [load] = tick_approval(instance, master_url, None).run_requests
+    launch(instance, master_url, APPLY_JOB_NAME, load)
+    retired = tick_inbox(instance, master_url, inbox, None)
+    assert not retired.run_requests
+    assert "retired" in (retired.skip_reason.skip_message or "")
+
+
+def test_replica_sensor_skips_when_the_master_is_missing(tmp_path: Path, instance: dg.DagsterInstance) -> None:
+    result = tick_inbox(instance, f"sqlite:///{tmp_path / 'no-master.db'}", tmp_path, None)
+
+    assert not result.run_requests
+    assert "not reachable or not initialised" in (result.skip_reason.skip_message or "")
