@@ -105,17 +105,31 @@ def _print_result(result: Any, as_json: bool, replica_path: str) -> None:
 @click.option("--replica", "replica_path", required=True, type=click.Path(dir_okay=False), help="The replica file.")
 @click.option("--dry-run", is_flag=True, help="Report what would happen; write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option(
+    "--without-dagster",
+    is_flag=True,
+    help="Call the engine directly instead of the asset graph (no Dagster run history, no GX checks).",
+)
 @handles_errors
-def sync_command(master_url: str | None, replica_path: str, dry_run: bool, as_json: bool) -> None:
+def sync_command(
+    master_url: str | None, replica_path: str, dry_run: bool, as_json: bool, without_dagster: bool
+) -> None:
     """Synchronise a replica into the master (or continue its waiting session)."""
     from sync_pipeline.engine.session import dry_run as run_dry
-    from sync_pipeline.engine.session import run_sync
 
     engine = open_master(master_url)
     if dry_run:
         result = run_dry(engine, replica_path)
-    else:
+    elif without_dagster:
+        from sync_pipeline.engine.session import run_sync
+
         result = run_sync(engine, replica_path, None if as_json else lambda m: click.echo(f"… {m}", err=True))
+    else:
+        from sync_pipeline.dagster_run import dagster_home_in_use, materialize_sync
+
+        if not as_json:
+            click.echo(f"… running the sync_detect / sync_apply jobs (run history: {dagster_home_in_use()})", err=True)
+        result = materialize_sync(master_url, replica_path)
     _print_result(result, as_json, replica_path)
     if result.status == "waiting":
         sys.exit(EXIT_WAITING)
@@ -156,9 +170,9 @@ def replicas_command(master_url: str | None, as_json: bool) -> None:
 @handles_errors
 def demo_command(home: str | None, owner: str, force: bool) -> None:
     """Build a sample master, check out a replica, edit both sides and sync."""
+    from sync_pipeline.dagster_run import dagster_home_in_use, materialize_sync
     from sync_pipeline.demo import make_demo_edits, prepare_demo
     from sync_pipeline.engine.master import connect_master, sync_home
-    from sync_pipeline.engine.session import run_sync
 
     folder = Path(home).expanduser() if home else sync_home()
     click.echo(f"building the demo master in {folder} …")
@@ -167,7 +181,7 @@ def demo_command(home: str | None, owner: str, force: bool) -> None:
     make_demo_edits(engine, paths.replica)
     click.echo(f"replica of {owner}: {paths.replica}")
     click.echo("edits made on both sides; synchronising …")
-    result = run_sync(engine, paths.replica)
+    result = materialize_sync(paths.master_url, str(paths.replica))
     master_flag = "" if home is None and _is_default(paths.master_url) else f" --master {paths.master_url}"
     click.echo("")
     click.echo(f"session {result.session_id}: {result.status}")
@@ -188,6 +202,9 @@ def demo_command(home: str | None, owner: str, force: bool) -> None:
         click.echo("or decide them in the browser (see docs/review.md):")
         click.echo('  sync-pipeline accounts add --name "Your Name" --modules crm')
         click.echo("  sync-pipeline serve")
+    click.echo("")
+    click.echo("watch it in the Dagster UI (the demo replica is a partition with its runs):")
+    click.echo(f"  DAGSTER_HOME={dagster_home_in_use()} dagster dev -w workspace.yaml")
     sys.exit(EXIT_DONE)
 
 

@@ -43,6 +43,12 @@ def default_dagster_home() -> Path:
     return sync_home() / "dagster_home"
 
 
+def dagster_home_in_use() -> Path:
+    """The instance folder `sync` records its runs in: $DAGSTER_HOME, else $SYNC_HOME/dagster_home."""
+    configured = os.environ.get("DAGSTER_HOME")
+    return Path(configured).expanduser() if configured else default_dagster_home()
+
+
 @contextmanager
 def sync_instance() -> Iterator[dg.DagsterInstance]:
     """The persistent Dagster instance: $DAGSTER_HOME, else $SYNC_HOME/dagster_home."""

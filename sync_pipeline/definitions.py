@@ -11,6 +11,7 @@ import dagster as dg
 from sync_pipeline.defs.assets import sync_assets
 from sync_pipeline.defs.checks import sync_checks
 from sync_pipeline.defs.jobs import sync_jobs
+from sync_pipeline.defs.overview import offline_replicas, purge_schedule, sync_purge
 from sync_pipeline.defs.resources import MasterDatabase, SyncInbox, SyncSettingsResource
 from sync_pipeline.defs.sensors import sync_sensors
 
@@ -20,9 +21,10 @@ def build_definitions(master_url: str | None = None) -> dg.Definitions:
     SQLite master in $SYNC_HOME/master.db); a pinned URL is resource config, which Dagster stores in
     the job snapshots of every run, so pass URLs with passwords through SYNC_MASTER_URL instead."""
     return dg.Definitions(
-        assets=sync_assets,
+        assets=[*sync_assets, offline_replicas],
         asset_checks=sync_checks,
-        jobs=sync_jobs,
+        jobs=[*sync_jobs, sync_purge],
+        schedules=[purge_schedule],
         sensors=sync_sensors,
         resources={
             "master": MasterDatabase(url=master_url),

@@ -9,7 +9,6 @@ the detect run, or from another process, continue where the detect run stopped.
 """
 
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -271,8 +270,11 @@ def resolutions(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg
     if pending:
         context.log.info(f"session {ctx.session_id} waits for {sum(pending.values())} manual decision(s): "
                          + ", ".join(f"{m} {n}" for m, n in sorted(pending.items())))
+    from sync_pipeline.review.links import review_session_url
+
     return dg.MaterializeResult(metadata={
         **session_metadata(ctx),
+        "review": dg.MetadataValue.url(review_session_url(ctx.session_id)),
         "status": dg.MetadataValue.text(status),
         "decision_version": dg.MetadataValue.int(version),
         **pending_metadata(pending),
@@ -326,82 +328,29 @@ def master_load(context: dg.AssetExecutionContext, master: MasterDatabase) -> It
     })
 
 
-def protocol_markdown(engine: Engine, session_id: str) -> str:
-    """A Markdown summary of one session, read from the sync tables (the full protocol is the engine's)."""
-    with engine.connect() as conn:
-        session = conn.execute(
-            sa.select(store.sync_session, store.sync_replica.c.owner, store.sync_replica.c.path)
-            .join(store.sync_replica, store.sync_replica.c.replica_id == store.sync_session.c.replica_id)
-            .where(store.sync_session.c.session_id == session_id)
-        ).mappings().one()
-        applied = conn.execute(
-            sa.select(store.sync_applied.c.table_name, store.sync_applied.c.op, sa.func.count())
-            .where(store.sync_applied.c.session_id == session_id)
-            .group_by(store.sync_applied.c.table_name, store.sync_applied.c.op)
-            .order_by(store.sync_applied.c.table_name, store.sync_applied.c.op)
-        ).all()
-    counts = counts_of(engine, session_id)
-    summary = json.loads(session["summary"] or "{}")
-    lines = [
-        f"# Sync protocol — session `{session_id}`",
-        "",
-        f"- replica: `{session['replica_id']}` ({session['owner']}), file `{session['path']}`",
-        f"- status: **{session['status']}**, started {session['started_at']}, finished {session['finished_at'] or '—'}",
-        "",
-        "## Per module",
-        "",
-        "| module | count | value |",
-        "|---|---|---:|",
-    ]
-    for module, kinds in sorted(counts.items()):
-        for kind, value in sorted(kinds.items()):
-            lines.append(f"| {module} | {kind} | {value} |")
-    lines += ["", "## Rows written to the master", "", "| table | operation | rows |", "|---|---|---:|"]
-    lines += [f"| {table} | {op} | {n} |" for table, op, n in applied] or ["| — | — | 0 |"]
-    for item in summary.get("remapped", []):
-        lines.append(f"\nremapped: {item['table']} {item['local_key']} -> {item['master_key']}")
-    for item in summary.get("dropped", []):
-        lines.append(f"\ndropped: {item['table']} {item['key']} ({item['reason']})")
-    items = list_conflicts(engine, session_id)
-    lines += ["", f"## Conflicts ({len(items)})", ""]
-    if items:
-        lines += ["| # | module | table | key | kind | field | local | master | decision | rule | by |",
-                  "|---:|---|---|---|---|---|---|---|---|---|---|"]
-    for item in items:
-        decision = item["decision"] or {}
-        key = ", ".join(f"{k}={v}" for k, v in item["key"].items())
-        fields = item["fields"] or [{"name": "(row)", "local": "", "master": ""}]
-        for field in fields:
-            chosen = decision.get("fields", {}).get(field["name"], {})
-            take = chosen.get("take") or decision.get("row") or item["status"]
-            if take == "value":
-                take = f"value {chosen.get('value')!r}"
-            cells = [item["id"], item["module"], item["table"], key, item["kind"], field["name"],
-                     _cell(field.get("local")), _cell(field.get("master")), take, decision.get("rule") or "—",
-                     decision.get("by") or "—"]
-            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _cell(value: Any) -> str:
-    return "—" if value is None or value == "" else str(value).replace("|", "\\|").replace("\n", " ")
-
-
 @dg.asset(
     partitions_def=replicas_partitions,
     group_name=SYNC_GROUP,
     deps=[master_load],
-    description="The session's protocol as Markdown: counts per module and kind, rows written, every conflict "
-    "with its local and master value and the rule or person that decided it.",
+    description="The session's protocol: written as JSON, Markdown, HTML and PDF to $SYNC_HOME/protocols/, and "
+    "shown here: per module what was written, every conflict with its values and who or which rule decided.",
 )
 def sync_protocol(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg.MaterializeResult:
+    from sync_pipeline.engine.protocol import build_protocol
+    from sync_pipeline.reports.files import default_protocol_folder, write_protocol
+    from sync_pipeline.reports.renderers import render_markdown
+
     with master.engine() as engine:
         ctx = require_session(engine, context.partition_key)
-        text = protocol_markdown(engine, ctx.session_id)
+        protocol = build_protocol(engine, ctx.session_id)
         counts = counts_of(engine, ctx.session_id)
+    paths = write_protocol(protocol, default_protocol_folder())
+    context.log.info("protocol written: " + ", ".join(str(p) for p in paths.values()))
     return dg.MaterializeResult(metadata={
         **session_metadata(ctx),
-        "protocol": dg.MetadataValue.md(text),
+        "protocol": dg.MetadataValue.md(render_markdown(protocol, max_conflicts=200)),
+        "protocol_state": dg.MetadataValue.text(protocol.state),
+        **{f"protocol_{fmt}": dg.MetadataValue.path(str(path)) for fmt, path in paths.items()},
         **counts_metadata(counts),
     })
 
