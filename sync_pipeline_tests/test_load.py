@@ -279,3 +279,23 @@ def test_process_ended_between_load_commit_and_retirement(master_url: str, tmp_p
     assert master_state(engine) == before  # nothing applied twice
     with pytest.raises(ReplicaError, match="already synchronised"):
         run_sync(engine, replica)
+
+
+def test_failed_load_unfreezes_the_replica_so_its_owner_can_correct_it(master_url: str, tmp_path: Path) -> None:
+    from sync_pipeline.engine.errors import SyncError
+
+    engine = make_master(master_url)
+    with engine.begin() as m:
+        m.execute(sa.text("CREATE UNIQUE INDEX child_label_unique ON child (label)"))
+    replica = make_replica(engine, tmp_path)
+    with replica_engine(replica).begin() as r:
+        r.execute(sa.insert(C).values(id=800, parent_id=1, label="C1"))  # the master refuses: label is unique
+    before = (rows(engine, "parent"), rows(engine, "child"))
+    with pytest.raises(SyncError, match="refused"):
+        run_sync(engine, replica)
+    assert (rows(engine, "parent"), rows(engine, "child")) == before
+    assert [r["status"] for r in list_replicas(engine)] == ["failed"]
+    with replica_engine(replica).begin() as r:  # not frozen any more
+        r.execute(sa.update(C).where(C.c.id == 800).values(label="C800"))
+    assert run_sync(engine, replica).status == "done"
+    assert row(engine, "child", id=800)["label"] == "C800"

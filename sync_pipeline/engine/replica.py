@@ -158,6 +158,23 @@ def unfreeze(replica: OpenReplica) -> None:
     set_replica_frozen_file(replica.conn, replica.manifest.tables, None, "open")
 
 
+def unfreeze_file(replica_path: str | Path) -> None:
+    """Lift a session's freeze from a replica file (never a retirement); a missing file is left alone."""
+    file = Path(replica_path)
+    if not file.is_file():
+        return
+    try:
+        conn = open_replica_file(file)
+    except ReplicaError:
+        return
+    try:
+        manifest = read_manifest(conn, file)
+        if manifest.status == "frozen":
+            set_replica_frozen_file(conn, manifest.tables, None, "open")
+    finally:
+        conn.close()
+
+
 def retire(replica_path: str | Path, replica_tables: list[str], when: str) -> None:
     conn = sqlite3.connect(replica_path, isolation_level=None)
     try:

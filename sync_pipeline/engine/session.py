@@ -38,6 +38,7 @@ from sync_pipeline.engine.replica import (
     open_replica,
     retire,
     unfreeze,
+    unfreeze_file,
 )
 from sync_pipeline.engine.resolve import (
     FIELD_KINDS,
@@ -225,6 +226,23 @@ def _start_session(
         for index, c in enumerate(changes.changes)
     ]
     with engine.begin() as conn:
+        # Lock the replica's row, then make sure no other process opened a session for it meanwhile.
+        conn.execute(
+            sa.update(store.sync_replica)
+            .where(store.sync_replica.c.replica_id == replica.manifest.replica_id)
+            .values(status=store.sync_replica.c.status)
+        )
+        running = conn.execute(
+            sa.select(store.sync_session.c.session_id).where(
+                store.sync_session.c.replica_id == replica.manifest.replica_id,
+                store.sync_session.c.status.in_(OPEN_STATUSES),
+            )
+        ).scalar()
+        if running is not None:
+            raise SyncError(
+                f"another sync of this replica started meanwhile (session {running})",
+                "let it finish; running sync again continues that session",
+            )
         conn.execute(
             sa.insert(store.sync_session).values(
                 session_id=session_id,
@@ -766,9 +784,16 @@ def load_with_redetection(
 
 
 def mark_failed(engine: Engine, session_id: str, replica_id: str, error: str) -> None:
+    """The session is abandoned; the replica is unfrozen so that its owner can correct it and sync again
+    (a new session reads the whole change log once more)."""
     with engine.begin() as conn:
         _set_status(conn, session_id, "failed", finished_at=store.now_iso(), error=error[:4000])
         _set_replica_status(conn, replica_id, "failed")
+        path = conn.execute(
+            sa.select(store.sync_replica.c.path).where(store.sync_replica.c.replica_id == replica_id)
+        ).scalar()
+    if path:
+        unfreeze_file(path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -824,6 +849,12 @@ def run_sync(engine: Engine, replica_path: str | Path, progress: Progress | None
         else:
             session_id = existing["session_id"]
             say(f"continuing session {session_id} ({existing['status']})")
+            with engine.begin() as conn:  # the file may have moved (e.g. into the inbox) since it started
+                conn.execute(
+                    sa.update(store.sync_replica)
+                    .where(store.sync_replica.c.replica_id == replica_id)
+                    .values(path=str(replica.path.resolve()))
+                )
         ctx = session_context(engine, session_id)
         ctx.cached_changes, ctx.cached_masters = changes, seen
         try:
