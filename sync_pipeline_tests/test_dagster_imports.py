@@ -32,11 +32,13 @@ def test_definitions_hold_the_sync_graph() -> None:
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert keys == {"local_changes", "conflicts", "resolutions", "master_load", "sync_protocol"}
-    assert {graph.get(key).group_name for key in graph.get_all_asset_keys()} == {"sync"}
+    assert keys == {"local_changes", "conflicts", "resolutions", "master_load", "sync_protocol", "offline_replicas"}
+    groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
+    assert groups == {**{k: "sync" for k in keys - {"offline_replicas"}}, "offline_replicas": "overview"}
     upstream = {key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys}
-                for key in graph.get_all_asset_keys()}
+                for key in graph.get_all_asset_keys() if groups[key.to_user_string()] == "sync"}
     assert upstream == {"local_changes": set(), "conflicts": {"local_changes"}, "resolutions": {"conflicts"},
                         "master_load": {"resolutions"}, "sync_protocol": {"master_load"}}
-    assert {job.name for job in defs.resolve_all_job_defs()} >= {"sync_detect", "sync_apply"}
+    assert {job.name for job in defs.resolve_all_job_defs()} >= {"sync_detect", "sync_apply", "sync_purge"}
+    assert {schedule.name for schedule in defs.schedules or []} == {"sync_purge_schedule"}
     assert {sensor.name for sensor in defs.sensors or []} == {"approval_sensor", "replica_sensor"}

@@ -88,7 +88,10 @@ def test_webserver_serves_the_assets_checks_and_sensors(tmp_path: Path) -> None:
     [repository] = repositories["nodes"]
     assert repository["location"]["name"] == "sync_pipeline.definitions"
     assets = {"/".join(node["assetKey"]["path"]): node for node in repository["assetNodes"]}
-    assert set(assets) == {"local_changes", "conflicts", "resolutions", "master_load", "sync_protocol"}
+    assert set(assets) == {"local_changes", "conflicts", "resolutions", "master_load", "sync_protocol",
+                           "offline_replicas"}
+    overview = assets.pop("offline_replicas")
+    assert overview["groupName"] == "overview" and not overview["isPartitioned"]
     assert all(node["groupName"] == "sync" and node["isPartitioned"] for node in assets.values())
     checks = {(asset, check["name"]): check["blocking"]
               for asset, node in assets.items() for check in node["assetChecksOrError"]["checks"]}
