@@ -82,7 +82,9 @@ def replica_metadata(infos: dict[str, TableInfo]) -> sa.MetaData:
             for fk in info.foreign_keys
             if fk.parent_table in infos
         ]
-        sa.Table(name, metadata, *columns, *fks)
+        # AUTOINCREMENT: SQLite must never hand a deleted row's generated key to a new local row, or
+        # extraction would fold "delete 5, insert another record as 5" into an update of record 5.
+        sa.Table(name, metadata, *columns, *fks, sqlite_autoincrement=info.generated_pk)
     return metadata
 
 

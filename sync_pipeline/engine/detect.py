@@ -228,8 +228,11 @@ def _classify(
     value_columns = [c for c in info.columns if c not in info.pk]
     if natural and all(local[n] is not None for n in natural):
         hit = natural_hits.get(tuple(local[n] for n in natural))
-        if hit is not None and info.key_of(hit) != change.key:
+        if hit is not None:
+            # The same record by its natural key (under another key, or by chance under the same one).
             differing = [c for c in value_columns if hit[c] != local[c]]
+            if not differing and info.key_of(hit) == change.key:
+                return Detected(change, module, "skip", hit, note="the master already holds the same row")
             return Detected(
                 change,
                 module,
@@ -263,10 +266,14 @@ def _find_orphans(
     for fk in info.foreign_keys:
         candidates: list[tuple[Detected, tuple[Any, ...]]] = []
         for d in detected:
-            if d.action not in ("apply", "remap"):
-                continue
             change = d.change
-            if change.op == "delete" or (change.op == "update" and not set(fk.columns) & set(d.apply_fields)):
+            # A row the master deleted comes back if the local side wins: its parents must exist too.
+            reinsert = d.kind == "update_delete"
+            if d.action not in ("apply", "remap") and not reinsert:
+                continue
+            if change.op == "delete" or (
+                change.op == "update" and not reinsert and not set(fk.columns) & set(d.apply_fields)
+            ):
                 continue
             assert change.local is not None
             parent_key = tuple(change.local[c] for c in fk.columns)
@@ -291,6 +298,15 @@ def _find_orphans(
                 if replica_rows and fk.parent_table in infos
                 else None
             )
+            parent = {
+                "parent_table": fk.parent_table,
+                "parent_key": dict(zip(fk.parent_columns, parent_key, strict=True)),
+                "parent_row": parent_row,
+                "parent_deleted_at": deleted_at.get(parent_key, {}).get("*"),
+            }
+            if d.kind == "update_delete":
+                d.detail = {**d.detail, **parent}
+                continue
             d.action, d.kind = "conflict", "orphan"
             d.fields = _diff(fk.columns, d.change.base, d.change.local, d.master)
             d.detail = {

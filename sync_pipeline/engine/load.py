@@ -51,6 +51,7 @@ class Plan:
     dropped: list[tuple[int, str, tuple[Any, ...], str]] = field(default_factory=list)  # id, table, key, why
     # Local rows that will not exist in the master under their key: rows referencing them are dropped too.
     gone: set[tuple[str, tuple[Any, ...]]] = field(default_factory=set)
+    recreated: set[tuple[str, tuple[Any, ...]]] = field(default_factory=set)
 
 
 @dataclass
@@ -129,6 +130,13 @@ def build_plan(items: list[tuple[int, Detected, CurrentDecision | None]], infos:
                 )
         elif kind == "update_delete":
             if _choice(decision, None)[0] == "local":
+                if d.detail.get("parent_table"):  # the master deleted its parent too
+                    if not d.detail.get("parent_row"):
+                        plan.dropped.append(
+                            (change_id, change.table, change.key, "its parent was deleted on the master")
+                        )
+                        continue
+                    _recreate_parent(plan, change_id, d, infos)
                 plan.operations.append(
                     Operation(change_id, change.table, "insert", change.key, dict(local), None, "decision")
                 )
@@ -152,18 +160,7 @@ def build_plan(items: list[tuple[int, Detected, CurrentDecision | None]], infos:
                 plan.dropped.append((change_id, change.table, change.key, "the master's row is the same record"))
         elif kind == "orphan":
             if _choice(decision, None)[0] == "local" and d.detail.get("parent_row"):
-                parent_table = d.detail["parent_table"]
-                plan.operations.append(
-                    Operation(
-                        change_id,
-                        parent_table,
-                        "insert",
-                        infos[parent_table].key_of(d.detail["parent_row"]),
-                        dict(d.detail["parent_row"]),
-                        None,
-                        "orphan_parent",
-                    )
-                )
+                _recreate_parent(plan, change_id, d, infos)
                 if change.op == "insert":
                     plan.operations.append(
                         Operation(change_id, change.table, "insert", change.key, dict(local), None, "decision")
@@ -185,6 +182,18 @@ def build_plan(items: list[tuple[int, Detected, CurrentDecision | None]], infos:
                 if change.op == "insert":
                     plan.gone.add((change.table, change.key))
     return plan
+
+
+def _recreate_parent(plan: Plan, change_id: int, d: Detected, infos: dict[str, TableInfo]) -> None:
+    """Insert the parent the master deleted, from the replica's row, once however many rows need it."""
+    parent_table = d.detail["parent_table"]
+    key = infos[parent_table].key_of(d.detail["parent_row"])
+    if (parent_table, key) in plan.recreated:
+        return
+    plan.recreated.add((parent_table, key))
+    plan.operations.append(
+        Operation(change_id, parent_table, "insert", key, dict(d.detail["parent_row"]), None, "orphan_parent")
+    )
 
 
 def check_unchanged(conn: Connection, plan: Plan, infos: dict[str, TableInfo]) -> list[int]:

@@ -232,6 +232,15 @@ def _start_session(
             .where(store.sync_replica.c.replica_id == replica.manifest.replica_id)
             .values(status=store.sync_replica.c.status)
         )
+        now_record = (
+            conn.execute(
+                sa.select(store.sync_replica).where(store.sync_replica.c.replica_id == replica.manifest.replica_id)
+            )
+            .mappings()
+            .one()
+        )
+        if now_record["status"] == "retired":
+            raise already_synchronised(replica.path, replica.manifest, dict(now_record))
         running = conn.execute(
             sa.select(store.sync_session.c.session_id).where(
                 store.sync_session.c.replica_id == replica.manifest.replica_id,
@@ -308,7 +317,9 @@ def detect_session(
     ctx.cached_detected = detected if change_ids is None else None
     now = store.now_iso()
     with engine.begin() as conn:
+        earlier: dict[int, dict[str, Any]] = {}
         if change_ids is not None:
+            earlier = _conflicts_with_decisions(conn, ctx.session_id, change_ids)
             _drop_conflicts(conn, ctx.session_id, change_ids)
         updates, conflicts = [], []
         for d in detected:
@@ -358,9 +369,47 @@ def detect_session(
             conn.execute(statement, updates[start : start + 1000])
         for start in range(0, len(conflicts), 1000):
             conn.execute(sa.insert(store.sync_conflict), conflicts[start : start + 1000])
+        if earlier:
+            _carry_over_decisions(conn, ctx.session_id, earlier)
         _set_status(conn, ctx.session_id, "detected")
         checkpoint("detect_store")
     return detected
+
+
+def _conflicts_with_decisions(conn: Connection, session_id: str, change_ids: list[int]) -> dict[int, dict[str, Any]]:
+    found = {}
+    wanted = set(change_ids)
+    conflicts = [c for c in _conflicts(conn, session_id) if c["change_id"] in wanted]
+    history = _decisions(conn, [c["conflict_id"] for c in conflicts])
+    for conflict in conflicts:
+        found[conflict["change_id"]] = {**conflict, "decisions": history.get(conflict["conflict_id"], [])}
+    return found
+
+
+def _carry_over_decisions(conn: Connection, session_id: str, earlier: dict[int, dict[str, Any]]) -> None:
+    """A conflict detected again exactly as before keeps its decisions (who, when): re-detecting rows
+    because the load was refused elsewhere must not make people decide again."""
+    for conflict in _conflicts(conn, session_id):
+        old = earlier.get(conflict["change_id"])
+        if old is None or (old["kind"], old["fields"]) != (conflict["kind"], conflict["fields"]):
+            continue
+        if old["decisions"]:
+            conn.execute(
+                sa.insert(store.sync_decision),
+                [
+                    {
+                        "conflict_id": conflict["conflict_id"],
+                        **{k: d[k] for k in ("field", "choice", "rule", "decided_by", "decided_at")},
+                        "value": None if d["value"] is None else dumps(d["value"]),
+                    }
+                    for d in old["decisions"]
+                ],
+            )
+        conn.execute(
+            sa.update(store.sync_conflict)
+            .where(store.sync_conflict.c.conflict_id == conflict["conflict_id"])
+            .values(status=old["status"])
+        )
 
 
 def _drop_conflicts(conn: Connection, session_id: str, change_ids: list[int]) -> None:
