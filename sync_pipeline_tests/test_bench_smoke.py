@@ -1,0 +1,32 @@
+"""The benchmark script runs and prints its table (no timing is asserted: figures live in docs/benchmarks.md)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from sync_pipeline_tests.conftest import require_postgres
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quick_benchmark_prints_its_table() -> None:
+    require_postgres()
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "bench_sync.py"),
+            "--quick",
+            "--only",
+            "capture,scaling",
+            "--repeat",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "| figure | ours | baseline | ratio | target | met |" in done.stdout
+    assert "replica writes (2,000) with vs without change capture" in done.stdout
+    assert "extract+detect 2,000 changes" in done.stdout
