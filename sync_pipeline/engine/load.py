@@ -137,6 +137,9 @@ def build_plan(items: list[tuple[int, Detected, CurrentDecision | None]], infos:
                         )
                         continue
                     _recreate_parent(plan, change_id, d, infos)
+                if (change.table, change.key) in plan.recreated:
+                    continue  # already brought back as the parent of another row
+                plan.recreated.add((change.table, change.key))
                 plan.operations.append(
                     Operation(change_id, change.table, "insert", change.key, dict(local), None, "decision")
                 )
@@ -239,31 +242,31 @@ def execute_plan(conn: Connection, plan: Plan, infos: dict[str, TableInfo]) -> L
                 return False
         return True
 
-    explicit_generated: set[str] = set()
     for table in order:
         info = infos[table]
         plain: list[Operation] = []
+        remapped: list[Operation] = []
         for operation in by_phase.get(("insert", table), []):
             if not rewrite(operation):
                 dropped.append((operation.change_id, table, operation.key, "its parent row was not synchronised"))
                 dropped_keys.add((table, operation.key))  # type: ignore[arg-type]
                 continue
-            if operation.new_key:
-                new_key = _insert_returning_key(conn, info, operation.values)
-                checkpoint("load_write")
-                key_map[(table, operation.key)] = new_key  # type: ignore[index]
-                after = dict(operation.values) | info.key_dict(new_key)
-                applied.append(AppliedRow(operation.change_id, table, new_key, "insert", None, after, "remap"))
-            else:
-                plain.append(operation)
-                if info.generated_pk:
-                    explicit_generated.add(table)
+            (remapped if operation.new_key else plain).append(operation)
+        # Rows with their own keys first: the key generator must hand the remapped rows keys past them.
         if plain:
             conn.execute(sa.insert(info.table), [o.values for o in plain])
             checkpoint("load_write")
             applied.extend(
                 AppliedRow(o.change_id, table, info.key_of(o.values), "insert", None, o.values, o.source) for o in plain
             )
+            if info.generated_pk and conn.dialect.name == "postgresql":
+                advance_sequence(conn, info)
+        for operation in remapped:
+            new_key = _insert_returning_key(conn, info, operation.values)
+            checkpoint("load_write")
+            key_map[(table, operation.key)] = new_key  # type: ignore[index]
+            after = dict(operation.values) | info.key_dict(new_key)
+            applied.append(AppliedRow(operation.change_id, table, new_key, "insert", None, after, "remap"))
     for table in order:
         info = infos[table]
         # Updates of the same columns go to the database as one executemany.
@@ -309,6 +312,7 @@ def execute_plan(conn: Connection, plan: Plan, infos: dict[str, TableInfo]) -> L
             for o in deletes:
                 if o.key in referenced:
                     dropped.append((o.change_id, table, o.key, "rows in the master still reference it"))  # type: ignore[arg-type]
+                    deleted.discard((table, o.key))  # type: ignore[arg-type]  # so its parents see it stay
             deletes = [o for o in deletes if o.key not in referenced]
         for start in range(0, len(deletes), 500):
             chunk = deletes[start : start + 500]
@@ -323,9 +327,6 @@ def execute_plan(conn: Connection, plan: Plan, infos: dict[str, TableInfo]) -> L
                 AppliedRow(o.change_id, table, o.key, "delete", o.expected, None, o.source)  # type: ignore[arg-type]
                 for o in chunk
             )
-    if conn.dialect.name == "postgresql":
-        for table in explicit_generated:
-            advance_sequence(conn, infos[table])
     return LoadResult(applied, key_map, dropped)
 
 

@@ -45,7 +45,8 @@ def connect_master(url: str | None = None, *, must_exist: bool = True) -> Engine
                 f"the master database file {database} does not exist",
                 "check --master / SYNC_MASTER_URL, or run `sync-pipeline init-master` first",
             )
-        engine = sa.create_engine(parsed, connect_args={"timeout": 30})
+        # hide_parameters: an operator's SQL log must never show the signing key or row values.
+        engine = sa.create_engine(parsed, connect_args={"timeout": 30}, hide_parameters=True)
 
         @sa.event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
@@ -54,7 +55,7 @@ def connect_master(url: str | None = None, *, must_exist: bool = True) -> Engine
             cursor.close()
 
         return engine
-    engine = sa.create_engine(parsed, pool_pre_ping=True)
+    engine = sa.create_engine(parsed, pool_pre_ping=True, hide_parameters=True)
     try:
         with engine.connect():
             pass

@@ -76,6 +76,11 @@ def reflect_tables(bind: Engine | Connection, names: Iterable[str]) -> dict[str,
             )
             for constraint in table.foreign_key_constraints
         ]
+        for column in table.columns:
+            if isinstance(column.type, sa.Integer):
+                # SQLite's INTEGER holds 64 bits; elsewhere the type's own width counts.
+                small, big = isinstance(column.type, sa.SmallInteger), isinstance(column.type, sa.BigInteger)
+                column.info["int_bits"] = 64 if dialect == "sqlite" or big else 16 if small else 32
         infos[name] = TableInfo(table, pk, _is_generated_key(table, pk, dialect), fks)
     return infos
 
@@ -161,17 +166,7 @@ def normalize(value: Any, column: sa.Column) -> Any:
                 return value.lower() == "true"
             raise ValueRejected(f"{value!r} is not a boolean")
         if kind == "int":
-            if isinstance(value, bool):
-                return int(value)
-            if isinstance(value, int):
-                return value
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            if isinstance(value, decimal.Decimal) and value == value.to_integral_value():
-                return int(value)
-            if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-                return int(value)
-            raise ValueRejected(f"{value!r} is not an integer")
+            return _in_integer_range(_as_int(value), column)
         if kind == "decimal":
             if isinstance(value, bool):
                 raise ValueRejected(f"{value!r} is not a number")
@@ -231,6 +226,8 @@ def normalize(value: Any, column: sa.Column) -> Any:
             if isinstance(value, (bytes, bytearray)):
                 raise ValueRejected("binary data in a text column")
             text = value if isinstance(value, str) else str(value)
+            if "\x00" in text:
+                raise ValueRejected("text with a NUL character, which the master cannot store")
             length = getattr(column.type, "length", None)
             if length is not None and len(text) > length:
                 raise ValueRejected(f"text of {len(text)} characters is longer than the column's {length}")
@@ -240,6 +237,27 @@ def normalize(value: Any, column: sa.Column) -> Any:
     except (ValueError, TypeError, decimal.InvalidOperation) as exc:
         raise ValueRejected(f"{value!r} is not a valid {kind} ({exc})") from None
     return value
+
+
+def _as_int(value: Any) -> int:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, decimal.Decimal) and value == value.to_integral_value():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        return int(value)
+    raise ValueRejected(f"{value!r} is not an integer")
+
+
+def _in_integer_range(number: int, column: sa.Column) -> int:
+    bits = column.info.get("int_bits", 64)
+    if not -(2 ** (bits - 1)) <= number < 2 ** (bits - 1):
+        raise ValueRejected(f"{number} is out of range for a {bits}-bit integer column")
+    return number
 
 
 def normalize_row(row: Mapping[str, Any], table: sa.Table) -> dict[str, Any]:
