@@ -186,13 +186,6 @@ def test_no_sql_pastes_names_or_values_from_outside() -> None:
     assert dynamic == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="house rule broken (DESIGN §3: SQL is never built by pasting names into strings, trigger DDL "
-    "excepted): extract._log_entries, manifest.write_manifest/read_manifest/set_manifest_status and "
-    "replica.set_replica_frozen_file paste the constants LOG_TABLE / MANIFEST_TABLE into f-strings; "
-    "harmless today (constants), but they belong in capture/sqlite.py or as literal SQL",
-)
 def test_no_sql_built_from_strings_at_all() -> None:
     assert [str(f) for f in package_findings()] == []
 

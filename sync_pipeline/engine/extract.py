@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sync_pipeline.engine.capture.sqlite import LOG_TABLE
 from sync_pipeline.engine.errors import ReplicaError
 from sync_pipeline.engine.faults import checkpoint
 from sync_pipeline.engine.schema import TableInfo, ValueRejected, fk_order, normalize
@@ -65,7 +64,7 @@ class _RowState:
 def _log_entries(replica: sqlite3.Connection) -> Iterator[tuple[int, str, str, str, str | None, str | None, str]]:
     try:
         cursor = replica.execute(
-            f"SELECT seq, table_name, op, row_key, old_values, new_values, changed_at FROM {LOG_TABLE} ORDER BY seq"
+            "SELECT seq, table_name, op, row_key, old_values, new_values, changed_at FROM _sync_log ORDER BY seq"
         )
         yield from cursor
     except sqlite3.DatabaseError as exc:

@@ -80,10 +80,10 @@ def schema_hash(schema: dict[str, Any]) -> str:
 
 
 def write_manifest(conn: sqlite3.Connection, manifest: Manifest) -> None:
-    conn.execute(f"CREATE TABLE IF NOT EXISTS {MANIFEST_TABLE} (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    conn.execute("CREATE TABLE IF NOT EXISTS _sync_manifest (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
     values = {name: getattr(manifest, name) for name in (*SIGNED_FIELDS, "signature", "status")}
     conn.executemany(
-        f"INSERT OR REPLACE INTO {MANIFEST_TABLE} (key, value) VALUES (?, ?)",
+        "INSERT OR REPLACE INTO _sync_manifest (key, value) VALUES (?, ?)",
         [(k, json.dumps(v, ensure_ascii=False)) for k, v in values.items()],
     )
 
@@ -122,7 +122,7 @@ def open_replica_file(path: str | Path) -> sqlite3.Connection:
 
 def read_manifest(conn: sqlite3.Connection, path: str | Path) -> Manifest:
     try:
-        raw = dict(conn.execute(f"SELECT key, value FROM {MANIFEST_TABLE}").fetchall())
+        raw = dict(conn.execute("SELECT key, value FROM _sync_manifest").fetchall())
         values = {k: json.loads(v) for k, v in raw.items()}
         return Manifest(**{k: values[k] for k in (*SIGNED_FIELDS, "signature", "status")})
     except (KeyError, TypeError, ValueError, sqlite3.DatabaseError) as exc:
@@ -133,4 +133,4 @@ def read_manifest(conn: sqlite3.Connection, path: str | Path) -> Manifest:
 
 
 def set_manifest_status(conn: sqlite3.Connection, status: str) -> None:
-    conn.execute(f"UPDATE {MANIFEST_TABLE} SET value = ? WHERE key = 'status'", (json.dumps(status),))
+    conn.execute("UPDATE _sync_manifest SET value = ? WHERE key = 'status'", (json.dumps(status),))

@@ -21,7 +21,6 @@ from sync_pipeline.engine.capture.sqlite import set_replica_frozen
 from sync_pipeline.engine.errors import ReplicaError, SchemaDriftError
 from sync_pipeline.engine.faults import checkpoint
 from sync_pipeline.engine.manifest import (
-    MANIFEST_TABLE,
     Manifest,
     open_replica_file,
     read_manifest,
@@ -188,7 +187,7 @@ def retire(replica_path: str | Path, replica_tables: list[str], when: str) -> No
 def set_replica_frozen_file(conn: sqlite3.Connection, tables: list[str], message: str | None, status: str) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
-        current = conn.execute(f"SELECT value FROM {MANIFEST_TABLE} WHERE key = 'status'").fetchone()
+        current = conn.execute("SELECT value FROM _sync_manifest WHERE key = 'status'").fetchone()
         if current is not None and json.loads(current[0]) == "retired" and status != "retired":
             # Another process synchronised this replica meanwhile: a retirement is never undone.
             raise ReplicaError(
