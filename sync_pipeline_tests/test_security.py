@@ -525,12 +525,6 @@ def _settings_child_elsewhere() -> str:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gap: a replica is synchronised with the settings frozen into it even when the master's settings "
-    "changed incompatibly since (a table no longer synchronised, or moved to another module with another "
-    "policy): the issue asks for exit 2 with a message naming the change; the sync loads instead",
-)
 @pytest.mark.parametrize("settings", ["table removed", "table moved to another module"])
 def test_settings_changed_incompatibly_since_checkout(settings: str, master_url: str, tmp_path: Path) -> None:
     engine = make_master(master_url)

@@ -100,11 +100,35 @@ def open_replica(engine: Engine, path: str | Path, *, allow_retired: bool = Fals
         if record["status"] == "retired" and not allow_retired:
             raise already_synchronised(file, manifest, record)
         settings = parse_settings(manifest.settings, f"<settings frozen in replica {file.name}>")
+        _check_settings_unchanged(engine, settings, manifest)
         infos = _reflect_checked(engine, manifest)
         return OpenReplica(file, conn, manifest, settings, infos, dict(record))
     except BaseException:
         conn.close()
         raise
+
+
+def _check_settings_unchanged(engine: Engine, frozen: SyncSettings, manifest: Manifest) -> None:
+    """The replica syncs under the settings frozen at checkout, but every one of its tables must still be
+    synchronised by the master, in the same module: otherwise its changes would land where nobody expects."""
+    from sync_pipeline.engine.master import master_settings
+
+    current = master_settings(engine)
+    problems = []
+    for table in manifest.tables:
+        then = frozen.module_of(table)
+        try:
+            now = current.module_of(table)
+        except KeyError:
+            problems.append(f"table '{table}' is no longer synchronised")
+            continue
+        if now != then:
+            problems.append(f"table '{table}' moved from module '{then}' to '{now}'")
+    if problems:
+        raise SchemaDriftError(
+            "the master's sync settings changed since this replica was checked out: " + "; ".join(problems),
+            "check out a new replica under the current settings (or restore the settings with init-master)",
+        )
 
 
 def already_synchronised(file: Path, manifest: Manifest, record: dict[str, Any]) -> ReplicaError:
