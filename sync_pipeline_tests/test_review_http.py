@@ -480,3 +480,18 @@ def test_api_with_a_token_follows_the_same_rules(review: Review) -> None:
 def test_session_tag_matches_the_dagster_layer() -> None:
     sensors = pytest.importorskip("sync_pipeline.defs.sensors")
     assert links.SESSION_TAG == sensors.SESSION_TAG
+
+
+def test_history_page_shows_the_conflicts_of_ones_own_modules(review: Review) -> None:
+    assert review.client().get("/history").status_code in (303, 401)  # anonymous: to the login
+    ada, eve = review.login("Ada Core"), review.login("Eve Extra")
+    page = ada.get("/history")
+    assert page.status_code == 200
+    assert set(re.findall(r'data-conflict="(\d+)"', page.text)) == {
+        str(review.conflicts[name]) for name in ("pair", "name", "amount")
+    }
+    assert "Local one" in page.text and "Master one" in page.text and "pending" in page.text
+    assert "Local title" not in page.text  # module extra is not Ada's
+    assert set(re.findall(r'data-conflict="(\d+)"', eve.get("/history?days=30").text)) == {
+        str(review.conflicts["title"])
+    }

@@ -222,6 +222,19 @@ class ReviewApp:
         }
         return self.render(request, "sessions.html", context)
 
+    async def history_page(self, request: Request) -> Response:
+        from sync_pipeline.engine.history import DEFAULT_DAYS, conflict_history
+
+        person = self.person(request)
+        try:
+            days = max(1, min(int(request.query_params.get("days", DEFAULT_DAYS)), 3650))
+        except ValueError:
+            days = DEFAULT_DAYS
+        entries = await run_in_threadpool(conflict_history, self.engine, days)
+        # Only the modules this person may decide: the others' values are not theirs to read.
+        mine = [e for e in entries if person.account.may_decide(e.conflict.module)]
+        return self.render(request, "history.html", {"person": person, "entries": mine, "days": days})
+
     def _session_context(self, person: Person, session_id: str) -> dict[str, Any]:
         summary = data.session_summary(self.engine, session_id)
         conflicts = data.session_conflicts(self.engine, session_id)
@@ -598,6 +611,7 @@ def create_app(
         Route("/login", review.login_page, methods=["GET"]),
         Route("/login", review.login, methods=["POST"]),
         Route("/logout", review.logout, methods=["POST"]),
+        Route("/history", review.history_page),
         Route("/sessions/{session_id}", review.session_page),
         Route("/sessions/{session_id}/modules/{module}/decide", review.decide_module_form, methods=["POST"]),
         Route("/sessions/{session_id}/protocol", review.protocol_page),
