@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -55,13 +56,14 @@ def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-@pytest.fixture
-def master_url(backend: str, tmp_path: Path) -> Iterator[str]:
+@contextmanager
+def fresh_master_url(backend: str, folder: Path, prefix: str = "t") -> Iterator[str]:
+    """An empty master: a SQLite file in `folder`, or a PostgreSQL schema of its own, dropped afterwards."""
     if backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'master.db'}"
+        yield f"sqlite:///{folder / f'master-{uuid.uuid4().hex[:8]}.db'}"
         return
     require_postgres()
-    schema = f"t_{uuid.uuid4().hex[:12]}"
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(PG_URL)
     with admin.begin() as conn:
         conn.execute(sa.schema.CreateSchema(schema))
@@ -72,3 +74,9 @@ def master_url(backend: str, tmp_path: Path) -> Iterator[str]:
         with admin.begin() as conn:
             conn.execute(sa.schema.DropSchema(schema, cascade=True))
         admin.dispose()
+
+
+@pytest.fixture
+def master_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    with fresh_master_url(backend, tmp_path) as url:
+        yield url

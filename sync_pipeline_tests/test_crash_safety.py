@@ -25,10 +25,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import uuid
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +37,7 @@ from sqlalchemy.engine import Engine
 from sync_pipeline.engine import faults, store
 from sync_pipeline.engine.errors import ReplicaError
 from sync_pipeline.engine.session import run_sync
-from sync_pipeline_tests.conftest import PG_URL, require_postgres
+from sync_pipeline_tests.conftest import fresh_master_url
 from sync_pipeline_tests.helpers import TABLES, make_master, make_replica, master_state, replica_engine
 
 P, C, T = TABLES["parent"], TABLES["child"], TABLES["tagged"]
@@ -157,26 +154,6 @@ def manifest_status(replica: Path) -> str:
         return json.loads(conn.execute("SELECT value FROM _sync_manifest WHERE key = 'status'").fetchone()[0])
     finally:
         conn.close()
-
-
-@contextmanager
-def fresh_master_url(backend: str, folder: Path) -> Iterator[str]:
-    """A second, empty master (for the fault-free reference run) next to the test's own."""
-    if backend == "sqlite":
-        yield f"sqlite:///{folder / f'reference-{uuid.uuid4().hex[:8]}.db'}"
-        return
-    require_postgres()
-    schema = f"r_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(sa.schema.CreateSchema(schema))
-    url = sa.engine.make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.schema.DropSchema(schema, cascade=True))
-        admin.dispose()
 
 
 @dataclass
