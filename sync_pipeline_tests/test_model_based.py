@@ -1035,13 +1035,6 @@ def test_record_deleted_and_created_anew_with_its_natural_key(master_url: str, t
     assert found == ["Created anew"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: detect._find_referenced_deletes counts master rows that still point at a deleted row "
-    "even when the replica changes those very rows to point elsewhere: moving the children away and "
-    "deleting the parent becomes a delete_update conflict although the master changed nothing; with "
-    "master_wins the local delete is silently lost",
-)
 def test_children_moved_away_then_parent_deleted(master_url: str, tmp_path: Path) -> None:
     engine = make_master(master_url, "master_wins")
     replica = make_replica(engine, tmp_path)

@@ -134,6 +134,11 @@ def detect_conflicts(
         by_table[change.table].append(change)
     local_inserts = {(c.table, c.key) for c in changes.changes if c.op == "insert"}
     local_deletes = {(c.table, c.key) for c in changes.changes if c.op == "delete"}
+    # Rows the replica deletes, or re-points elsewhere, no longer hold on to the row they referenced.
+    fk_columns = {name: {col for fk in info.foreign_keys for col in fk.columns} for name, info in infos.items()}
+    let_go = local_deletes | {
+        (c.table, c.key) for c in changes.changes if c.op == "update" and set(c.changed) & fk_columns[c.table]
+    }
     deleting = {c.table for c in changes.changes if c.op == "delete"}
     references = references_to(conn, deleting) if deleting else {}
 
@@ -155,7 +160,7 @@ def detect_conflicts(
             natural_hits = fetch_rows_by_key(conn, info, wanted, natural)
         detected = [_classify(c, module, info, masters.get(c.key), natural, natural_hits) for c in table_changes]
         _find_orphans(conn, detected, info, infos, local_inserts, replica_rows)
-        _find_referenced_deletes(conn, detected, info, references.get(table, []), local_deletes)
+        _find_referenced_deletes(conn, detected, info, references.get(table, []), let_go)
         conflicting = [d for d in detected if d.action == "conflict"]
         times = fetch_master_times(conn, info, [d.target_key or d.change.key for d in conflicting])
         for d in conflicting:
