@@ -25,11 +25,7 @@ from sync_pipeline.cli_conflicts import conflicts_group, serve_command
 from sync_pipeline.cli_reports import history_command, protocol_command, purge_command
 
 
-class ExitCodeGroup(click.Group):
-    """Usage errors exit with 2 (click's default) and say where to find help."""
-
-
-@click.group(cls=ExitCodeGroup)
+@click.group()
 @click.version_option(package_name="sync_pipeline")
 def main() -> None:
     """Offline database synchronisation: check out a replica, work offline, sync it back."""

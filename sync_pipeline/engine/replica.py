@@ -225,7 +225,3 @@ def set_replica_frozen_file(conn: sqlite3.Connection, tables: list[str], message
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-
-
-def modules_of(record: dict[str, Any]) -> list[str]:
-    return json.loads(record["modules"])

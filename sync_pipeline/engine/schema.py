@@ -92,8 +92,7 @@ def _is_generated_key(table: sa.Table, pk: tuple[str, ...], dialect: str) -> boo
     if not isinstance(column.type, sa.Integer):
         return False
     if dialect == "sqlite":
-        # A single INTEGER PRIMARY KEY is SQLite's rowid: the database assigns it.
-        return column.type.__class__.__name__.upper() in {"INTEGER", "INT"} or isinstance(column.type, sa.Integer)
+        return True  # a single integer primary key is SQLite's rowid: the database assigns it
     if column.identity is not None:
         return True
     default = column.server_default

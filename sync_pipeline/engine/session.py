@@ -34,7 +34,6 @@ from sync_pipeline.engine.replica import (
     OpenReplica,
     already_synchronised,
     freeze,
-    modules_of,
     open_replica,
     retire,
     unfreeze,
@@ -980,7 +979,3 @@ def dry_run(engine: Engine, replica_path: str | Path) -> SyncResult:
         dict(pending),
         "dry run: nothing was written",
     )
-
-
-def modules_of_replica(record: dict[str, Any]) -> list[str]:
-    return modules_of(record)
