@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sync_pipeline.cli_common import handles_errors
 from sync_pipeline.engine.errors import BadInputError
+from sync_pipeline.settings import compose_yaml
 
 ALL_MODULES = "*"
 TOKEN_PREFIX = "spt"
@@ -179,18 +180,7 @@ class Accounts:
 
     @classmethod
     def parse(cls, text: str, source: str = "<accounts>") -> Accounts:
-        try:
-            root = yaml.compose(text)
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            raise AccountsError(
-                source,
-                mark.line + 1 if mark else None,
-                "<yaml>",
-                f"not valid YAML ({getattr(exc, 'problem', exc)})",
-                "fix the YAML syntax at that line",
-            ) from None
+        root, data = compose_yaml(text, source, AccountsError)
         if data is None:
             data = {}
         if not isinstance(data, dict):

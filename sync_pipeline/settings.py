@@ -6,7 +6,7 @@ tree, so a pydantic error location (`modules.crm.policy`) maps back to where the
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -140,20 +140,27 @@ def _fix_for(error: dict[str, Any], path: tuple[str, ...]) -> tuple[str, str]:
     return error["msg"], "correct the value (see the settings format in README.md)"
 
 
-def parse_settings(text: str, source: str = "<settings>") -> SyncSettings:
-    """Parse settings from YAML text; `source` names the file in error messages."""
+def compose_yaml(
+    text: str, source: str, error: Callable[[str, int | None, str, str, str], Exception]
+) -> tuple[yaml.Node | None, Any]:
+    """The node tree (for line numbers) and the data of a YAML text; `error(path, line, key, problem, fix)`
+    builds the exception raised for text that is not YAML."""
     try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
+        return yaml.compose(text), yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise SettingsError(
+        raise error(
             source,
             mark.line + 1 if mark else None,
             "<yaml>",
             f"not valid YAML ({getattr(exc, 'problem', exc)})",
             "fix the YAML syntax at that line",
         ) from None
+
+
+def parse_settings(text: str, source: str = "<settings>") -> SyncSettings:
+    """Parse settings from YAML text; `source` names the file in error messages."""
+    root, data = compose_yaml(text, source, SettingsError)
     lines = _line_map(root) if root is not None else {}
     if not isinstance(data, dict):
         raise SettingsError(
