@@ -262,3 +262,10 @@ def test_serve_needs_accounts_that_can_log_in(tmp_path: Path) -> None:
     empty.write_text("accounts: []\n")
     code, _, err = run("serve", "--accounts", str(empty))
     assert code == 2 and "has no account that can log in" in err
+
+
+def test_accounts_file_that_is_not_yaml_names_the_line() -> None:
+    with pytest.raises(AccountsError) as raised:
+        Accounts.parse("accounts:\n  - name: Ada\n    modules: [crm\n", "accounts.yaml")
+    assert (raised.value.path, raised.value.line, raised.value.key) == ("accounts.yaml", 4, "<yaml>")
+    assert "not valid YAML" in str(raised.value) and "fix the YAML syntax" in str(raised.value)
