@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -112,20 +113,28 @@ def sync_command(
 ) -> None:
     """Synchronise a replica into the master (or continue its waiting session)."""
     from sync_pipeline.engine.session import dry_run as run_dry
+    from sync_pipeline.progress import sync_progress
+
+    def say_plainly(message: str) -> None:
+        click.echo(f"… {message}", err=True)
 
     engine = open_master(master_url)
-    if dry_run:
-        result = run_dry(engine, replica_path)
-    elif without_dagster:
-        from sync_pipeline.engine.session import run_sync
+    # With --json a script reads the output: neither bars nor messages.
+    with nullcontext() if as_json else sync_progress() as above_bars:
+        # In a terminal, messages go above the bars (a plain write to stderr would tear the live display).
+        say = None if as_json else above_bars or say_plainly
+        if dry_run:
+            result = run_dry(engine, replica_path)
+        elif without_dagster:
+            from sync_pipeline.engine.session import run_sync
 
-        result = run_sync(engine, replica_path, None if as_json else lambda m: click.echo(f"… {m}", err=True))
-    else:
-        from sync_pipeline.dagster_run import dagster_home_in_use, materialize_sync
+            result = run_sync(engine, replica_path, say)
+        else:
+            from sync_pipeline.dagster_run import dagster_home_in_use, materialize_sync
 
-        if not as_json:
-            click.echo(f"… running the sync_detect / sync_apply jobs (run history: {dagster_home_in_use()})", err=True)
-        result = materialize_sync(master_url, replica_path)
+            if say:
+                say(f"running the sync_detect / sync_apply jobs (run history: {dagster_home_in_use()})")
+            result = materialize_sync(master_url, replica_path)
     _print_result(result, as_json, replica_path)
     if result.status == "waiting":
         sys.exit(EXIT_WAITING)
@@ -169,6 +178,7 @@ def demo_command(home: str | None, owner: str, force: bool) -> None:
     from sync_pipeline.dagster_run import dagster_home_in_use, materialize_sync
     from sync_pipeline.demo import make_demo_edits, prepare_demo
     from sync_pipeline.engine.master import connect_master, sync_home
+    from sync_pipeline.progress import sync_progress
 
     folder = Path(home).expanduser() if home else sync_home()
     click.echo(f"building the demo master in {folder} …")
@@ -177,7 +187,8 @@ def demo_command(home: str | None, owner: str, force: bool) -> None:
     make_demo_edits(engine, paths.replica)
     click.echo(f"replica of {owner}: {paths.replica}")
     click.echo("edits made on both sides; synchronising …")
-    result = materialize_sync(paths.master_url, str(paths.replica))
+    with sync_progress():
+        result = materialize_sync(paths.master_url, str(paths.replica))
     master_flag = "" if home is None and _is_default(paths.master_url) else f" --master {paths.master_url}"
     click.echo("")
     click.echo(f"session {result.session_id}: {result.status}")

@@ -15,9 +15,11 @@ from typing import Any, Literal
 
 from sync_pipeline.engine.errors import ReplicaError
 from sync_pipeline.engine.faults import checkpoint
-from sync_pipeline.engine.schema import TableInfo, ValueRejected, fk_order, normalize
+from sync_pipeline.engine.progress import report
+from sync_pipeline.engine.schema import TableInfo, ValueRejected, fk_order, normalize, normalizer
 
 Op = Literal["insert", "update", "delete"]
+PROGRESS_EVERY = 1000  # log entries between progress reports
 
 
 @dataclass
@@ -73,7 +75,16 @@ def _log_entries(replica: sqlite3.Connection) -> Iterator[tuple[int, str, str, s
         ) from None
 
 
-def _decode(text: str | None, info: TableInfo, where: str) -> dict[str, Any] | None:
+def _log_length(replica: sqlite3.Connection) -> int:
+    try:
+        return int(replica.execute("SELECT count(*) FROM _sync_log").fetchone()[0])
+    except sqlite3.DatabaseError as exc:
+        raise ReplicaError(
+            f"the replica's change log cannot be read ({exc})", "the replica was damaged; use an intact copy"
+        ) from None
+
+
+def _decode(text: str | None, info: TableInfo, where: str, column_set: frozenset[str]) -> dict[str, Any] | None:
     if text is None:
         return None
     try:
@@ -85,8 +96,8 @@ def _decode(text: str | None, info: TableInfo, where: str) -> dict[str, Any] | N
         ) from None
     if not isinstance(raw, dict):
         raise ReplicaError(f"{where}: the change log holds a malformed row", "check out a new replica")
-    unknown = set(raw) - set(info.columns)
-    if unknown:
+    if not column_set.issuperset(raw):
+        unknown = set(raw) - column_set
         raise ReplicaError(
             f"{where}: the change log names column(s) {', '.join(sorted(unknown))} that table "
             f"'{info.name}' does not have",
@@ -96,6 +107,11 @@ def _decode(text: str | None, info: TableInfo, where: str) -> dict[str, Any] | N
 
 
 def _normalized(row: dict[str, Any], info: TableInfo, where: str) -> dict[str, Any]:
+    try:
+        return {name: normalizer(info.table.columns[name])(row.get(name)) for name in info.columns}
+    except ValueRejected:
+        pass
+    # Find the value at fault, to name its column.
     out = {}
     for name in info.columns:
         value = row.get(name)
@@ -112,8 +128,12 @@ def _normalized(row: dict[str, Any], info: TableInfo, where: str) -> dict[str, A
 def extract_changes(replica: sqlite3.Connection, infos: dict[str, TableInfo]) -> ChangeSet:
     """Net changes of every table in `infos`, from the replica's change log."""
     states: dict[tuple[str, str], _RowState] = {}
-    for seq, table, op, row_key, old_text, new_text, changed_at in _log_entries(replica):
+    column_sets = {name: frozenset(info.columns) for name, info in infos.items()}
+    total = _log_length(replica)
+    for done, (seq, table, op, row_key, old_text, new_text, changed_at) in enumerate(_log_entries(replica), 1):
         checkpoint("extract")
+        if done % PROGRESS_EVERY == 0:
+            report("extract", done, total)
         info = infos.get(table)
         if info is None:
             raise ReplicaError(
@@ -121,7 +141,8 @@ def extract_changes(replica: sqlite3.Connection, infos: dict[str, TableInfo]) ->
                 "the replica was edited by hand; it cannot be synchronised. Check out a new replica",
             )
         where = f"table '{table}', key {row_key}"
-        old, new = _decode(old_text, info, where), _decode(new_text, info, where)
+        columns = column_sets[table]
+        old, new = _decode(old_text, info, where, columns), _decode(new_text, info, where, columns)
         if op not in ("I", "U", "D") or (op != "D" and new is None) or (op != "I" and old is None):
             raise ReplicaError(f"{where}: malformed change log entry {seq}", "check out a new replica")
         state = states.get((table, row_key))
@@ -144,6 +165,7 @@ def extract_changes(replica: sqlite3.Connection, infos: dict[str, TableInfo]) ->
             state.last = new
         state.times["*"] = changed_at
 
+    report("extract", total, total)
     order = {name: index for index, name in enumerate(fk_order(infos))}
     changes: list[RowChange] = []
     for (table, row_key), state in states.items():

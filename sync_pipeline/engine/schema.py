@@ -12,7 +12,7 @@ import decimal
 import functools
 import json
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,8 +42,9 @@ class TableInfo:
     def name(self) -> str:
         return self.table.name
 
-    @property
+    @functools.cached_property
     def columns(self) -> list[str]:
+        # Asked for per row in the hot loops of extraction and detection: computed once.
         return [c.name for c in self.table.columns]
 
     def key_of(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -154,7 +155,66 @@ def normalize(value: Any, column: sa.Column) -> Any:
     """
     if value is None:
         return None
+    return normalizer(column)(value)
+
+
+def normalizer(column: sa.Column) -> Callable[[Any], Any]:
+    """`normalize` for one column, with the column's type rules looked up once (cached on the column).
+
+    Every value of a sync passes through here several times; the common case (a value already of the
+    column's Python type and within its limits) returns at the first test.
+    """
+    cached = column.info.get("_normalizer")
+    if cached is None:
+        cached = column.info["_normalizer"] = _build_normalizer(column)
+    return cached
+
+
+def _build_normalizer(column: sa.Column) -> Callable[[Any], Any]:
     kind = _python_kind(column.type)
+    exact_type = _EXACT_TYPES.get(kind)
+    length = getattr(column.type, "length", None) if kind == "str" else None
+    bits = column.info.get("int_bits", 64)
+    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1)
+    scale = getattr(column.type, "scale", None) if kind == "decimal" else None
+    precision = getattr(column.type, "precision", None) if kind == "decimal" else None
+
+    def already_normal(value: Any) -> bool:
+        if type(value) is not exact_type:
+            return False
+        if kind == "int":
+            return low <= value < high
+        if kind == "str":
+            return (length is None or len(value) <= length) and "\x00" not in value
+        if kind == "decimal":
+            return (
+                value.is_finite()
+                and (scale is None or value.as_tuple().exponent == -scale)
+                and (precision is None or value.adjusted() + 1 <= precision - (scale or 0))
+            )
+        return True
+
+    def normalize_value(value: Any) -> Any:
+        if value is None or already_normal(value):
+            return value
+        return _normalize_slow(value, column, kind)
+
+    return normalize_value
+
+
+# The Python type a value of each kind has once normalised (a value of exactly this type skips the rules).
+_EXACT_TYPES: dict[str, type] = {
+    "int": int,
+    "str": str,
+    "decimal": decimal.Decimal,
+    "date": dt.date,
+    "datetime": dt.datetime,
+    "float": float,
+    "bool": bool,
+}
+
+
+def _normalize_slow(value: Any, column: sa.Column, kind: str) -> Any:
     try:
         if kind == "bool":
             if isinstance(value, bool):
@@ -260,7 +320,8 @@ def _in_integer_range(number: int, column: sa.Column) -> int:
 
 
 def normalize_row(row: Mapping[str, Any], table: sa.Table) -> dict[str, Any]:
-    return {name: normalize(value, table.columns[name]) for name, value in row.items()}
+    columns = table.columns
+    return {name: normalizer(columns[name])(value) for name, value in row.items()}
 
 
 def encode(value: Any) -> Any:
@@ -288,14 +349,21 @@ def encode_row(row: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return None if row is None else {k: encode(v) for k, v in row.items()}
 
 
+# One encoder for every call: json.dumps with options builds a new encoder each time, which costs as
+# much as the encoding of a small row. Values that JSON lacks (Decimal, dates, bytes) go through `encode`,
+# so `dumps(row)` equals `dumps(encode_row(row))`.
+_ENCODER = json.JSONEncoder(default=encode, ensure_ascii=False, sort_keys=True)
+
+
 def dumps(value: Any) -> str:
-    return json.dumps(value, default=encode, ensure_ascii=False, sort_keys=True)
+    return _ENCODER.encode(value)
 
 
 def decode_row(data: Mapping[str, Any] | None, table: sa.Table) -> dict[str, Any] | None:
     if data is None:
         return None
-    return {k: normalize(v, table.columns[k]) for k, v in data.items() if k in table.columns}
+    columns = table.columns
+    return {k: normalizer(columns[k])(v) for k, v in data.items() if k in columns}
 
 
 def sqlite_column_type(column_type: sa.types.TypeEngine) -> sa.types.TypeEngine:

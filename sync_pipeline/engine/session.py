@@ -30,6 +30,7 @@ from sync_pipeline.engine.errors import (
 from sync_pipeline.engine.extract import ChangeSet, RowChange, extract_changes
 from sync_pipeline.engine.faults import checkpoint
 from sync_pipeline.engine.load import StaleRows, build_plan, execute_plan
+from sync_pipeline.engine.progress import report
 from sync_pipeline.engine.replica import (
     OpenReplica,
     already_synchronised,
@@ -90,10 +91,8 @@ class SessionContext:
     settings: SyncSettings
     infos: dict[str, TableInfo]
     status: str
-    # When one process runs several steps, what a step computed is handed on instead of re-read.
-    cached_changes: ChangeSet | None = None
+    # When one process runs the steps, what detection computed is handed to the load instead of re-read.
     cached_detected: list[Detected] | None = None
-    cached_masters: Prefetched | None = None
 
 
 def session_context(engine: Engine, session_id: str) -> SessionContext:
@@ -172,10 +171,10 @@ def _change_record(session_id: str, change_id: int, module: str, change: RowChan
         "change_id": change_id,
         "module": module,
         "table_name": change.table,
-        "row_key": dumps(encode_row(change.key_dict(info.pk))),
+        "row_key": dumps(change.key_dict(info.pk)),
         "op": change.op,
-        "base": None if change.base is None else dumps(encode_row(change.base)),
-        "local": None if change.local is None else dumps(encode_row(change.local)),
+        "base": None if change.base is None else dumps(change.base),
+        "local": None if change.local is None else dumps(change.local),
         "changed": json.dumps(change.changed),
         "local_times": json.dumps(change.times),
     }
@@ -205,25 +204,43 @@ def start_session(engine: Engine, replica: OpenReplica, dagster_run_id: str | No
 
 
 def _start_session(
-    engine: Engine, replica: OpenReplica, dagster_run_id: str | None = None
-) -> tuple[str, ChangeSet, Prefetched]:
+    engine: Engine, replica: OpenReplica, dagster_run_id: str | None = None, *, detect: bool = False
+) -> tuple[str, ChangeSet, Prefetched, list[Detected] | None]:
+    """Extract (and with `detect`, also detect) in memory, then store the session in one transaction.
+
+    Detecting before storing writes each change once, with what detection saw, instead of inserting it
+    and then updating it: the session starts as `detected`. Nothing is written before the transaction,
+    so a crash anywhere leaves no session (the next sync starts again from the frozen replica's log).
+    """
     session_id = store.new_id()
     seen: Prefetched = {}
     # Frozen before reading the log: no local write can slip in after extraction and be lost.
     freeze(replica, session_id)
+    detected: list[Detected] | None = None
     try:
         changes = extract_changes(replica.conn, replica.infos)
+        for index, change in enumerate(changes.changes):
+            change.seq = index  # from now on a change is known by its change_id
         if replica.settings.master_change_capture:
             with engine.connect() as conn:
                 verify_bases(conn, changes, replica.infos, replica.manifest.checked_out_at, seen)
+        if detect:
+            with engine.connect() as conn:
+                detected = detect_conflicts(conn, changes, replica.infos, replica.settings, replica.row, seen)
     except BaseException:
         unfreeze(replica)
         raise
     now = store.now_iso()
     records = [
-        _change_record(session_id, index, replica.settings.module_of(c.table), c, replica.infos[c.table])
-        for index, c in enumerate(changes.changes)
+        _change_record(session_id, c.seq, replica.settings.module_of(c.table), c, replica.infos[c.table])
+        for c in changes.changes
     ]
+    conflicts: list[dict[str, Any]] = []
+    if detected is not None:
+        updates, conflicts = _detection_rows(session_id, detected, replica.infos, replica.settings, now)
+        for record, update in zip(records, updates, strict=True):
+            assert record["change_id"] == update.pop("_change_id")
+            record.update(update)
     with engine.begin() as conn:
         # Lock the replica's row, then make sure no other process opened a session for it meanwhile.
         conn.execute(
@@ -255,19 +272,26 @@ def _start_session(
             sa.insert(store.sync_session).values(
                 session_id=session_id,
                 replica_id=replica.manifest.replica_id,
-                status="extracted",
+                status="extracted" if detected is None else "detected",
                 started_at=now,
                 dagster_run_id=dagster_run_id,
                 summary=json.dumps({"extracted": changes.counts()}),
             )
         )
-        for start in range(0, len(records), 1000):
-            conn.execute(sa.insert(store.sync_change), records[start : start + 1000])
+        _insert_in_chunks(conn, store.sync_change, records)
         _set_replica_status(conn, replica.manifest.replica_id, "syncing", path=str(replica.path.resolve()))
         checkpoint("extract_store")
-    for index, change in enumerate(changes.changes):
-        change.seq = index  # from now on a change is known by its change_id
-    return session_id, changes, seen
+        if detected is not None:
+            _insert_in_chunks(conn, store.sync_conflict, conflicts)
+            checkpoint("detect_store")
+    return session_id, changes, seen, detected
+
+
+STORE_CHUNK = 2000
+
+
+def _insert_in_chunks(conn: Connection, table: sa.Table, rows: list[dict[str, Any]], stage: str = "store") -> None:
+    store.insert_rows(conn, table, rows, lambda done, total: report(stage, done, total))
 
 
 def load_changes(engine: Engine, ctx: SessionContext, change_ids: list[int] | None = None) -> list[dict[str, Any]]:
@@ -297,6 +321,46 @@ def _decode_fields(text: str, info: TableInfo) -> list[FieldDiff]:
     return out
 
 
+def _detection_rows(
+    session_id: str, detected: list[Detected], infos: dict[str, TableInfo], settings: SyncSettings, now: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """What detection saw, per change (the columns of sync_change it fills), and the conflicts it found."""
+    updates, conflicts = [], []
+    for d in detected:
+        info = infos[d.change.table]
+        updates.append(
+            {
+                "_change_id": d.change.seq,
+                "action": d.action,
+                "master": None if d.master is None else dumps(d.master),
+                "master_times": json.dumps(d.master_times),
+                "apply_fields": json.dumps(d.apply_fields),
+                "target_key": None if d.target_key is None else dumps(info.key_dict(d.target_key)),
+                "note": d.note or None,
+            }
+        )
+        if d.action == "conflict":
+            detail = dict(d.detail)
+            if detail.get("parent_row") is not None:
+                detail["parent_row"] = encode_row(detail["parent_row"])
+            conflicts.append(
+                {
+                    "session_id": session_id,
+                    "change_id": d.change.seq,
+                    "module": d.module,
+                    "table_name": d.change.table,
+                    "row_key": dumps(d.change.key_dict(info.pk)),
+                    "kind": d.kind,
+                    "fields": _encode_fields(d.fields),
+                    "policy": settings.policy_for(d.change.table),
+                    "status": "pending",
+                    "detail": dumps(detail),
+                    "created_at": now,
+                }
+            )
+    return updates, conflicts
+
+
 def detect_session(
     engine: Engine,
     ctx: SessionContext,
@@ -304,55 +368,18 @@ def detect_session(
     change_ids: list[int] | None = None,
 ) -> list[Detected]:
     """Detect conflicts for the session's changes (or only `change_ids`, when the load found them stale)."""
-    if change_ids is None and ctx.cached_changes is not None:
-        changes = ctx.cached_changes
-    else:
-        records = load_changes(engine, ctx, change_ids)
-        changes = ChangeSet([_change_from_record(r, ctx.infos[r["table_name"]]) for r in records])
-    prefetched = ctx.cached_masters if change_ids is None else None
-    ctx.cached_changes = ctx.cached_masters = None
+    records = load_changes(engine, ctx, change_ids)
+    changes = ChangeSet([_change_from_record(r, ctx.infos[r["table_name"]]) for r in records])
     with engine.connect() as conn:
-        detected = detect_conflicts(conn, changes, ctx.infos, ctx.settings, replica_row, prefetched)
+        detected = detect_conflicts(conn, changes, ctx.infos, ctx.settings, replica_row)
     ctx.cached_detected = detected if change_ids is None else None
     now = store.now_iso()
+    updates, conflicts = _detection_rows(ctx.session_id, detected, ctx.infos, ctx.settings, now)
     with engine.begin() as conn:
         earlier: dict[int, dict[str, Any]] = {}
         if change_ids is not None:
             earlier = _conflicts_with_decisions(conn, ctx.session_id, change_ids)
             _drop_conflicts(conn, ctx.session_id, change_ids)
-        updates, conflicts = [], []
-        for d in detected:
-            info = ctx.infos[d.change.table]
-            updates.append(
-                {
-                    "_change_id": d.change.seq,
-                    "action": d.action,
-                    "master": None if d.master is None else dumps(encode_row(d.master)),
-                    "master_times": json.dumps(d.master_times),
-                    "apply_fields": json.dumps(d.apply_fields),
-                    "target_key": None if d.target_key is None else dumps(encode_row(info.key_dict(d.target_key))),
-                    "note": d.note or None,
-                }
-            )
-            if d.action == "conflict":
-                detail = dict(d.detail)
-                if detail.get("parent_row") is not None:
-                    detail["parent_row"] = encode_row(detail["parent_row"])
-                conflicts.append(
-                    {
-                        "session_id": ctx.session_id,
-                        "change_id": d.change.seq,
-                        "module": d.module,
-                        "table_name": d.change.table,
-                        "row_key": dumps(encode_row(d.change.key_dict(info.pk))),
-                        "kind": d.kind,
-                        "fields": _encode_fields(d.fields),
-                        "policy": ctx.settings.policy_for(d.change.table),
-                        "status": "pending",
-                        "detail": dumps(detail),
-                        "created_at": now,
-                    }
-                )
         change = store.sync_change
         statement = (
             sa.update(change)
@@ -364,10 +391,10 @@ def detect_session(
                 }
             )
         )
-        for start in range(0, len(updates), 1000):
-            conn.execute(statement, updates[start : start + 1000])
-        for start in range(0, len(conflicts), 1000):
-            conn.execute(sa.insert(store.sync_conflict), conflicts[start : start + 1000])
+        for start in range(0, len(updates), STORE_CHUNK):
+            conn.execute(statement, updates[start : start + STORE_CHUNK])
+            report("store", min(start + STORE_CHUNK, len(updates)), len(updates))
+        _insert_in_chunks(conn, store.sync_conflict, conflicts)
         if earlier:
             _carry_over_decisions(conn, ctx.session_id, earlier)
         _set_status(conn, ctx.session_id, "detected")
@@ -478,42 +505,51 @@ def resolve_session(engine: Engine, ctx: SessionContext) -> dict[str, int]:
     """Apply the automatic policies; returns pending conflicts per module (empty: ready to load)."""
     now = store.now_iso()
     detected_at = dt.datetime.fromisoformat(now)
+    cached = {d.change.seq: d for d in ctx.cached_detected or []}
     with engine.connect() as conn:
         undecided = [c["change_id"] for c in _conflicts(conn, ctx.session_id, status="pending")]
-    records = {r["change_id"]: r for r in load_changes(engine, ctx, undecided)} if undecided else {}
+    missing = [change_id for change_id in undecided if change_id not in cached]
+    records = {r["change_id"]: r for r in load_changes(engine, ctx, missing)} if missing else {}
     with engine.begin() as conn:
         conflicts = _conflicts(conn, ctx.session_id)
         history = _decisions(conn, [c["conflict_id"] for c in conflicts])
+        decisions: list[dict[str, Any]] = []
+        decided: list[int] = []
         for conflict in conflicts:
-            record = records.get(conflict["change_id"])
-            if conflict["status"] == "decided" or history.get(conflict["conflict_id"]) or record is None:
+            if conflict["status"] == "decided" or history.get(conflict["conflict_id"]):
                 continue
-            d = _detected_from(record, conflict, ctx)
+            d = cached.get(conflict["change_id"])
+            if d is None:
+                record = records.get(conflict["change_id"])
+                if record is None:
+                    continue
+                d = _detected_from(record, conflict, ctx)
             table = ctx.settings.table(conflict["table_name"])
             choices = auto_decide(d, conflict["policy"], table.modified_column, detected_at)
             if choices is None:
                 continue
-            conn.execute(
-                sa.insert(store.sync_decision),
-                [
-                    {
-                        "conflict_id": conflict["conflict_id"],
-                        "field": name,
-                        "choice": choice,
-                        "value": None,
-                        "rule": conflict["policy"],
-                        "decided_by": None,
-                        "decided_at": now,
-                    }
-                    for name, choice in choices
-                ],
+            decisions.extend(
+                {
+                    "conflict_id": conflict["conflict_id"],
+                    "field": name,
+                    "choice": choice,
+                    "value": None,
+                    "rule": conflict["policy"],
+                    "decided_by": None,
+                    "decided_at": now,
+                }
+                for name, choice in choices
             )
+            decided.append(conflict["conflict_id"])
+            checkpoint("decide")
+        # All of the policies' decisions in a few statements: a large session has thousands of conflicts.
+        store.insert_rows(conn, store.sync_decision, decisions)
+        for start in range(0, len(decided), 1000):
             conn.execute(
                 sa.update(store.sync_conflict)
-                .where(store.sync_conflict.c.conflict_id == conflict["conflict_id"])
+                .where(store.sync_conflict.c.conflict_id.in_(decided[start : start + 1000]))
                 .values(status="decided")
             )
-            checkpoint("decide")
         pending = _pending_per_module(conn, ctx.session_id)
         _set_status(
             conn,
@@ -743,24 +779,25 @@ def load_session(engine: Engine, ctx: SessionContext, dagster_run_id: str | None
             )
         result = execute_plan(conn, plan, ctx.infos)
         now = store.now_iso()
-        if result.applied:
-            conn.execute(
-                sa.insert(store.sync_applied),
-                [
-                    {
-                        "session_id": ctx.session_id,
-                        "change_id": a.change_id,
-                        "table_name": a.table,
-                        "row_key": dumps(encode_row(ctx.infos[a.table].key_dict(a.key))),
-                        "op": a.op,
-                        "before": None if a.before is None else dumps(encode_row(a.before)),
-                        "after": None if a.after is None else dumps(encode_row(a.after)),
-                        "source": a.source,
-                        "applied_at": now,
-                    }
-                    for a in result.applied
-                ],
-            )
+        _insert_in_chunks(
+            conn,
+            store.sync_applied,
+            [
+                {
+                    "session_id": ctx.session_id,
+                    "change_id": a.change_id,
+                    "table_name": a.table,
+                    "row_key": dumps(ctx.infos[a.table].key_dict(a.key)),
+                    "op": a.op,
+                    "before": None if a.before is None else dumps(a.before),
+                    "after": None if a.after is None else dumps(a.after),
+                    "source": a.source,
+                    "applied_at": now,
+                }
+                for a in result.applied
+            ],
+            stage="record",
+        )
         summary = _summary(conn, ctx, result)
         _set_status(
             conn,
@@ -890,10 +927,10 @@ def run_sync(engine: Engine, replica_path: str | Path, progress: Progress | None
         return SyncResult(done, replica_id, "done", counts_of(engine, done) if done else {}, {}, "synchronised")
     try:
         existing = open_session_of(engine, replica_id)
-        changes, seen = None, None
+        detected = None
         if existing is None:
-            say("extracting local changes")
-            session_id, changes, seen = _start_session(engine, replica)
+            say("extracting local changes and detecting conflicts")
+            session_id, _changes, _seen, detected = _start_session(engine, replica, detect=True)
         else:
             session_id = existing["session_id"]
             say(f"continuing session {session_id} ({existing['status']})")
@@ -903,8 +940,13 @@ def run_sync(engine: Engine, replica_path: str | Path, progress: Progress | None
                     .where(store.sync_replica.c.replica_id == replica_id)
                     .values(path=str(replica.path.resolve()))
                 )
-        ctx = session_context(engine, session_id)
-        ctx.cached_changes, ctx.cached_masters = changes, seen
+        if detected is None:
+            ctx = session_context(engine, session_id)
+        else:  # just stored from this replica: its settings and reflected tables are the session's
+            ctx = SessionContext(
+                session_id, replica_id, str(replica.path.resolve()), replica.settings, replica.infos, "detected"
+            )
+            ctx.cached_detected = detected
         try:
             if ctx.status == "extracted":
                 say("detecting conflicts")

@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import secrets
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -182,6 +183,45 @@ class _connection:
     def __exit__(self, *exc: Any) -> None:
         if self.conn is not None:
             self.conn.close()
+
+
+BULK_CHUNK = 2000
+
+
+def insert_rows(
+    conn: Connection, table: sa.Table, rows: list[dict[str, Any]], on_chunk: Callable[[int, int], None] | None = None
+) -> None:
+    """Insert many rows into one of the sync tables, in chunks; `on_chunk(done, total)` after each.
+
+    On PostgreSQL through COPY, several times faster than executemany for the tens of thousands of
+    change and history rows a large session writes. The COPY statement names only our own sync table and
+    its columns, composed by psycopg's identifier quoting: no outside name or value is pasted into it.
+    """
+    if not rows:
+        return
+    columns = list(rows[0])
+    copy = _copy_statement(table, columns) if conn.dialect.name == "postgresql" else None
+    for start in range(0, len(rows), BULK_CHUNK):
+        chunk = rows[start : start + BULK_CHUNK]
+        if copy is None:
+            conn.execute(sa.insert(table), chunk)
+        else:
+            cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            with cursor.copy(copy) as writer:
+                for row in chunk:
+                    writer.write_row([row[c] for c in columns])
+        if on_chunk is not None:
+            on_chunk(start + len(chunk), len(rows))
+
+
+def _copy_statement(table: sa.Table, columns: list[str]) -> Any:
+    from psycopg import sql
+
+    if table.name not in SYNC_TABLES or not set(columns) <= set(table.columns.keys()):
+        raise ValueError(f"COPY is only for the sync tables' own columns, not {table.name}({columns})")
+    return sql.SQL("COPY {} ({}) FROM STDIN").format(
+        sql.Identifier(table.name), sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    )
 
 
 def loads(text: str | None) -> Any:
