@@ -88,11 +88,22 @@ def wait_for_webserver(port: int, server: subprocess.Popen[bytes], timeout: floa
 def screenshot(chromium: str, url: str, out: Path, profile: Path, width: int, height: int) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     command = [
-        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={profile}", f"--window-size={width},{height}", "--hide-scrollbars",
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        f"--window-size={width},{height}",
+        "--hide-scrollbars",
         # Virtual time lets the page finish its GraphQL requests and layout before the picture.
-        "--virtual-time-budget=20000", f"--screenshot={out}", url,
+        "--virtual-time-budget=20000",
+        f"--screenshot={out}",
+        url,
     ]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=180)
 
@@ -116,13 +127,22 @@ def main() -> None:
         webserver = shutil.which("dagster-webserver", path=str(Path(sys.executable).parent)) or "dagster-webserver"
         server = subprocess.Popen(
             [webserver, "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=REPO, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=REPO,
+            env=os.environ.copy(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
         try:
             wait_for_webserver(port, server)
-            screenshot(chromium, f"http://127.0.0.1:{port}{GROUP_URL}", args.out.resolve(), root / "chromium",
-                       args.width, args.height)
+            screenshot(
+                chromium,
+                f"http://127.0.0.1:{port}{GROUP_URL}",
+                args.out.resolve(),
+                root / "chromium",
+                args.width,
+                args.height,
+            )
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             try:

@@ -45,8 +45,14 @@ class Demo:
     replica_id: str
 
 
-def build_demo(master_url: str, folder: Path, settings_text: str = DEMO_SETTINGS, edits: bool = True,
-               replica_name: str = "alex.db", build: bool = True) -> Demo:
+def build_demo(
+    master_url: str,
+    folder: Path,
+    settings_text: str = DEMO_SETTINGS,
+    edits: bool = True,
+    replica_name: str = "alex.db",
+    build: bool = True,
+) -> Demo:
     """The demo's master on `master_url` (tables, sync tables), a replica, and edits on both sides."""
     engine = connect_master(master_url, must_exist=False)
     if build:
@@ -90,8 +96,10 @@ def whole_master(engine: Engine) -> Any:
     metadata = sa.MetaData()
     metadata.reflect(engine)
     with engine.connect() as conn:
-        return {name: sorted(repr(tuple(row)) for row in conn.execute(sa.select(table)))
-                for name, table in metadata.tables.items()}
+        return {
+            name: sorted(repr(tuple(row)) for row in conn.execute(sa.select(table)))
+            for name, table in metadata.tables.items()
+        }
 
 
 def materialized_partitions(instance: dg.DagsterInstance, asset: dg.AssetsDefinition) -> set[str]:
@@ -101,7 +109,8 @@ def materialized_partitions(instance: dg.DagsterInstance, asset: dg.AssetsDefini
 
 def latest_metadata(instance: dg.DagsterInstance, asset: dg.AssetsDefinition, partition: str) -> dict[str, Any]:
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=asset.key, asset_partitions=[partition]), limit=1).records
+        dg.AssetRecordsFilter(asset_key=asset.key, asset_partitions=[partition]), limit=1
+    ).records
     assert records, f"{asset.key.to_user_string()} was not materialized for {partition}"
     materialization = records[0].asset_materialization
     assert materialization is not None
@@ -207,8 +216,11 @@ def test_apply_run_refuses_to_load_while_conflicts_are_pending(
     assert materialize_sync(master_url, str(demo.replica), instance).status == "waiting"
     before = whole_master(demo.engine)
 
-    apply = build_definitions(master_url).resolve_job_def(APPLY_JOB_NAME).execute_in_process(
-        instance=instance, partition_key=demo.replica_id, raise_on_error=False)
+    apply = (
+        build_definitions(master_url)
+        .resolve_job_def(APPLY_JOB_NAME)
+        .execute_in_process(instance=instance, partition_key=demo.replica_id, raise_on_error=False)
+    )
 
     assert not apply.success
     failed = [e for e in apply.get_asset_check_evaluations() if not e.passed]
@@ -237,10 +249,16 @@ def test_sync_continues_after_a_crash_in_the_apply_run(master_url: str, tmp_path
     """A process killed while loading (`load_begin`: nothing committed) or after the load committed but
     before the file was retired (`retire`) is finished by the next sync, against the same instance."""
     demo = build_demo(master_url, tmp_path / "replicas", AUTOMATIC_SETTINGS)
-    script = ("import sys\nfrom sync_pipeline.dagster_run import materialize_sync\n"
-              "materialize_sync(sys.argv[1], sys.argv[2])\n")
-    killed = subprocess.run([sys.executable, "-c", script, master_url, str(demo.replica)],
-                            env={**os.environ, "SYNC_FAULT": fault}, capture_output=True, timeout=300)
+    script = (
+        "import sys\nfrom sync_pipeline.dagster_run import materialize_sync\n"
+        "materialize_sync(sys.argv[1], sys.argv[2])\n"
+    )
+    killed = subprocess.run(
+        [sys.executable, "-c", script, master_url, str(demo.replica)],
+        env={**os.environ, "SYNC_FAULT": fault},
+        capture_output=True,
+        timeout=300,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
 
     result = materialize_sync(master_url, str(demo.replica))

@@ -69,7 +69,8 @@ def test_failing_settings_expectation_blocks_the_chain_and_leaves_the_master_unc
     assert metadata["unsuccessful_expectations"] == 1
     assert metadata["evaluated_expectations"] == metadata["successful_expectations"] + 1
     assert metadata["success_percent"] == pytest.approx(
-        100 * metadata["successful_expectations"] / metadata["evaluated_expectations"], abs=0.01)
+        100 * metadata["successful_expectations"] / metadata["evaluated_expectations"], abs=0.01
+    )
     failing = metadata["failing_rows"]
     assert sorted(row["quantity"] for row in failing) == [5, 6]
     assert {row["suite"] for row in failing} == {"rows:order_line"}
@@ -87,8 +88,11 @@ def test_edited_value_breaking_an_expectation_blocks_the_load(
     demo = build_demo(master_url, tmp_path / "replicas", INTERNATIONAL_PHONES)
     waiting = materialize_sync(master_url, str(demo.replica), instance)
     assert waiting.status == "waiting" and waiting.session_id is not None
-    [phone_conflict] = [c for c in list_conflicts(demo.engine, waiting.session_id)
-                        if c["kind"] == "update_update" and c["table"] == "contact"]
+    [phone_conflict] = [
+        c
+        for c in list_conflicts(demo.engine, waiting.session_id)
+        if c["kind"] == "update_update" and c["table"] == "contact"
+    ]
     decide(demo.engine, phone_conflict["id"], "value", "Tess Tester", "phone", "0170 555 0000")
     decide(demo.engine, phone_conflict["id"], "master", "Tess Tester", "updated_at")
     decide_module(demo.engine, waiting.session_id, "crm", "master", "Tess Tester")
@@ -100,8 +104,11 @@ def test_edited_value_breaking_an_expectation_blocks_the_load(
     assert "decided_values_match_schema" in result.message
     assert whole_master(demo.engine) == before
     # The load as approval_sensor launches it stops at the same gate.
-    apply = build_definitions(master_url).resolve_job_def(APPLY_JOB_NAME).execute_in_process(
-        instance=instance, partition_key=demo.replica_id, raise_on_error=False)
+    apply = (
+        build_definitions(master_url)
+        .resolve_job_def(APPLY_JOB_NAME)
+        .execute_in_process(instance=instance, partition_key=demo.replica_id, raise_on_error=False)
+    )
     assert not apply.success
     assert whole_master(demo.engine) == before
     assert demo.replica_id not in materialized_partitions(instance, master_load)
@@ -114,8 +121,16 @@ def test_edited_value_breaking_an_expectation_blocks_the_load(
 def test_schema_suite_names_wrong_types_lengths_nulls_and_duplicate_keys() -> None:
     table = demo_metadata().tables["contact"]
     info = TableInfo(table, ("id",), True)
-    good = {"_change_id": 0, "_op": "insert", "id": 1, "company_id": 1, "name": "Ada", "email": "a@example.com",
-            "phone": None, "updated_at": None}
+    good = {
+        "_change_id": 0,
+        "_op": "insert",
+        "id": 1,
+        "company_id": 1,
+        "name": "Ada",
+        "email": "a@example.com",
+        "phone": None,
+        "updated_at": None,
+    }
     rows = [
         good,
         {**good, "_change_id": 1, "id": 2, "name": None},  # NOT NULL column empty
@@ -123,8 +138,9 @@ def test_schema_suite_names_wrong_types_lengths_nulls_and_duplicate_keys() -> No
         {**good, "_change_id": 3, "id": 4, "phone": "x" * 41},  # longer than VARCHAR(40)
         {**good, "_change_id": 4, "id": 4},  # the same key twice
     ]
-    suite = FrameSuite("rows:contact", ["_change_id", "_op", *info.columns], rows, schema_expectations(info),
-                       ["_change_id", "id"])
+    suite = FrameSuite(
+        "rows:contact", ["_change_id", "_op", *info.columns], rows, schema_expectations(info), ["_change_id", "id"]
+    )
 
     report = validate([suite])
 
@@ -143,8 +159,13 @@ def test_schema_suite_names_wrong_types_lengths_nulls_and_duplicate_keys() -> No
 def test_unknown_expectation_in_the_settings_fails_the_check_visibly() -> None:
     from sync_pipeline.defs.checks import ExpectationSpec
 
-    suite = FrameSuite("rows:contact", ["_change_id", "name"], [{"_change_id": 0, "name": "Ada"}],
-                       [ExpectationSpec("expect_the_impossible", {"column": "name"})], ["_change_id"])
+    suite = FrameSuite(
+        "rows:contact",
+        ["_change_id", "name"],
+        [{"_change_id": 0, "name": "Ada"}],
+        [ExpectationSpec("expect_the_impossible", {"column": "name"})],
+        ["_change_id"],
+    )
 
     report = validate([suite])
 
@@ -160,8 +181,11 @@ def test_apply_job_includes_the_load_gate_and_the_detect_job_does_not() -> None:
     def check_names(job: dg.JobDefinition) -> set[str]:
         return {key.name for key in job.asset_layer.asset_graph.asset_check_keys}
 
-    assert check_names(detect) == {"local_changes_match_schema", "local_changes_meet_settings_expectations",
-                                   "decided_values_match_schema"}
+    assert check_names(detect) == {
+        "local_changes_match_schema",
+        "local_changes_meet_settings_expectations",
+        "decided_values_match_schema",
+    }
     assert check_names(apply) == {"resolutions_all_decided", "decided_values_match_schema", "master_reconciles"}
     for spec in definitions.resolve_asset_graph().asset_check_keys:
         assert definitions.resolve_asset_graph().get(spec).blocking, spec

@@ -18,8 +18,7 @@ def test_loading_the_code_location_imports_neither_great_expectations_nor_pandas
         "print(sorted(m for m in ('great_expectations', 'pandas') if m in sys.modules))\n"
     )
     env = {"PATH": "/usr/bin:/bin", "SYNC_HOME": str(tmp_path / "no-home-yet"), "HOME": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
@@ -35,10 +34,18 @@ def test_definitions_hold_the_sync_graph() -> None:
     assert keys == {"local_changes", "conflicts", "resolutions", "master_load", "sync_protocol", "offline_replicas"}
     groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
     assert groups == {**{k: "sync" for k in keys - {"offline_replicas"}}, "offline_replicas": "overview"}
-    upstream = {key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys}
-                for key in graph.get_all_asset_keys() if groups[key.to_user_string()] == "sync"}
-    assert upstream == {"local_changes": set(), "conflicts": {"local_changes"}, "resolutions": {"conflicts"},
-                        "master_load": {"resolutions"}, "sync_protocol": {"master_load"}}
+    upstream = {
+        key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys}
+        for key in graph.get_all_asset_keys()
+        if groups[key.to_user_string()] == "sync"
+    }
+    assert upstream == {
+        "local_changes": set(),
+        "conflicts": {"local_changes"},
+        "resolutions": {"conflicts"},
+        "master_load": {"resolutions"},
+        "sync_protocol": {"master_load"},
+    }
     assert {job.name for job in defs.resolve_all_job_defs()} >= {"sync_detect", "sync_apply", "sync_purge"}
     assert {schedule.name for schedule in defs.schedules or []} == {"sync_purge_schedule"}
     assert {sensor.name for sensor in defs.sensors or []} == {"approval_sensor", "replica_sensor"}

@@ -28,17 +28,23 @@ def instance() -> Iterator[dg.DagsterInstance]:
 
 def tick_approval(instance: dg.DagsterInstance, master_url: str, cursor: str | None) -> dg.SensorResult:
     context = dg.build_sensor_context(
-        instance=instance, cursor=cursor, resources={"master": MasterDatabase(url=master_url)})
+        instance=instance, cursor=cursor, resources={"master": MasterDatabase(url=master_url)}
+    )
     result = approval_sensor(context)
     assert isinstance(result, dg.SensorResult)
     return result
 
 
 def tick_inbox(instance: dg.DagsterInstance, master_url: str, inbox: Path, cursor: str | None) -> dg.SensorResult:
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={
-        "master": MasterDatabase(url=master_url), "inbox": SyncInbox(path=str(inbox)),
-        "sync_settings": SyncSettingsResource(),
-    })
+    context = dg.build_sensor_context(
+        instance=instance,
+        cursor=cursor,
+        resources={
+            "master": MasterDatabase(url=master_url),
+            "inbox": SyncInbox(path=str(inbox)),
+            "sync_settings": SyncSettingsResource(),
+        },
+    )
     result = replica_sensor(context)
     assert isinstance(result, dg.SensorResult)
     return result
@@ -46,9 +52,16 @@ def tick_inbox(instance: dg.DagsterInstance, master_url: str, inbox: Path, curso
 
 def launch(instance: dg.DagsterInstance, master_url: str, job_name: str, request: dg.RunRequest) -> None:
     """What the sensor daemon does with a run request: add the partitions, then run the job."""
-    run = build_definitions(master_url).resolve_job_def(job_name).execute_in_process(
-        instance=instance, partition_key=request.partition_key, run_config=request.run_config,
-        tags={**request.tags, "dagster/run_key": request.run_key or ""}, raise_on_error=False,
+    run = (
+        build_definitions(master_url)
+        .resolve_job_def(job_name)
+        .execute_in_process(
+            instance=instance,
+            partition_key=request.partition_key,
+            run_config=request.run_config,
+            tags={**request.tags, "dagster/run_key": request.run_key or ""},
+            raise_on_error=False,
+        )
     )
     assert run.success
 
@@ -134,7 +147,8 @@ def test_approval_sensor_skips_a_load_that_already_ran(
     [request] = tick_approval(instance, master_url, None).run_requests
     # A run carrying this load's key exists (e.g. the CLI's sync started it): a fresh cursor must not relaunch.
     instance.create_run_for_job(
-        build_definitions(master_url).resolve_job_def(APPLY_JOB_NAME), tags={APPLY_KEY_TAG: request.run_key},
+        build_definitions(master_url).resolve_job_def(APPLY_JOB_NAME),
+        tags={APPLY_KEY_TAG: request.run_key},
     )
     assert not tick_approval(instance, master_url, None).run_requests
 

@@ -44,7 +44,8 @@ def free_port() -> int:
 
 def ask(port: int, query: str) -> dict[str, Any]:
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query}).encode(),
         headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=60) as answer:
@@ -70,7 +71,11 @@ def test_webserver_serves_the_assets_checks_and_sensors(tmp_path: Path) -> None:
     webserver = Path(sys.executable).parent / "dagster-webserver"
     server = subprocess.Popen(
         [str(webserver), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         wait_until_serving(port, server)
@@ -88,13 +93,22 @@ def test_webserver_serves_the_assets_checks_and_sensors(tmp_path: Path) -> None:
     [repository] = repositories["nodes"]
     assert repository["location"]["name"] == "sync_pipeline.definitions"
     assets = {"/".join(node["assetKey"]["path"]): node for node in repository["assetNodes"]}
-    assert set(assets) == {"local_changes", "conflicts", "resolutions", "master_load", "sync_protocol",
-                           "offline_replicas"}
+    assert set(assets) == {
+        "local_changes",
+        "conflicts",
+        "resolutions",
+        "master_load",
+        "sync_protocol",
+        "offline_replicas",
+    }
     overview = assets.pop("offline_replicas")
     assert overview["groupName"] == "overview" and not overview["isPartitioned"]
     assert all(node["groupName"] == "sync" and node["isPartitioned"] for node in assets.values())
-    checks = {(asset, check["name"]): check["blocking"]
-              for asset, node in assets.items() for check in node["assetChecksOrError"]["checks"]}
+    checks = {
+        (asset, check["name"]): check["blocking"]
+        for asset, node in assets.items()
+        for check in node["assetChecksOrError"]["checks"]
+    }
     assert checks == {
         ("local_changes", "local_changes_match_schema"): True,
         ("local_changes", "local_changes_meet_settings_expectations"): True,

@@ -299,3 +299,90 @@ def test_failed_load_unfreezes_the_replica_so_its_owner_can_correct_it(master_ur
         r.execute(sa.update(C).where(C.c.id == 800).values(label="C800"))
     assert run_sync(engine, replica).status == "done"
     assert row(engine, "child", id=800)["label"] == "C800"
+
+
+def test_writes_ordered_so_that_keys_hold_at_every_statement(master_url: str, tmp_path: Path) -> None:
+    """Natural keys passed between rows and references to new or deleted parents, all in one load: the
+    database checks unique indexes and FKs at every statement, so the load orders its batches."""
+    engine = make_master(master_url, "master_wins")
+    replica = make_replica(engine, tmp_path)
+    with replica_engine(replica).begin() as r:
+        # An update frees an e-mail address that a new row takes.
+        r.execute(sa.update(P).where(P.c.id == 1).values(email="p1-old@example.com"))
+        r.execute(sa.insert(P).values(id=41, name="Takes p1's address", city="L", email="p1@example.com"))
+        # A delete frees an e-mail address that an update takes.
+        r.execute(sa.delete(C).where(C.c.parent_id == 4))
+        r.execute(sa.delete(P).where(P.c.id == 4))
+        r.execute(sa.update(P).where(P.c.id == 3).values(email="p4@example.com"))
+        # An existing row is pointed at a new parent.
+        r.execute(sa.insert(P).values(id=40, name="New parent", city="L", email="p40@example.com"))
+        r.execute(sa.update(C).where(C.c.id == 2).values(parent_id=40))
+        # Children moved away from a parent, then the parent deleted.
+        r.execute(sa.update(C).where(C.c.parent_id == 5).values(parent_id=1))
+        r.execute(sa.delete(P).where(P.c.id == 5))
+    result = run_sync(engine, replica)
+    assert result.status == "done"
+    assert list_conflicts(engine) == []
+    emails = {r["id"]: r["email"] for r in rows(engine, "parent")}
+    assert emails == {
+        1: "p1-old@example.com",
+        2: "p2@example.com",
+        3: "p4@example.com",
+        40: "p40@example.com",
+        41: "p1@example.com",
+    }
+    parents = {r["id"]: r["parent_id"] for r in rows(engine, "child")}
+    assert parents == {1: 1, 2: 40, 3: 3, 5: 1, 6: 1, 7: 2, 8: 3, 10: 1}
+
+
+def test_natural_keys_swapped_between_two_rows(master_url: str, tmp_path: Path) -> None:
+    """A cycle no order resolves: each row holds the address the other takes. The load writes NULL into
+    one first (NULL may repeat in a unique index), then the new values."""
+    engine = make_master(master_url, "master_wins")
+    replica = make_replica(engine, tmp_path)
+    with replica_engine(replica).begin() as r:  # the replica needs a spare value for the swap too
+        r.execute(sa.update(P).where(P.c.id == 1).values(email="spare@example.com"))
+        r.execute(sa.update(P).where(P.c.id == 2).values(email="p1@example.com"))
+        r.execute(sa.update(P).where(P.c.id == 1).values(email="p2@example.com", city="Swapped"))
+    assert run_sync(engine, replica).status == "done"
+    assert {r["id"]: (r["email"], r["city"]) for r in rows(engine, "parent", lambda t: t.c.id <= 2)} == {
+        1: ("p2@example.com", "Swapped"),
+        2: ("p1@example.com", "Base"),
+    }
+    history = rows(engine, "sync_applied")
+    assert sorted((h["op"], h["row_key"]) for h in history) == [("update", '{"id": 1}'), ("update", '{"id": 2}')]
+
+
+def test_the_load_writes_one_batch_per_table_and_kind(master_url: str, tmp_path: Path) -> None:
+    """The write order never falls back to a statement per row: many rows that depend on each other in
+    the same way go in one batch."""
+    engine = make_master(master_url, "master_wins")
+    replica = make_replica(engine, tmp_path)
+    with replica_engine(replica).begin() as r:
+        r.execute(sa.insert(P).values(id=40, name="New parent", city="L", email="p40@example.com"))
+        r.execute(sa.update(C).where(C.c.parent_id.in_([1, 2, 3])).values(parent_id=40))  # 6 rows to a new parent
+        r.execute(sa.insert(C), [{"id": 100 + i, "parent_id": 40, "label": f"new {i}"} for i in range(5)])
+        r.execute(sa.update(P).where(P.c.id.in_([1, 2])).values(city="Moved"))
+        r.execute(sa.delete(C).where(C.c.parent_id == 5))
+        r.execute(sa.delete(P).where(P.c.id == 5))
+    statements: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        words = statement.split()
+        if words[0] in ("INSERT", "UPDATE", "DELETE") and not any(w.startswith("sync_") for w in words[:3]):
+            statements.append(" ".join(words[:3]))
+
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        assert run_sync(engine, replica).status == "done"
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+    business = sorted(s.replace('"', "") for s in statements if "parent" in s or "child" in s)
+    assert business == [
+        "DELETE FROM child",
+        "DELETE FROM parent",
+        "INSERT INTO child",
+        "INSERT INTO parent",
+        "UPDATE child SET",
+        "UPDATE parent SET",
+    ]

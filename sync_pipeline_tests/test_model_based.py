@@ -15,11 +15,11 @@ Runs: 300 examples on SQLite and 100 on PostgreSQL by default (one PostgreSQL sc
 example). A larger run: `SYNC_MODEL_EXAMPLES=5000 .venv/bin/pytest sync_pipeline_tests/test_model_based.py`
 (PostgreSQL gets a third of it); `SYNC_MODEL_SEED=N` fixes hypothesis' seed.
 
-Known engine bugs (see the xfail tests at the end) are recognised by the model (`Expected.known_bug`):
-for those examples the engine must at least fail cleanly (SyncError, or waiting again, the master's
-business tables untouched) or, once fixed, succeed with a consistent master. When a bug is fixed,
-its xfail test passes (XPASS fails the suite): remove the marker and the model's `known_bug` line
-for it, so that the property checks the fixed behaviour exactly.
+Known engine bugs are recognised by the model (`Expected.known_bug`; each open one also has a strict
+xfail test at the end): for those examples the engine must at least fail cleanly (SyncError, or waiting
+again, the master's business tables untouched) or, once fixed, succeed with a consistent master. When a
+bug is fixed, its xfail test passes (XPASS fails the suite): remove the marker and the model's `known_bug`
+line for it, so that the property checks the fixed behaviour exactly.
 """
 
 from __future__ import annotations
@@ -330,7 +330,6 @@ class Change:
     target: Key | None = None
     parent_key: Key | None = None  # orphan
     parent_row: Row | None = None
-    known_bug: str | None = None
 
 
 @dataclass
@@ -378,39 +377,19 @@ def detect(spec: Spec, base: State, local: State, master: State) -> list[Change]
                 continue
             changed = [f for f in spec.columns(t) if m[f] != c.base[f]]
             c.action, c.kind, c.fields = ("conflict", "delete_update", changed) if changed else ("apply", None, [])
-        else:
-            assert c.local is not None
-            hit = None
-            if t.natural and c.local["nk"] is not None:
-                hit = next((r for r in master[t.name].values() if r["nk"] == c.local["nk"]), None)
-            values = spec.value_columns(t)
-            if hit is not None:  # the same record by its natural key, under another key or this one
-                differing = [f for f in values if hit[f] != c.local[f]]
-                if not differing and key_of(t, hit) == c.key:
-                    c.action = "skip"
-                else:
-                    c.action, c.kind, c.target, c.fields = "conflict", "duplicate", key_of(t, hit), differing
-                if (t.name, key_of(t, hit)) in deletes:
-                    # The replica deleted that record and made a new one with its natural key: the
-                    # duplicate maps the new one onto the deleted one, and both are gone.
-                    c.known_bug = "a new local row takes the natural key of a row the replica deleted"
-            elif m is None:
-                c.action = "apply"
-            elif t.key == "serial":
-                c.action = "remap"
-            else:
-                differing = [f for f in values if m[f] != c.local[f]]
-                c.action, c.kind, c.fields = (
-                    ("conflict", "insert_insert", differing) if differing else ("skip", None, [])
-                )
-        # An insert, or an update of the reference, that points at a parent the master deleted.
+
+    def find_orphan(c: Change) -> None:
+        # An insert, or an update of the reference, that points at a parent the master deleted. Conflicts
+        # whose decision may write the local reference (a re-insert; a field decided 'local') only note it.
+        t = c.table
         fk = spec.fk_columns(t)
         parent = spec.parent_of(t)
         reinsert = c.kind == "update_delete"  # comes back if the local side wins: needs its parent
+        decided = c.kind in FIELD_KINDS and bool(set(fk) & (set(c.fields) | set(c.apply_fields)))
         if (
             parent is not None
-            and (c.action in ("apply", "remap") or reinsert)
-            and (c.op == "insert" or reinsert or (c.op == "update" and set(fk) & set(c.apply_fields)))
+            and (c.action in ("apply", "remap") or reinsert or decided)
+            and (c.op == "insert" or reinsert or decided or (c.op == "update" and set(fk) & set(c.apply_fields)))
         ):
             assert c.local is not None
             parent_key = tuple(c.local[f] for f in fk)
@@ -420,16 +399,53 @@ def detect(spec: Spec, base: State, local: State, master: State) -> list[Change]
                 and parent_key not in master[parent.name]
             ):
                 c.parent_key, c.parent_row = parent_key, local[parent.name].get(parent_key)
-                if not reinsert:
+                if not reinsert and not decided:
                     c.action, c.kind, c.fields = "conflict", "orphan", list(fk)
                     if c.op == "insert":
                         c.apply_fields = []
+
+    for c in changes:  # updates first: one that becomes an orphan frees no natural key
+        if c.op != "insert":
+            find_orphan(c)
     # A local delete of a row other master rows still reference: delete_update.
     # Rows the replica deletes or re-points elsewhere do not count.
     for c in changes:
         let_go = deletes | moved_away(spec, changes, c.table, c.key)
         if c.op == "delete" and c.action in ("apply", "conflict") and referenced(spec, master, c.table, c.key, let_go):
             c.action, c.kind = "conflict", "delete_update"
+    # A row whose local delete applies, or that the replica gives another natural key (a row deleted and
+    # made anew under its key nets to that), frees its natural key: a new local row with it is a new record.
+    released = {(c.table.name, c.key) for c in changes if c.op == "delete" and c.action == "apply"} | {
+        (c.table.name, c.key)
+        for c in changes
+        if c.op == "update" and (c.action == "apply" or c.kind == "update_update") and "nk" in c.apply_fields
+    }
+    for c in changes:
+        t, m = c.table, master[c.table.name].get(c.key)
+        if c.op != "insert":
+            continue
+        assert c.local is not None
+        hit = None
+        if t.natural and c.local["nk"] is not None:
+            hit = next(
+                (r for k, r in master[t.name].items() if r["nk"] == c.local["nk"] and (t.name, k) not in released),
+                None,
+            )
+        values = spec.value_columns(t)
+        if hit is not None:  # the same record by its natural key, under another key or this one
+            differing = [f for f in values if hit[f] != c.local[f]]
+            if not differing and key_of(t, hit) == c.key:
+                c.action = "skip"
+            else:
+                c.action, c.kind, c.target, c.fields = "conflict", "duplicate", key_of(t, hit), differing
+        elif m is None:
+            c.action = "apply"
+        elif t.key == "serial":
+            c.action = "remap"
+        else:
+            differing = [f for f in values if m[f] != c.local[f]]
+            c.action, c.kind, c.fields = ("conflict", "insert_insert", differing) if differing else ("skip", None, [])
+        find_orphan(c)
     return changes
 
 
@@ -495,19 +511,17 @@ def load(
     master: State,
     changes: list[Change],
     decisions: dict[tuple[str, Key], dict],
-    next_generated: dict[str, int],
 ) -> Expected:
-    """DESIGN §5's decision table and §6's load, on plain dicts. Remapped keys become ('NEW', local key).
-
-    `next_generated` is the first key the master's generator hands out per generated-key table.
-    """
+    """DESIGN §5's decision table and §6's load, on plain dicts. Remapped keys become ('NEW', local key):
+    which key the master's generator hands out does not matter, as long as it is free (the engine inserts
+    rows with their own keys first; a collision makes the sync fail, which the property reports)."""
     state = deepcopy(master)
     inserts: list[tuple[int, TableSpec, Key, Row, str]] = []  # change, table, key, row, plain|remap|parent
     updates: list[tuple[int, TableSpec, Key, Row]] = []
     deletes: list[tuple[TableSpec, Key]] = []
     key_map: dict[tuple[str, Key], Key] = {}
     gone: set[tuple[str, Key]] = set()
-    known_bug = next((c.known_bug for c in changes if c.known_bug), None)
+    known_bug: str | None = None
     recreated: set[tuple[str, Key]] = set()
 
     def recreate(index: int, parent: TableSpec, key: Key, row: Row) -> None:
@@ -515,6 +529,21 @@ def load(
         if (parent.name, key) not in recreated:
             recreated.add((parent.name, key))
             inserts.append((index, parent, key, dict(row), "parent"))
+
+    def decided_parent(index: int, c: Change, target: Key, values: Row) -> bool:
+        """A decided write of the local reference to a parent the master deleted brings the parent back
+        (as an orphan decided 'local'); without the replica's row of it the write is dropped (False)."""
+        parent = spec.parent_of(c.table)
+        fk = spec.fk_columns(c.table)
+        if parent is None or c.parent_key is None or not set(fk) & set(values):
+            return True
+        row = master[c.table.name][target] | values
+        if tuple(row[f] for f in fk) != c.parent_key:
+            return True  # a mix of both sides' reference: checked when it is written
+        if c.parent_row is None:
+            return False
+        recreate(index, parent, c.parent_key, c.parent_row)
+        return True
 
     for index, c in enumerate(changes):
         local = c.local or {}
@@ -541,7 +570,7 @@ def load(
                     values[f] = local[f]
                 elif side == "value":
                     values[f] = value
-            if values:
+            if values and decided_parent(index, c, c.key, values):
                 updates.append((index, t, c.key, values))
         elif c.kind == "update_delete":
             if choice(decision, None)[0] == "local":
@@ -559,7 +588,7 @@ def load(
             if c.kind == "duplicate":
                 key_map[(t.name, c.key)] = target
             values = {f: local[f] for f in c.fields if choice(decision, f)[0] == "local"}
-            if values:
+            if values and decided_parent(index, c, target, values):
                 updates.append((index, t, target, values))
         elif c.kind == "orphan":
             parent = spec.parent_of(t)
@@ -567,7 +596,9 @@ def load(
             if choice(decision, None)[0] == "local" and c.parent_row is not None:
                 recreate(index, parent, c.parent_key, c.parent_row)
                 if c.op == "insert":
-                    inserts.append((index, t, c.key, dict(local), "plain"))
+                    # A generated key the master holds too: remapped, as it would have been without the orphan.
+                    how = "remap" if t.key == "serial" and c.key in master[t.name] else "plain"
+                    inserts.append((index, t, c.key, dict(local), how))
                 else:
                     updates.append((index, t, c.key, {f: local[f] for f in c.apply_fields}))
             elif c.op == "insert":
@@ -581,12 +612,15 @@ def load(
         for f, v in values.items():
             fields.setdefault(f, set()).add((index, repr(v)))
 
-    def rewrite(t: TableSpec, values: Row) -> bool:
+    def rewrite(t: TableSpec, values: Row, current: Row | None = None) -> bool:
+        """Point the reference at a remapped or duplicate parent; an update may write part of a composite
+        reference, the rest is the current row's."""
         parent = spec.parent_of(t)
         fk = spec.fk_columns(t)
-        if parent is None or not set(fk) <= set(values):
+        row = (current or {}) | values
+        if parent is None or not set(fk) & set(values):
             return True
-        parent_key = tuple(values[f] for f in fk)
+        parent_key = tuple(row[f] for f in fk)
         if (parent.name, parent_key) in key_map:
             values.update(dict(zip(fk, key_map[(parent.name, parent_key)], strict=True)))
         elif (parent.name, parent_key) in dropped:
@@ -594,47 +628,46 @@ def load(
         return True
 
     for t in spec.tables:  # parents first
-        generated = itertools.count(next_generated.get(t.name, 1))
-        handed_out: set[Any] = set()
-        explicit: set[Any] = set()
+        parent = spec.parent_of(t)
         for index, table, key, row, how in inserts:
             if table is not t:
                 continue
             if not rewrite(t, row):
                 dropped.add((t.name, key))
                 continue
+            if how == "parent" and parent is not None:
+                # A parent brought back whose own parent the master deleted too: dropped, and what needs it.
+                grandparent = tuple(row[f] for f in spec.fk_columns(t))
+                if None not in grandparent and grandparent not in state[parent.name]:
+                    dropped.add((t.name, key))
+                    continue
             if how == "remap":
-                handed_out.add(next(generated))
                 new_key = ("NEW", key)
                 key_map[(t.name, key)] = (new_key,)
                 state[t.name][(new_key,)] = row | {"id": new_key}
             else:
                 if key in state[t.name]:
                     known_bug = known_bug or f"insert of {t.name} {key} into a taken key"
-                explicit.add(key[0])
                 state[t.name][key] = row
                 wrote(index, t, key, row)
-        if handed_out & explicit:
-            known_bug = known_bug or "a remapped row was handed the key of another new row of the load"
-    if not nk_unique(spec, state):  # every insert goes in before any update
-        known_bug = known_bug or "an insert repeats a natural key that a later update of the load frees"
-    held = {(t.name, r["nk"]): k for t in spec.tables if t.natural for k, r in state[t.name].items() if r["nk"]}
+    # The engine orders its writes so that a natural key passed on within the load (freed by a delete or
+    # an update, taken by an insert or an update) is unique at every statement: only the end state counts.
     for t in spec.tables:
+        parent = spec.parent_of(t)
+        fk = spec.fk_columns(t)
         for index, table, key, values in updates:
-            if table is not t or not rewrite(t, values):
+            if table is not t or key not in state[t.name] or not rewrite(t, values, state[t.name][key]):
                 continue
-            if values.get("nk") is not None and held.get((t.name, values["nk"]), key) != key:
-                # Natural keys passed on or rotated among rows: unique only at the end of the load.
-                known_bug = known_bug or "an update takes a natural key another row holds until later in the load"
-            if key in state[t.name]:
-                new_values = {k: v for k, v in values.items() if k not in t.pk}
-                state[t.name][key] = state[t.name][key] | new_values
-                wrote(index, t, key, new_values)
-    if not nk_unique(spec, state):  # every update goes in before any delete
-        known_bug = known_bug or "an update repeats a natural key that a later delete of the load frees"
+            if changes[index].action == "conflict" and parent is not None and set(fk) & set(values):
+                # A decided write whose reference points at a row the master no longer has is dropped.
+                parent_key = tuple((state[t.name][key] | values)[f] for f in fk)
+                if None not in parent_key and parent_key not in state[parent.name]:
+                    continue
+            new_values = {k: v for k, v in values.items() if k not in t.pk}
+            state[t.name][key] = state[t.name][key] | new_values
+            wrote(index, t, key, new_values)
     # Deletes: a row other rows (kept by the master or by this load) still reference stays.
     planned = {(t.name, key) for t, key in deletes if key in state[t.name]}
-    first_pass = {(n, k) for n, k in planned if referenced(spec, state, spec.table(n), k, planned)}
     changed = True
     while changed:
         changed = False
@@ -642,12 +675,8 @@ def load(
             if referenced(spec, state, spec.table(name), key, planned):
                 planned.discard((name, key))
                 changed = True
-    if {(t.name, key) for t, key in deletes if key in state[t.name]} - planned - first_pass:
-        known_bug = known_bug or "a delete whose referencing row's delete was dropped"
     for name, key in planned:
         del state[name][key]
-    if not fk_consistent(spec, state):
-        known_bug = known_bug or "the decided writes break a foreign key"
     if not nk_unique(spec, state):
         known_bug = known_bug or "a re-inserted row repeats a natural key the master gave another row"
     # Two changes of the load writing different values into one field of one master row (a local
@@ -831,13 +860,6 @@ def _run_example(
 
     changes = detect(spec, base, local_side.state, master_side.state)
     expected_conflicts = conflict_set(changes)
-    next_generated = {}
-    for t in spec.tables:
-        if t.key == "serial":
-            highest = max((k[0] for k in master_side.state[t.name]), default=0)
-            if backend.name == "postgresql":  # the sequence was moved past the keys at setup and after edits
-                highest = max(highest, max((k[0] for k in base[t.name]), default=0), 1)
-            next_generated[t.name] = highest + 1
     for c in changes:
         event(f"{c.op}: {c.kind or c.action}")
     decisions: dict[tuple[str, Key], dict[str, Any]] = {}
@@ -867,7 +889,7 @@ def _run_example(
                     decisions[(c.table.name, c.key)] = chosen
             result = run_sync(engine, replica)
     except SyncError as exc:
-        expected = load(spec, master_side.state, changes, decisions, next_generated)
+        expected = load(spec, master_side.state, changes, decisions)
         note(f"decisions: {decisions}; known bug: {expected.known_bug}; error: {exc}")
         if expected.known_bug is None:
             raise
@@ -875,7 +897,7 @@ def _run_example(
         # A known engine bug: the sync must at least fail cleanly, the master's tables untouched.
         assert read_state(engine, spec, tables) == before
         return
-    expected = load(spec, master_side.state, changes, decisions, next_generated)
+    expected = load(spec, master_side.state, changes, decisions)
     note(f"decisions: {decisions}; known bug: {expected.known_bug}")
     if result.status == "waiting" and expected.known_bug is not None:
         # A known engine bug: the refused load went back to detection and dropped the decisions.
@@ -1015,13 +1037,8 @@ def test_two_new_local_rows_and_one_new_master_row(master_url: str, tmp_path: Pa
     assert names == {"first", "second", "third", "colleague"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: detect._classify looks for the natural key among all master rows, also the row the "
-    "replica deletes in the same session: a record deleted and created anew with the same natural key "
-    "becomes a duplicate of the deleted one, the new row is mapped onto it and the delete then removes "
-    "it: the new record is lost whatever the policy",
-)
+# Found by the property: the new record was taken for a duplicate of the deleted one (its natural key),
+# mapped onto it, and the delete then removed it. Fixed: a row whose delete applies frees its natural key.
 @pytest.mark.parametrize("policy", ["master_wins", "local_wins"])
 def test_record_deleted_and_created_anew_with_its_natural_key(master_url: str, tmp_path: Path, policy: str) -> None:
     engine = make_master(master_url, policy)
@@ -1064,13 +1081,8 @@ def test_parent_and_child_both_edited_offline_and_both_deleted_on_the_master(mas
         assert conn.execute(sa.select(C.c.label).where(C.c.id == 3)).scalar_one() == "edited offline"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: load.execute_plan writes all inserts, then all updates, then all deletes; a natural "
-    "key that is unique only at the end of the load (passed from a row the replica deletes to another row, "
-    "or from an updated row to a new one) violates the unique index on the way: the load is refused "
-    "twice and the sync fails for good",
-)
+# Found by the property: inserts, updates, deletes went in that order and the unique index refused the
+# e-mail address on the way. Fixed: the load frees a unique value before another row takes it.
 def test_natural_key_passed_from_a_deleted_row_to_another(master_url: str, tmp_path: Path) -> None:
     engine = make_master(master_url, "master_wins")
     replica = make_replica(engine, tmp_path)
@@ -1115,12 +1127,8 @@ def test_subtree_deleted_locally_while_the_master_changed_a_grandchild(master_ur
         assert [conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one() for t in (t0, t1, t2)] == [1, 1, 1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: a duplicate (or insert_insert) decided 'local' writes the local row's reference into "
-    "the master's row, but detect._find_orphans only looks at apply/remap: when the master deleted that "
-    "parent, the update breaks the FK twice and the sync fails for good",
-)
+# Found by the property: a decided write of a reference had no orphan check; the FK broke and the sync
+# failed for good. Fixed: the parent comes back from the replica's row, as for an orphan decided 'local'.
 def test_duplicate_decided_local_pointing_at_a_parent_the_master_deleted(master_url: str, tmp_path: Path) -> None:
     settings = (
         "modules:\n  core:\n    policy: local_wins\n    tables:\n      parent: {natural_key: [email]}\n"
@@ -1138,3 +1146,104 @@ def test_duplicate_decided_local_pointing_at_a_parent_the_master_deleted(master_
     with engine.connect() as conn:
         parent_id = conn.execute(sa.select(C.c.parent_id).where(C.c.id == 201)).scalar_one()
         assert conn.execute(sa.select(P).where(P.c.id == parent_id)).first() is not None
+        assert parent_id == 3  # the local side won: its parent is back, from the replica's row
+        assert conn.execute(sa.select(P.c.email).where(P.c.id == 3)).scalar_one() == "p3@example.com"
+
+
+# Found by the property: an update wrote one column of a composite reference (the other stayed), pointing
+# at a new local parent that is a master row by its natural key; the reference was not rewritten to the
+# master's key because it is not whole in the update, and the FK broke. Fixed: the rest comes from the row.
+def test_part_of_a_composite_reference_pointed_at_a_duplicate_parent(master_url: str, tmp_path: Path) -> None:
+    spec = Spec(
+        (
+            TableSpec("t0", "composite", None, False, True, "m0", None),
+            TableSpec("t1", "serial", 0, True, False, "m0", None),
+        ),
+        (("m0", "master_wins"), ("m1", "master_wins")),
+        False,
+    )
+    metadata = spec.metadata()
+    t0, t1 = metadata.tables["t0"], metadata.tables["t1"]
+    engine = connect_master(master_url, must_exist=False)
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.insert(t0).values(code="k0", num=0, a=0, b="x", nk=None))
+        conn.execute(sa.insert(t1).values(id=1, a=0, b="x", p_code="k0", p_num=0))
+        _advance_sequences(conn, spec)
+    init_master(engine, parse_settings(spec.settings_yaml(), "composite.yaml"))
+    replica = tmp_path / "composite.db"
+    checkout(engine, replica, "tester", None)
+    with replica_engine(replica).begin() as r:  # a new parent; the child moves to it (only `num` changes)
+        r.execute(sa.insert(t0).values(code="k0", num=2, a=0, b="x", nk="n4"))
+        r.execute(sa.update(t1).where(t1.c.id == 1).values(p_num=2))
+    with engine.begin() as m:  # the same record made on the master under another key
+        m.execute(sa.insert(t0).values(code="k0", num=1, a=0, b="x", nk="n4"))
+    assert run_sync(engine, replica).status == "done"  # SyncError: FOREIGN KEY constraint failed
+    assert [c["kind"] for c in list_conflicts(engine)] == ["duplicate"]
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(t1.c.p_code, t1.c.p_num)).one() == ("k0", 1)
+        assert conn.execute(sa.select(sa.func.count()).select_from(t0)).scalar_one() == 2
+
+
+# Found by the property: an orphan decided 'local' was inserted under its own generated key, which the
+# master had handed to a row of its own meanwhile (without the orphan it would have been remapped): the
+# insert never matched the check (a master row under its key) and the sync failed. Fixed: it is remapped too.
+def test_orphan_decided_local_whose_generated_key_the_master_took(master_url: str, tmp_path: Path) -> None:
+    engine = make_master(master_url, "local_wins")
+    replica = make_replica(engine, tmp_path)
+    with replica_engine(replica).begin() as r:
+        local_id = r.execute(
+            sa.insert(C).values(parent_id=4, label="local child of 4", amount=None).returning(C.c.id)
+        ).scalar_one()
+    with engine.begin() as m:
+        m.execute(sa.delete(C).where(C.c.parent_id == 4))
+        m.execute(sa.delete(P).where(P.c.id == 4))
+        master_id = m.execute(
+            sa.insert(C).values(parent_id=1, label="master's new child", amount=None).returning(C.c.id)
+        ).scalar_one()
+    assert local_id == master_id == 11
+    result = run_sync(engine, replica)  # SyncError: the master kept changing (stale every round)
+    assert result.status == "done"
+    assert [c["kind"] for c in list_conflicts(engine)] == ["orphan"]
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(C.c.label).where(C.c.id == 11)).scalar_one() == "master's new child"
+        moved = conn.execute(sa.select(C.c.id, C.c.parent_id).where(C.c.label == "local child of 4")).one()
+        assert moved.id != 11 and moved.parent_id == 4
+        assert conn.execute(sa.select(P.c.name).where(P.c.id == 4)).scalar_one() == "P4"
+
+
+# Found by the property: an orphan decided 'local' brings its parent back from the replica, but the
+# master had deleted the parent's parent too; the re-created parent broke the FK and the sync failed for
+# good. Fixed: such a parent is dropped (and with it the rows that need it), as for an orphan decided
+# 'master'.
+def test_orphan_decided_local_whose_grandparent_the_master_deleted(master_url: str, tmp_path: Path) -> None:
+    spec = Spec(
+        (
+            TableSpec("t0", "serial", None, False, True, "m0", None),
+            TableSpec("t1", "serial", 0, False, False, "m0", None),
+            TableSpec("t2", "serial", 1, False, False, "m0", "local_wins"),
+        ),
+        (("m0", "master_wins"), ("m1", "master_wins")),
+        True,
+    )
+    metadata = spec.metadata()
+    t0, t1, t2 = (metadata.tables[n] for n in ("t0", "t1", "t2"))
+    engine = connect_master(master_url, must_exist=False)
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.insert(t0).values(id=5, a=0, b="x", nk="n0"))
+        conn.execute(sa.insert(t1).values(id=1, a=0, b="x", p_id=5))
+        _advance_sequences(conn, spec)
+    init_master(engine, parse_settings(spec.settings_yaml(), "grandparent.yaml"))
+    replica = tmp_path / "grandparent.db"
+    checkout(engine, replica, "tester", None)
+    with replica_engine(replica).begin() as r:
+        r.execute(sa.insert(t2).values(id=3, a=0, b="x", p_id=1))
+    with engine.begin() as m:  # the whole subtree
+        m.execute(sa.delete(t1))
+        m.execute(sa.delete(t0))
+    result = run_sync(engine, replica)  # SyncError: FOREIGN KEY constraint failed
+    assert result.status == "done"
+    assert [c["kind"] for c in list_conflicts(engine)] == ["orphan"]
+    with engine.connect() as conn:
+        assert [conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one() for t in (t0, t1, t2)] == [0, 0, 0]

@@ -8,7 +8,6 @@ master by the partition key (the replica id). That is what lets the apply run, l
 the detect run, or from another process, continue where the detect run stopped.
 """
 
-
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,20 +49,26 @@ SYNC_GROUP = "sync"
 
 def replica_record(engine: Engine, replica_id: str) -> dict[str, Any] | None:
     with engine.connect() as conn:
-        row = conn.execute(
-            sa.select(store.sync_replica).where(store.sync_replica.c.replica_id == replica_id)
-        ).mappings().first()
+        row = (
+            conn.execute(sa.select(store.sync_replica).where(store.sync_replica.c.replica_id == replica_id))
+            .mappings()
+            .first()
+        )
     return dict(row) if row else None
 
 
 def latest_session(engine: Engine, replica_id: str) -> dict[str, Any] | None:
     """The replica's newest session, whatever its status (a replica is synchronised once)."""
     with engine.connect() as conn:
-        row = conn.execute(
-            sa.select(store.sync_session)
-            .where(store.sync_session.c.replica_id == replica_id)
-            .order_by(store.sync_session.c.started_at.desc())
-        ).mappings().first()
+        row = (
+            conn.execute(
+                sa.select(store.sync_session)
+                .where(store.sync_session.c.replica_id == replica_id)
+                .order_by(store.sync_session.c.started_at.desc())
+            )
+            .mappings()
+            .first()
+        )
     return dict(row) if row else None
 
 
@@ -79,14 +84,19 @@ def require_session(engine: Engine, replica_id: str) -> SessionContext:
 
 def table_row_counts(engine: Engine, infos: dict[str, TableInfo]) -> dict[str, int]:
     with engine.connect() as conn:
-        return {name: conn.execute(sa.select(sa.func.count()).select_from(info.table)).scalar_one()
-                for name, info in infos.items()}
+        return {
+            name: conn.execute(sa.select(sa.func.count()).select_from(info.table)).scalar_one()
+            for name, info in infos.items()
+        }
 
 
 def counts_metadata(counts: dict[str, dict[str, int]], prefix: str = "") -> dict[str, dg.MetadataValue]:
     """`crm/update_update: 3` as numeric metadata, so the UI plots each count across runs."""
-    return {f"{prefix}{module}/{kind}": dg.MetadataValue.int(int(value))
-            for module, kinds in sorted(counts.items()) for kind, value in sorted(kinds.items())}
+    return {
+        f"{prefix}{module}/{kind}": dg.MetadataValue.int(int(value))
+        for module, kinds in sorted(counts.items())
+        for kind, value in sorted(kinds.items())
+    }
 
 
 def pending_metadata(pending: dict[str, int]) -> dict[str, dg.MetadataValue]:
@@ -102,8 +112,9 @@ def session_metadata(ctx: SessionContext | dict[str, Any]) -> dict[str, dg.Metad
 
 def decision_version(engine: Engine, session_id: str) -> int:
     with engine.connect() as conn:
-        return conn.execute(sa.select(store.sync_session.c.decision_version)
-                            .where(store.sync_session.c.session_id == session_id)).scalar_one()
+        return conn.execute(
+            sa.select(store.sync_session.c.decision_version).where(store.sync_session.c.session_id == session_id)
+        ).scalar_one()
 
 
 def open_for_sync(engine: Engine, path: str) -> OpenReplica | None:
@@ -171,21 +182,31 @@ def local_changes(
         if not path:
             record = replica_record(engine, replica_id)
             if record is None:
-                raise dg.Failure(description=f"replica {replica_id} is not registered on this master",
-                                 metadata={"fix": "check out the replica from this master, or set "
-                                           "SYNC_MASTER_URL to the master it came from"})
+                raise dg.Failure(
+                    description=f"replica {replica_id} is not registered on this master",
+                    metadata={
+                        "fix": "check out the replica from this master, or set "
+                        "SYNC_MASTER_URL to the master it came from"
+                    },
+                )
             path = record["path"]
         if not path:
-            raise dg.Failure(description=f"the master knows no file for replica {replica_id}",
-                             metadata={"fix": "launch with config local_changes.replica_path"})
+            raise dg.Failure(
+                description=f"the master knows no file for replica {replica_id}",
+                metadata={"fix": "launch with config local_changes.replica_path"},
+            )
         replica = open_for_sync(engine, path)
         if replica is None:
             done = last_session_of(engine, replica_id)
             context.log.info(f"replica {replica_id} was loaded before (session {done}); its file is retired now")
-            return dg.MaterializeResult(metadata={
-                **session_metadata({"session_id": done or ""}), "replica_path": dg.MetadataValue.path(str(path)),
-                "resumed": dg.MetadataValue.bool(True), **counts_metadata(counts_of(engine, done) if done else {}),
-            })
+            return dg.MaterializeResult(
+                metadata={
+                    **session_metadata({"session_id": done or ""}),
+                    "replica_path": dg.MetadataValue.path(str(path)),
+                    "resumed": dg.MetadataValue.bool(True),
+                    **counts_metadata(counts_of(engine, done) if done else {}),
+                }
+            )
         try:
             if replica.manifest.replica_id != replica_id:
                 raise dg.Failure(
@@ -204,15 +225,18 @@ def local_changes(
         finally:
             replica.close()
         counts = counts_of(engine, session_id)
-    return dg.MaterializeResult(metadata={
-        **session_metadata({"session_id": session_id}),
-        "replica_path": dg.MetadataValue.path(str(path)),
-        "owner": dg.MetadataValue.text(replica.manifest.owner),
-        "resumed": dg.MetadataValue.bool(resumed),
-        "changes": dg.MetadataValue.int(sum(v for m in counts.values() for k, v in m.items()
-                                            if k.startswith("local_"))),
-        **counts_metadata(counts),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            **session_metadata({"session_id": session_id}),
+            "replica_path": dg.MetadataValue.path(str(path)),
+            "owner": dg.MetadataValue.text(replica.manifest.owner),
+            "resumed": dg.MetadataValue.bool(resumed),
+            "changes": dg.MetadataValue.int(
+                sum(v for m in counts.values() for k, v in m.items() if k.startswith("local_"))
+            ),
+            **counts_metadata(counts),
+        }
+    )
 
 
 @dg.asset(
@@ -235,11 +259,13 @@ def conflicts(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg.M
         else:
             context.log.info(f"session {ctx.session_id} is {ctx.status}: detection already done")
         counts = counts_of(engine, ctx.session_id)
-    return dg.MaterializeResult(metadata={
-        **session_metadata(ctx),
-        "conflicts": dg.MetadataValue.int(sum(m.get("conflicts", 0) for m in counts.values())),
-        **counts_metadata(counts),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            **session_metadata(ctx),
+            "conflicts": dg.MetadataValue.int(sum(m.get("conflicts", 0) for m in counts.values())),
+            **counts_metadata(counts),
+        }
+    )
 
 
 @dg.asset(
@@ -268,18 +294,22 @@ def resolutions(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg
             decided.setdefault(item["module"], {}).setdefault(rule, 0)
             decided[item["module"]][rule] += 1
     if pending:
-        context.log.info(f"session {ctx.session_id} waits for {sum(pending.values())} manual decision(s): "
-                         + ", ".join(f"{m} {n}" for m, n in sorted(pending.items())))
+        context.log.info(
+            f"session {ctx.session_id} waits for {sum(pending.values())} manual decision(s): "
+            + ", ".join(f"{m} {n}" for m, n in sorted(pending.items()))
+        )
     from sync_pipeline.review.links import review_session_url
 
-    return dg.MaterializeResult(metadata={
-        **session_metadata(ctx),
-        "review": dg.MetadataValue.url(review_session_url(ctx.session_id)),
-        "status": dg.MetadataValue.text(status),
-        "decision_version": dg.MetadataValue.int(version),
-        **pending_metadata(pending),
-        **counts_metadata(decided, prefix="decided/"),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            **session_metadata(ctx),
+            "review": dg.MetadataValue.url(review_session_url(ctx.session_id)),
+            "status": dg.MetadataValue.text(status),
+            "decision_version": dg.MetadataValue.int(version),
+            **pending_metadata(pending),
+            **counts_metadata(decided, prefix="decided/"),
+        }
+    )
 
 
 @dg.asset(
@@ -298,10 +328,13 @@ def master_load(context: dg.AssetExecutionContext, master: MasterDatabase) -> It
                 context.log.info(f"session {ctx.session_id} was loaded before; its replica file is retired now")
             else:
                 context.log.info(f"session {ctx.session_id} was loaded before: nothing to do")
-            yield dg.MaterializeResult(metadata={
-                **session_metadata(ctx), "already_loaded": dg.MetadataValue.bool(True),
-                **counts_metadata(counts_of(engine, ctx.session_id)),
-            })
+            yield dg.MaterializeResult(
+                metadata={
+                    **session_metadata(ctx),
+                    "already_loaded": dg.MetadataValue.bool(True),
+                    **counts_metadata(counts_of(engine, ctx.session_id)),
+                }
+            )
             return
         replica = open_replica(engine, ctx.replica_path or "")
         try:
@@ -312,20 +345,24 @@ def master_load(context: dg.AssetExecutionContext, master: MasterDatabase) -> It
             replica.close()
         if summary is None:
             pending = pending_of(engine, ctx.session_id)
-            context.log.warning(f"the master changed during the load of session {ctx.session_id}: "
-                                f"{sum(pending.values())} new conflict(s) wait for decisions; nothing was loaded")
+            context.log.warning(
+                f"the master changed during the load of session {ctx.session_id}: "
+                f"{sum(pending.values())} new conflict(s) wait for decisions; nothing was loaded"
+            )
             return
         checkpoint("retire")  # the crash-safety tests aim here, as at the same point of run_sync
         retire(replica.path, replica.manifest.tables, store.now_iso())
         after = table_row_counts(engine, ctx.infos)
         counts = counts_of(engine, ctx.session_id)
-    yield dg.MaterializeResult(metadata={
-        **session_metadata(ctx),
-        "already_loaded": dg.MetadataValue.bool(bool(summary.get("already_loaded"))),
-        **counts_metadata(counts),
-        **{f"rows_before/{table}": dg.MetadataValue.int(n) for table, n in sorted(before.items())},
-        **{f"rows_after/{table}": dg.MetadataValue.int(n) for table, n in sorted(after.items())},
-    })
+    yield dg.MaterializeResult(
+        metadata={
+            **session_metadata(ctx),
+            "already_loaded": dg.MetadataValue.bool(bool(summary.get("already_loaded"))),
+            **counts_metadata(counts),
+            **{f"rows_before/{table}": dg.MetadataValue.int(n) for table, n in sorted(before.items())},
+            **{f"rows_after/{table}": dg.MetadataValue.int(n) for table, n in sorted(after.items())},
+        }
+    )
 
 
 @dg.asset(
@@ -346,13 +383,15 @@ def sync_protocol(context: dg.AssetExecutionContext, master: MasterDatabase) -> 
         counts = counts_of(engine, ctx.session_id)
     paths = write_protocol(protocol, default_protocol_folder())
     context.log.info("protocol written: " + ", ".join(str(p) for p in paths.values()))
-    return dg.MaterializeResult(metadata={
-        **session_metadata(ctx),
-        "protocol": dg.MetadataValue.md(render_markdown(protocol, max_conflicts=200)),
-        "protocol_state": dg.MetadataValue.text(protocol.state),
-        **{f"protocol_{fmt}": dg.MetadataValue.path(str(path)) for fmt, path in paths.items()},
-        **counts_metadata(counts),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            **session_metadata(ctx),
+            "protocol": dg.MetadataValue.md(render_markdown(protocol, max_conflicts=200)),
+            "protocol_state": dg.MetadataValue.text(protocol.state),
+            **{f"protocol_{fmt}": dg.MetadataValue.path(str(path)) for fmt, path in paths.items()},
+            **counts_metadata(counts),
+        }
+    )
 
 
 sync_assets: list[dg.AssetsDefinition] = [local_changes, conflicts, resolutions, master_load, sync_protocol]

@@ -8,7 +8,6 @@ that failed. A failing check has severity ERROR and is blocking: the downstream 
 not execute, so the master is never touched after a failed gate.
 """
 
-
 import json
 import os
 import uuid
@@ -93,8 +92,11 @@ class ValidationReport:
         return 100.0 if self.evaluated == 0 else round(100.0 * self.successful / self.evaluated, 2)
 
     def failing_rows(self) -> list[dict[str, Any]]:
-        rows = [{"suite": f["suite"], "expectation": f["expectation"], "column": f.get("column"), **row}
-                for f in self.failures for row in f.get("rows", [])]
+        rows = [
+            {"suite": f["suite"], "expectation": f["expectation"], "column": f.get("column"), **row}
+            for f in self.failures
+            for row in f.get("rows", [])
+        ]
         return rows[:MAX_FAILING_ROWS]
 
     def summary(self) -> str:
@@ -122,8 +124,9 @@ class ValidationReport:
             "unsuccessful_expectations": dg.MetadataValue.int(self.evaluated - self.successful),
             "success_percent": dg.MetadataValue.float(self.success_percent()),
             "suites": dg.MetadataValue.md("\n".join(table)),
-            "failed_expectations": dg.MetadataValue.json([
-                {k: v for k, v in f.items() if k != "rows"} for f in self.failures][:MAX_FAILING_ROWS]),
+            "failed_expectations": dg.MetadataValue.json(
+                [{k: v for k, v in f.items() if k != "rows"} for f in self.failures][:MAX_FAILING_ROWS]
+            ),
             "failing_rows": dg.MetadataValue.json(self.failing_rows()),
         }
 
@@ -160,20 +163,29 @@ def validate(suites: Sequence[FrameSuite]) -> ValidationReport:
     for number, suite in enumerate(suites):
         frame = pd.DataFrame(suite.rows, columns=suite.columns, dtype=object)
         asset = source.add_dataframe_asset(name=f"frame_{number}")
-        batch = asset.add_batch_definition_whole_dataframe("session").get_batch(
-            batch_parameters={"dataframe": frame})
+        batch = asset.add_batch_definition_whole_dataframe("session").get_batch(batch_parameters={"dataframe": frame})
         gx_suite = gx.ExpectationSuite(name=suite.name)
         failures: list[dict[str, Any]] = []
         for spec in suite.expectations:
             try:
                 gx_suite.add_expectation(expectation_class(gxe, spec.type)(**spec.kwargs))
             except Exception as exc:  # a wrong name or argument in the settings fails this suite, visibly
-                failures.append({"suite": suite.name, "expectation": spec.type, "column": spec.kwargs.get("column"),
-                                 "exception": f"cannot build the expectation: {exc}"})
+                failures.append(
+                    {
+                        "suite": suite.name,
+                        "expectation": spec.type,
+                        "column": spec.kwargs.get("column"),
+                        "exception": f"cannot build the expectation: {exc}",
+                    }
+                )
         index = [c for c in suite.index_columns if c in suite.columns]
-        result = batch.validate(gx_suite, result_format={
-            "result_format": "COMPLETE", **({"unexpected_index_column_names": index} if index else {}),
-        })
+        result = batch.validate(
+            gx_suite,
+            result_format={
+                "result_format": "COMPLETE",
+                **({"unexpected_index_column_names": index} if index else {}),
+            },
+        )
         for item in result.results:
             if item.success:
                 continue
@@ -181,20 +193,27 @@ def validate(suites: Sequence[FrameSuite]) -> ValidationReport:
             exception = (item.exception_info or {}).get("exception_message") if item.exception_info else None
             details = item.result or {}
             rows = [_plain(r) for r in (details.get("unexpected_index_list") or [])][:MAX_FAILING_ROWS]
-            failures.append({
-                "suite": suite.name, "expectation": config.type, "column": config.kwargs.get("column"),
-                "unexpected_count": details.get("unexpected_count"),
-                "observed_value": _plain(details.get("observed_value")),
-                "rows": rows, **({"exception": exception} if exception else {}),
-            })
+            failures.append(
+                {
+                    "suite": suite.name,
+                    "expectation": config.type,
+                    "column": config.kwargs.get("column"),
+                    "unexpected_count": details.get("unexpected_count"),
+                    "observed_value": _plain(details.get("observed_value")),
+                    "rows": rows,
+                    **({"exception": exception} if exception else {}),
+                }
+            )
         statistics = result.statistics
         broken = len(suite.expectations) - len(gx_suite.expectations)
-        outcomes.append(SuiteOutcome(
-            suite.name,
-            int(statistics["evaluated_expectations"]) + broken,
-            int(statistics["successful_expectations"]),
-            failures,
-        ))
+        outcomes.append(
+            SuiteOutcome(
+                suite.name,
+                int(statistics["evaluated_expectations"]) + broken,
+                int(statistics["successful_expectations"]),
+                failures,
+            )
+        )
     return ValidationReport(outcomes)
 
 
@@ -269,8 +288,9 @@ def schema_expectations(info: TableInfo) -> list[ExpectationSpec]:
     """What the master's reflected schema demands of a row written into `info`'s table."""
     pk = list(info.pk)
     specs = [
-        ExpectationSpec("expect_table_columns_to_match_set",
-                        {"column_set": [*ROW_MARKERS, *info.columns], "exact_match": True}),
+        ExpectationSpec(
+            "expect_table_columns_to_match_set", {"column_set": [*ROW_MARKERS, *info.columns], "exact_match": True}
+        ),
         *[ExpectationSpec("expect_column_values_to_not_be_null", {"column": c}) for c in pk],
         unique_key_expectation(pk),
     ]
@@ -279,12 +299,16 @@ def schema_expectations(info: TableInfo) -> list[ExpectationSpec]:
             specs.append(ExpectationSpec("expect_column_values_to_not_be_null", {"column": column.name}))
         names = type_names(column)
         if names:
-            specs.append(ExpectationSpec("expect_column_values_to_be_in_type_list",
-                                         {"column": column.name, "type_list": names}))
+            specs.append(
+                ExpectationSpec("expect_column_values_to_be_in_type_list", {"column": column.name, "type_list": names})
+            )
         length = getattr(column.type, "length", None)
         if isinstance(column.type, sa.String) and length:
-            specs.append(ExpectationSpec("expect_column_value_lengths_to_be_between",
-                                         {"column": column.name, "max_value": int(length)}))
+            specs.append(
+                ExpectationSpec(
+                    "expect_column_value_lengths_to_be_between", {"column": column.name, "max_value": int(length)}
+                )
+            )
     return specs
 
 
@@ -304,8 +328,9 @@ def row_frame_columns(info: TableInfo, rows: list[dict[str, Any]]) -> list[str]:
 
 
 def decode_lenient(data: dict[str, Any] | None, info: TableInfo) -> dict[str, Any]:
-    return {k: lenient_value(v, info.table.columns[k]) if k in info.table.columns else v
-            for k, v in (data or {}).items()}
+    return {
+        k: lenient_value(v, info.table.columns[k]) if k in info.table.columns else v for k, v in (data or {}).items()
+    }
 
 
 def local_change_suites(
@@ -315,36 +340,56 @@ def local_change_suites(
     modules = sorted({ctx.settings.module_of(t) for t in ctx.infos})
     suites: list[FrameSuite] = []
     if with_schema:
-        suites.append(FrameSuite(
-            "changes",
-            ["_change_id", "module", "table", "op"],
-            [{"_change_id": r["change_id"], "module": r["module"], "table": r["table_name"], "op": r["op"]}
-             for r in records],
-            [
-                ExpectationSpec("expect_column_values_to_be_in_set", {"column": "op", "value_set": list(OPERATIONS)}),
-                ExpectationSpec("expect_column_values_to_be_in_set",
-                                {"column": "table", "value_set": sorted(ctx.infos)}),
-                ExpectationSpec("expect_column_values_to_be_in_set", {"column": "module", "value_set": modules}),
-                ExpectationSpec("expect_column_values_to_be_unique", {"column": "_change_id"}),
-            ],
-            ["_change_id", "table"],
-        ))
+        suites.append(
+            FrameSuite(
+                "changes",
+                ["_change_id", "module", "table", "op"],
+                [
+                    {"_change_id": r["change_id"], "module": r["module"], "table": r["table_name"], "op": r["op"]}
+                    for r in records
+                ],
+                [
+                    ExpectationSpec(
+                        "expect_column_values_to_be_in_set", {"column": "op", "value_set": list(OPERATIONS)}
+                    ),
+                    ExpectationSpec(
+                        "expect_column_values_to_be_in_set", {"column": "table", "value_set": sorted(ctx.infos)}
+                    ),
+                    ExpectationSpec("expect_column_values_to_be_in_set", {"column": "module", "value_set": modules}),
+                    ExpectationSpec("expect_column_values_to_be_unique", {"column": "_change_id"}),
+                ],
+                ["_change_id", "table"],
+            )
+        )
     for table, info in ctx.infos.items():
         mine = [r for r in records if r["table_name"] == table]
         pk = list(info.pk)
         if with_schema:
-            keys = [{"_change_id": r["change_id"], "_op": r["op"],
-                     **decode_lenient(json.loads(r["row_key"]), info)} for r in mine]
-            suites.append(FrameSuite(
-                f"keys:{table}", [*ROW_MARKERS, *pk], keys,
-                [*[ExpectationSpec("expect_column_values_to_not_be_null", {"column": c}) for c in pk],
-                 unique_key_expectation(pk)],
-                ["_change_id", *pk],
-            ))
-        rows = [{"_change_id": r["change_id"], "_op": r["op"], **decode_lenient(json.loads(r["local"]), info)}
-                for r in mine if r["op"] in ("insert", "update") and r["local"] is not None]
-        specs = [*(schema_expectations(info) if with_schema else []),
-                 *(settings_expectations(ctx.settings, table) if with_settings else [])]
+            keys = [
+                {"_change_id": r["change_id"], "_op": r["op"], **decode_lenient(json.loads(r["row_key"]), info)}
+                for r in mine
+            ]
+            suites.append(
+                FrameSuite(
+                    f"keys:{table}",
+                    [*ROW_MARKERS, *pk],
+                    keys,
+                    [
+                        *[ExpectationSpec("expect_column_values_to_not_be_null", {"column": c}) for c in pk],
+                        unique_key_expectation(pk),
+                    ],
+                    ["_change_id", *pk],
+                )
+            )
+        rows = [
+            {"_change_id": r["change_id"], "_op": r["op"], **decode_lenient(json.loads(r["local"]), info)}
+            for r in mine
+            if r["op"] in ("insert", "update") and r["local"] is not None
+        ]
+        specs = [
+            *(schema_expectations(info) if with_schema else []),
+            *(settings_expectations(ctx.settings, table) if with_settings else []),
+        ]
         if specs:
             suites.append(FrameSuite(f"rows:{table}", row_frame_columns(info, rows), rows, specs, ["_change_id", *pk]))
     return suites
@@ -356,9 +401,13 @@ def decided_rows(engine: Engine, ctx: SessionContext) -> dict[str, list[dict[str
     are left out: they write nothing new."""
     records = {r["change_id"]: r for r in load_changes(engine, ctx)}
     with engine.connect() as conn:
-        change_of = dict(conn.execute(
-            sa.select(store.sync_conflict.c.conflict_id, store.sync_conflict.c.change_id)
-            .where(store.sync_conflict.c.session_id == ctx.session_id)).all())
+        change_of = dict(
+            conn.execute(
+                sa.select(store.sync_conflict.c.conflict_id, store.sync_conflict.c.change_id).where(
+                    store.sync_conflict.c.session_id == ctx.session_id
+                )
+            ).all()
+        )
     out: dict[str, list[dict[str, Any]]] = {}
     for item in list_conflicts(engine, ctx.session_id, "decided"):
         decision = item["decision"] or {}
@@ -384,7 +433,8 @@ def decided_rows(engine: Engine, ctx: SessionContext) -> dict[str, list[dict[str
             writes_local = item["kind"] != "delete_update"
         if writes_local:
             out.setdefault(item["table"], []).append(
-                {"_change_id": record["change_id"], "_op": record["op"], **decode_lenient(row, info)})
+                {"_change_id": record["change_id"], "_op": record["op"], **decode_lenient(row, info)}
+            )
     return out
 
 
@@ -392,19 +442,28 @@ def decided_value_suites(engine: Engine, ctx: SessionContext) -> list[FrameSuite
     suites = []
     for table, rows in sorted(decided_rows(engine, ctx).items()):
         info = ctx.infos[table]
-        suites.append(FrameSuite(
-            f"decided:{table}", row_frame_columns(info, rows), rows,
-            [*schema_expectations(info), *settings_expectations(ctx.settings, table)],
-            ["_change_id", *info.pk],
-        ))
+        suites.append(
+            FrameSuite(
+                f"decided:{table}",
+                row_frame_columns(info, rows),
+                rows,
+                [*schema_expectations(info), *settings_expectations(ctx.settings, table)],
+                ["_change_id", *info.pk],
+            )
+        )
     return suites
 
 
 def _applied_latest(engine: Engine, session_id: str) -> list[dict[str, Any]]:
     with engine.connect() as conn:
-        rows = [dict(r) for r in conn.execute(
-            sa.select(store.sync_applied).where(store.sync_applied.c.session_id == session_id)
-            .order_by(store.sync_applied.c.applied_id)).mappings()]
+        rows = [
+            dict(r)
+            for r in conn.execute(
+                sa.select(store.sync_applied)
+                .where(store.sync_applied.c.session_id == session_id)
+                .order_by(store.sync_applied.c.applied_id)
+            ).mappings()
+        ]
     latest: dict[tuple[str, str], dict[str, Any]] = {}
     for row in rows:
         latest[(row["table_name"], row["row_key"])] = row
@@ -433,15 +492,31 @@ def loaded_values_suite(engine: Engine, ctx: SessionContext) -> FrameSuite:
                 found = current.get(keys[item["row_key"]])
                 after = decode_row(store.loads(item["after"]), info.table)
                 if after is None:  # a delete: the row must be gone
-                    rows.append({"table": table, "key": item["row_key"], "column": "*", "expected": "absent",
-                                 "actual": "absent" if found is None else "present"})
+                    rows.append(
+                        {
+                            "table": table,
+                            "key": item["row_key"],
+                            "column": "*",
+                            "expected": "absent",
+                            "actual": "absent" if found is None else "present",
+                        }
+                    )
                     continue
                 for name, value in sorted(after.items()):
                     actual = "absent" if found is None else dumps(encode(found.get(name)))
-                    rows.append({"table": table, "key": item["row_key"], "column": name,
-                                 "expected": dumps(encode(value)), "actual": actual})
+                    rows.append(
+                        {
+                            "table": table,
+                            "key": item["row_key"],
+                            "column": name,
+                            "expected": dumps(encode(value)),
+                            "actual": actual,
+                        }
+                    )
     return FrameSuite(
-        "loaded_values", ["table", "key", "column", "expected", "actual"], rows,
+        "loaded_values",
+        ["table", "key", "column", "expected", "actual"],
+        rows,
         [ExpectationSpec("expect_column_pair_values_to_be_equal", {"column_A": "expected", "column_B": "actual"})],
         ["table", "key", "column"],
     )
@@ -464,13 +539,25 @@ def row_count_suite(engine: Engine, ctx: SessionContext, before: dict[str, int])
                 deletes[table] += count
                 moved[table] -= count
     now = table_row_counts(engine, ctx.infos)
-    rows = [{"table": t, "before": before.get(t), "inserts": inserts[t], "deletes": deletes[t],
-             "expected": None if before.get(t) is None else before[t] + moved[t], "actual": now[t]}
-            for t in sorted(now)]
+    rows = [
+        {
+            "table": t,
+            "before": before.get(t),
+            "inserts": inserts[t],
+            "deletes": deletes[t],
+            "expected": None if before.get(t) is None else before[t] + moved[t],
+            "actual": now[t],
+        }
+        for t in sorted(now)
+    ]
     return FrameSuite(
-        "row_counts", ["table", "before", "inserts", "deletes", "expected", "actual"], rows,
-        [ExpectationSpec("expect_column_values_to_not_be_null", {"column": "before"}),
-         ExpectationSpec("expect_column_pair_values_to_be_equal", {"column_A": "expected", "column_B": "actual"})],
+        "row_counts",
+        ["table", "before", "inserts", "deletes", "expected", "actual"],
+        rows,
+        [
+            ExpectationSpec("expect_column_values_to_not_be_null", {"column": "before"}),
+            ExpectationSpec("expect_column_pair_values_to_be_equal", {"column_A": "expected", "column_B": "actual"}),
+        ],
         ["table", "before", "inserts", "deletes"],
     )
 
@@ -480,9 +567,13 @@ def row_count_suite(engine: Engine, ctx: SessionContext, before: dict[str, int])
 # ------------------------------------------------------------------------------------------------
 
 
-def check_result(report: ValidationReport, ctx: SessionContext, what: str,
-                 extra: dict[str, dg.MetadataValue] | None = None, description: str | None = None
-                 ) -> dg.AssetCheckResult:
+def check_result(
+    report: ValidationReport,
+    ctx: SessionContext,
+    what: str,
+    extra: dict[str, dg.MetadataValue] | None = None,
+    description: str | None = None,
+) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         passed=report.passed,
         severity=dg.AssetCheckSeverity.ERROR,
@@ -495,8 +586,7 @@ def fail_session_on(engine: Engine, ctx: SessionContext, result: dg.AssetCheckRe
     """A replica whose changes fail validation cannot be synchronised: its session ends as failed, with the
     reason on the master, instead of staying open forever."""
     if not result.passed and ctx.status not in ("done", "failed"):
-        mark_failed(engine, ctx.session_id, ctx.replica_id,
-                    f"blocking check {check_name} failed: {result.description}")
+        mark_failed(engine, ctx.session_id, ctx.replica_id, f"blocking check {check_name} failed: {result.description}")
 
 
 @dg.asset_check(
@@ -547,18 +637,42 @@ def resolutions_all_decided(context: dg.AssetCheckExecutionContext, master: Mast
             for c in list_conflicts(engine, ctx.session_id, "pending")
         ][:MAX_FAILING_ROWS]
     rows = [{"module": m, "pending": n} for m, n in sorted(pending.items())]
-    report = ValidationReport([SuiteOutcome("pending", 1, 0 if pending else 1, [
-        {"suite": "pending", "expectation": "no_pending_conflicts", "unexpected_count": sum(pending.values()),
-         "rows": undecided}] if pending else [])])
+    report = ValidationReport(
+        [
+            SuiteOutcome(
+                "pending",
+                1,
+                0 if pending else 1,
+                [
+                    {
+                        "suite": "pending",
+                        "expectation": "no_pending_conflicts",
+                        "unexpected_count": sum(pending.values()),
+                        "rows": undecided,
+                    }
+                ]
+                if pending
+                else [],
+            )
+        ]
+    )
     description = None
     if pending:
-        description = ("the load was requested but " + ", ".join(
-            f"{m} has {n} undecided conflict(s)" for m, n in sorted(pending.items()))
-            + f" (session {ctx.session_id}); decide them, then run the load again")
-    return check_result(report, ctx, "conflicts decided before the load", {
-        "pending_total": dg.MetadataValue.int(sum(pending.values())),
-        "pending_per_module": dg.MetadataValue.json(rows),
-    }, description)
+        description = (
+            "the load was requested but "
+            + ", ".join(f"{m} has {n} undecided conflict(s)" for m, n in sorted(pending.items()))
+            + f" (session {ctx.session_id}); decide them, then run the load again"
+        )
+    return check_result(
+        report,
+        ctx,
+        "conflicts decided before the load",
+        {
+            "pending_total": dg.MetadataValue.int(sum(pending.values())),
+            "pending_per_module": dg.MetadataValue.json(rows),
+        },
+        description,
+    )
 
 
 @dg.asset_check(
@@ -577,13 +691,17 @@ def decided_values_match_schema(context: dg.AssetCheckExecutionContext, master: 
 def rows_before_load(context: dg.AssetCheckExecutionContext) -> dict[str, int]:
     """The row counts master_load recorded right before loading this partition (its metadata)."""
     records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=master_load.key, asset_partitions=[context.partition_key]), limit=1,
+        dg.AssetRecordsFilter(asset_key=master_load.key, asset_partitions=[context.partition_key]),
+        limit=1,
     ).records
     if not records or records[0].asset_materialization is None:
         return {}
     metadata = records[0].asset_materialization.metadata
-    return {key.split("/", 1)[1]: int(value.value) for key, value in metadata.items()
-            if key.startswith("rows_before/") and value.value is not None}
+    return {
+        key.split("/", 1)[1]: int(value.value)
+        for key, value in metadata.items()
+        if key.startswith("rows_before/") and value.value is not None
+    }
 
 
 @dg.asset_check(
@@ -600,8 +718,10 @@ def master_reconciles(context: dg.AssetCheckExecutionContext, master: MasterData
         if before:
             suites.append(row_count_suite(engine, ctx, before))
         else:
-            context.log.info("master_load recorded no row counts (it found the session loaded already): "
-                             "only the loaded values are compared")
+            context.log.info(
+                "master_load recorded no row counts (it found the session loaded already): "
+                "only the loaded values are compared"
+            )
         report = validate(suites)
     return check_result(report, ctx, "reconciliation of the master after the load")
 
@@ -613,5 +733,3 @@ sync_checks: list[dg.AssetChecksDefinition] = [
     decided_values_match_schema,
     master_reconciles,
 ]
-
-

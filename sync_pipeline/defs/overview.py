@@ -21,19 +21,20 @@ def offline_replicas(master: MasterDatabase) -> dg.MaterializeResult:
         replicas = list_replicas(engine)
     columns = ["replica_id", "owner", "modules", "checked_out_at", "status", "retired_at"]
     records = [
-        dg.TableRecord({**{c: str(r[c] or "") for c in columns}, "modules": ", ".join(r["modules"])})
-        for r in replicas
+        dg.TableRecord({**{c: str(r[c] or "") for c in columns}, "modules": ", ".join(r["modules"])}) for r in replicas
     ]
     by_status: dict[str, int] = {}
     for replica in replicas:
         by_status[replica["status"]] = by_status.get(replica["status"], 0) + 1
-    return dg.MaterializeResult(metadata={
-        "replicas": dg.MetadataValue.table(
-            records, schema=dg.TableSchema(columns=[dg.TableColumn(c, "string") for c in columns])
-        ),
-        "out": dg.MetadataValue.int(sum(n for s, n in by_status.items() if s != "retired")),
-        **{f"status/{status}": dg.MetadataValue.int(n) for status, n in sorted(by_status.items())},
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "replicas": dg.MetadataValue.table(
+                records, schema=dg.TableSchema(columns=[dg.TableColumn(c, "string") for c in columns])
+            ),
+            "out": dg.MetadataValue.int(sum(n for s, n in by_status.items() if s != "retired")),
+            **{f"status/{status}": dg.MetadataValue.int(n) for status, n in sorted(by_status.items())},
+        }
+    )
 
 
 @dg.op(description="Delete sync history older than the settings' retention_days (default 90); open sessions stay.")

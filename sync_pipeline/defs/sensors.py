@@ -11,7 +11,6 @@ Both remember what they launched in their cursor and never raise on bad input: a
 reach the master skips with the reason instead of failing again and again.
 """
 
-
 import json
 from pathlib import Path
 from typing import Any
@@ -68,19 +67,28 @@ def approval_sensor(context: dg.SensorEvaluationContext, master: MasterDatabase)
     try:
         with master.engine() as engine, engine.connect() as conn:
             ready = conn.execute(
-                sa.select(store.sync_session.c.session_id, store.sync_session.c.replica_id,
-                          store.sync_session.c.decision_version)
+                sa.select(
+                    store.sync_session.c.session_id,
+                    store.sync_session.c.replica_id,
+                    store.sync_session.c.decision_version,
+                )
                 .where(store.sync_session.c.status == "ready")
                 .order_by(store.sync_session.c.started_at)
             ).all()
             # Replicas still out (not retired): the partitions a person may launch a sync for.
-            out = conn.execute(
-                sa.select(store.sync_replica.c.replica_id).where(store.sync_replica.c.status != "retired")
-                .order_by(store.sync_replica.c.checked_out_at)
-            ).scalars().all()
+            out = (
+                conn.execute(
+                    sa.select(store.sync_replica.c.replica_id)
+                    .where(store.sync_replica.c.status != "retired")
+                    .order_by(store.sync_replica.c.checked_out_at)
+                )
+                .scalars()
+                .all()
+            )
     except (SyncError, SQLAlchemyError) as exc:
-        return dg.SensorResult(skip_reason=f"the master is not reachable or not initialised: {exc}",
-                               cursor=context.cursor)
+        return dg.SensorResult(
+            skip_reason=f"the master is not reachable or not initialised: {exc}", cursor=context.cursor
+        )
     requests: list[dg.RunRequest] = []
     # Only sessions still ready stay in the cursor: versions only grow, so a forgotten session can
     # never come back with a key it had.
@@ -93,17 +101,23 @@ def approval_sensor(context: dg.SensorEvaluationContext, master: MasterDatabase)
         if context.instance.get_run_records(dg.RunsFilter(tags={APPLY_KEY_TAG: key}), limit=1):
             context.log.info(f"session {session_id}: a load for decision version {version} ran already")
             continue
-        requests.append(dg.RunRequest(
-            run_key=key, partition_key=replica_id, tags={SESSION_TAG: session_id, APPLY_KEY_TAG: key},
-        ))
+        requests.append(
+            dg.RunRequest(
+                run_key=key,
+                partition_key=replica_id,
+                tags={SESSION_TAG: session_id, APPLY_KEY_TAG: key},
+            )
+        )
     new_partitions = _new_partitions(context, [*out, *[r.partition_key for r in requests if r.partition_key]])
     if not requests:
         return dg.SensorResult(
             skip_reason=f"{len(ready)} session(s) ready, none with a new decision version",
-            dynamic_partitions_requests=_add_partitions(new_partitions), cursor=json.dumps(cursor, sort_keys=True),
+            dynamic_partitions_requests=_add_partitions(new_partitions),
+            cursor=json.dumps(cursor, sort_keys=True),
         )
     return dg.SensorResult(
-        run_requests=requests, dynamic_partitions_requests=_add_partitions(new_partitions),
+        run_requests=requests,
+        dynamic_partitions_requests=_add_partitions(new_partitions),
         cursor=json.dumps(cursor, sort_keys=True),
     )
 
@@ -121,7 +135,10 @@ def _signature(file: Path) -> str:
     "for each; junk, retired or foreign files are skipped with the reason.",
 )
 def replica_sensor(
-    context: dg.SensorEvaluationContext, master: MasterDatabase, inbox: SyncInbox, sync_settings: SyncSettingsResource,
+    context: dg.SensorEvaluationContext,
+    master: MasterDatabase,
+    inbox: SyncInbox,
+    sync_settings: SyncSettingsResource,
 ) -> dg.SensorResult:
     previous: dict[str, str] = _load_cursor(context.cursor).get("seen", {})
     seen: dict[str, str] = {}
@@ -136,8 +153,11 @@ def replica_sensor(
                 settings = None
             folder = inbox.folder(settings)
             if not folder.is_dir():
-                return dg.SensorResult(skip_reason=f"the inbox {folder} does not exist (create it, or set "
-                                                   "SYNC_INBOX or the settings' `inbox`)", cursor=context.cursor)
+                return dg.SensorResult(
+                    skip_reason=f"the inbox {folder} does not exist (create it, or set "
+                    "SYNC_INBOX or the settings' `inbox`)",
+                    cursor=context.cursor,
+                )
             for file in sorted(folder.glob("*.db")):
                 try:
                     signature = _signature(file)
@@ -156,15 +176,18 @@ def replica_sensor(
                     continue
                 replica_id = replica.manifest.replica_id
                 replica.close()
-                requests.append(dg.RunRequest(
-                    run_key=f"inbox:{replica_id}:{file.name}:{signature}",
-                    partition_key=replica_id,
-                    run_config={"ops": {"local_changes": {"config": {"replica_path": str(file.resolve())}}}},
-                    tags={"sync/replica_file": str(file.resolve())},
-                ))
+                requests.append(
+                    dg.RunRequest(
+                        run_key=f"inbox:{replica_id}:{file.name}:{signature}",
+                        partition_key=replica_id,
+                        run_config={"ops": {"local_changes": {"config": {"replica_path": str(file.resolve())}}}},
+                        tags={"sync/replica_file": str(file.resolve())},
+                    )
+                )
     except (SyncError, SQLAlchemyError) as exc:
-        return dg.SensorResult(skip_reason=f"the master is not reachable or not initialised: {exc}",
-                               cursor=context.cursor)
+        return dg.SensorResult(
+            skip_reason=f"the master is not reachable or not initialised: {exc}", cursor=context.cursor
+        )
     for reason in skipped:
         context.log.info(f"skipped {reason}")
     cursor = json.dumps({"seen": seen}, sort_keys=True)
@@ -172,8 +195,9 @@ def replica_sensor(
         reason = "; ".join(skipped) if skipped else f"no new replica file in {folder}"
         return dg.SensorResult(skip_reason=f"skipped {reason}" if skipped else reason, cursor=cursor)
     new_partitions = _new_partitions(context, [r.partition_key for r in requests if r.partition_key])
-    return dg.SensorResult(run_requests=requests, dynamic_partitions_requests=_add_partitions(new_partitions),
-                           cursor=cursor)
+    return dg.SensorResult(
+        run_requests=requests, dynamic_partitions_requests=_add_partitions(new_partitions), cursor=cursor
+    )
 
 
 sync_sensors = [approval_sensor, replica_sensor]

@@ -20,16 +20,28 @@ from sync_pipeline.engine import store
 from sync_pipeline.engine.errors import ReplicaError
 from sync_pipeline.engine.extract import ChangeSet, RowChange
 from sync_pipeline.engine.faults import checkpoint
-from sync_pipeline.engine.schema import KEY_SEPARATOR, Reference, TableInfo, key_text, normalize_row, references_to
+from sync_pipeline.engine.progress import report
+from sync_pipeline.engine.schema import (
+    KEY_SEPARATOR,
+    Reference,
+    TableInfo,
+    key_text,
+    normalize_row,
+    one_of,
+    references_to,
+)
 from sync_pipeline.settings import SyncSettings
 
 BATCH = 500
+ARRAY_BATCH = 5000  # keys per lookup when they travel as one array parameter (PostgreSQL, single-column keys)
 
 # Master rows already read in this process, per table: (the keys looked up, the rows found).
 Prefetched = dict[str, tuple[set[tuple[Any, ...]], dict[tuple[Any, ...], dict[str, Any]]]]
 
 Action = Literal["apply", "skip", "remap", "conflict"]
 KINDS = ("update_update", "update_delete", "delete_update", "insert_insert", "duplicate", "orphan")
+# Conflicts whose decision 'local' writes local field values (maybe a reference) into an existing master row.
+DECIDED_WRITES = ("update_update", "insert_insert", "duplicate")
 
 
 @dataclass
@@ -62,23 +74,28 @@ def fetch_rows_by_key(
     keys: Iterable[tuple[Any, ...]],
     columns: Sequence[str] | None = None,
     for_update: bool = False,
+    normalized: bool = True,
 ) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """Master rows by primary key (or any unique column list), in batches."""
+    """Master rows by primary key (or any unique column list), in batches.
+
+    `normalized=False` gives the rows as the driver returned them, keyed by the raw key values: cheaper,
+    for a caller that falls back to `normalize_row` where a raw row does not compare equal."""
     columns = tuple(columns or info.pk)
     key_list = list(dict.fromkeys(keys))
     found: dict[tuple[Any, ...], dict[str, Any]] = {}
     table = info.table
-    for start in range(0, len(key_list), BATCH):
-        chunk = key_list[start : start + BATCH]
+    batch = ARRAY_BATCH if conn.dialect.name == "postgresql" and len(columns) == 1 else BATCH
+    for start in range(0, len(key_list), batch):
+        chunk = key_list[start : start + batch]
         if len(columns) == 1:
-            condition = table.columns[columns[0]].in_([k[0] for k in chunk])
+            condition = one_of(table.columns[columns[0]], [k[0] for k in chunk], conn.dialect.name)
         else:
             condition = sa.tuple_(*[table.columns[c] for c in columns]).in_(chunk)
         query = sa.select(table).where(condition)
         if for_update and conn.dialect.name == "postgresql":
             query = query.with_for_update()
         for row in conn.execute(query).mappings():
-            normal = normalize_row(row, table)
+            normal = normalize_row(row, table) if normalized else dict(row)
             found[tuple(normal[c] for c in columns)] = normal
     return found
 
@@ -98,8 +115,9 @@ def fetch_master_times(
         and not isinstance(info.table.columns[c].type, (sa.Boolean, sa.Enum))
         for c in info.pk
     )
-    for start in range(0, len(key_list), BATCH):
-        chunk = key_list[start : start + BATCH]
+    batch = ARRAY_BATCH if conn.dialect.name == "postgresql" and plain_text_keys else BATCH
+    for start in range(0, len(key_list), batch):
+        chunk = key_list[start : start + batch]
         texts = {}
         if plain_text_keys:
             texts = {KEY_SEPARATOR.join(str(v) for v in key): key for key in chunk}
@@ -112,7 +130,7 @@ def fetch_master_times(
                 texts[text] = key
         rows = conn.execute(
             sa.select(clock.c.row_key, clock.c.column_name, clock.c.changed_at).where(
-                clock.c.table_name == info.name, clock.c.row_key.in_(list(texts))
+                clock.c.table_name == info.name, one_of(clock.c.row_key, list(texts), conn.dialect.name)
             )
         )
         for row_key, column, changed_at in rows:
@@ -161,12 +179,15 @@ def detect_conflicts(
         detected = [_classify(c, module, info, masters.get(c.key), natural, natural_hits) for c in table_changes]
         _find_orphans(conn, detected, info, infos, local_inserts, replica_rows)
         _find_referenced_deletes(conn, detected, info, references.get(table, []), let_go)
+        detected, new_records = _release_natural_keys(detected, info, masters, natural, natural_hits)
+        _find_orphans(conn, new_records, info, infos, local_inserts, replica_rows)
         conflicting = [d for d in detected if d.action == "conflict"]
         times = fetch_master_times(conn, info, [d.target_key or d.change.key for d in conflicting])
         for d in conflicting:
             d.master_times = times.get(d.target_key or d.change.key, {})
         results.extend(detected)
         checkpoint("detect")
+        report("detect", len(results), len(changes.changes))
     return results
 
 
@@ -189,6 +210,7 @@ def _classify(
     master: dict[str, Any] | None,
     natural: list[str],
     natural_hits: dict[tuple[Any, ...], dict[str, Any]],
+    released: frozenset[tuple[Any, ...]] = frozenset(),
 ) -> Detected:
     base, local = change.base, change.local
     if change.op == "update":
@@ -233,7 +255,7 @@ def _classify(
     value_columns = [c for c in info.columns if c not in info.pk]
     if natural and all(local[n] is not None for n in natural):
         hit = natural_hits.get(tuple(local[n] for n in natural))
-        if hit is not None:
+        if hit is not None and info.key_of(hit) not in released:
             # The same record by its natural key (under another key, or by chance under the same one).
             differing = [c for c in value_columns if hit[c] != local[c]]
             if not differing and info.key_of(hit) == change.key:
@@ -259,6 +281,40 @@ def _classify(
     )
 
 
+def _release_natural_keys(
+    detected: list[Detected],
+    info: TableInfo,
+    masters: dict[tuple[Any, ...], dict[str, Any]],
+    natural: list[str],
+    natural_hits: dict[tuple[Any, ...], dict[str, Any]],
+) -> tuple[list[Detected], list[Detected]]:
+    """A new local row whose natural key a master row holds that the replica deletes, or gives another
+    natural key, is a new record, not a duplicate of that row: the load frees the key first. Only where
+    that write is sure to be made: a delete or update that applies (after `_find_orphans` and
+    `_find_referenced_deletes`, which turn some into conflicts), or a field written beside an update_update
+    whatever its decision. (A delete that is a conflict may be decided 'master': the row keeps its key and
+    the new row is its duplicate.) Returns the changes and the ones classified anew."""
+    released = frozenset(
+        d.change.key
+        for d in detected
+        if (d.change.op == "delete" and d.action == "apply")
+        or (
+            d.change.op == "update"
+            and (d.action == "apply" or d.kind == "update_update")
+            and set(natural) & set(d.apply_fields)
+        )
+    )
+    if not released or not natural:
+        return detected, []
+    out, again = [], []
+    for d in detected:
+        if d.kind == "duplicate" and d.target_key in released:
+            d = _classify(d.change, d.module, info, masters.get(d.change.key), natural, natural_hits, released)
+            again.append(d)
+        out.append(d)
+    return out, again
+
+
 def _find_orphans(
     conn: Connection,
     detected: list[Detected],
@@ -267,17 +323,25 @@ def _find_orphans(
     local_inserts: set[tuple[str, tuple[Any, ...]]],
     replica_rows: Any,
 ) -> None:
-    """Inserts (and updates of a reference) pointing at a parent the master no longer has."""
+    """Inserts (and updates of a reference) pointing at a parent the master no longer has.
+
+    Conflicts whose decision may write the local row's reference (update_delete re-inserts the row;
+    update_update, insert_insert and duplicate write the local value of a reference field) stay what they
+    are; they get the missing parent in `detail`, so that the load brings it back (or drops the write) if
+    the local side wins.
+    """
     for fk in info.foreign_keys:
         candidates: list[tuple[Detected, tuple[Any, ...]]] = []
         for d in detected:
             change = d.change
-            # A row the master deleted comes back if the local side wins: its parents must exist too.
-            reinsert = d.kind == "update_delete"
-            if d.action not in ("apply", "remap") and not reinsert:
+            if change.op == "delete":
                 continue
-            if change.op == "delete" or (
-                change.op == "update" and not reinsert and not set(fk.columns) & set(d.apply_fields)
+            if d.kind in DECIDED_WRITES:
+                if not set(fk.columns) & ({f.name for f in d.fields} | set(d.apply_fields)):
+                    continue
+            elif d.kind != "update_delete" and (  # a row the master deleted comes back if the local side wins
+                d.action not in ("apply", "remap")
+                or (change.op == "update" and not set(fk.columns) & set(d.apply_fields))
             ):
                 continue
             assert change.local is not None
@@ -309,7 +373,7 @@ def _find_orphans(
                 "parent_row": parent_row,
                 "parent_deleted_at": deleted_at.get(parent_key, {}).get("*"),
             }
-            if d.kind == "update_delete":
+            if d.kind == "update_delete" or d.kind in DECIDED_WRITES:
                 d.detail = {**d.detail, **parent}
                 continue
             d.action, d.kind = "conflict", "orphan"
@@ -345,7 +409,7 @@ def still_referenced(
             by_fk = {w: k for w, k in zip(wanted, chunk, strict=True)}
             fk_columns = [child.columns[c] for c in reference.columns]
             condition = (
-                fk_columns[0].in_([w[0] for w in wanted])
+                one_of(fk_columns[0], [w[0] for w in wanted], conn.dialect.name)
                 if len(fk_columns) == 1
                 else (sa.tuple_(*fk_columns).in_(wanted))
             )
@@ -411,6 +475,7 @@ def verify_bases(
     for change in changes.changes:
         if change.op != "insert":
             by_table[change.table].append(change)
+    total, done = sum(len(c) for c in by_table.values()), 0
     for table, table_changes in by_table.items():
         info = infos[table]
         keys = [c.key for c in table_changes]
@@ -418,6 +483,8 @@ def verify_bases(
         if seen is not None:
             seen[table] = (set(keys), masters)
         times = fetch_master_times(conn, info, keys)
+        done += len(keys)
+        report("verify", done, total)
         for change in table_changes:
             assert change.base is not None
             stamps = times.get(change.key, {})

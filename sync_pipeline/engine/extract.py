@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sync_pipeline.engine.errors import ReplicaError
-from sync_pipeline.engine.faults import checkpoint
+from sync_pipeline.engine.faults import armed, checkpoint
 from sync_pipeline.engine.progress import report
 from sync_pipeline.engine.schema import TableInfo, ValueRejected, fk_order, normalize, normalizer
 
@@ -106,9 +106,26 @@ def _decode(text: str | None, info: TableInfo, where: str, column_set: frozenset
     return raw
 
 
-def _normalized(row: dict[str, Any], info: TableInfo, where: str) -> dict[str, Any]:
+def _normalized(
+    row: dict[str, Any],
+    info: TableInfo,
+    where: str,
+    raw_base: dict[str, Any] | None = None,
+    base: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The row in the master's types. With the base row (raw and normalised), a value the row shares with
+    its base is taken from there: most columns of an updated row are unchanged."""
+    columns = info.table.columns
     try:
-        return {name: normalizer(info.table.columns[name])(row.get(name)) for name in info.columns}
+        if raw_base is not None and base is not None:
+            out = {}
+            for name in info.columns:
+                value, before = row.get(name), raw_base.get(name)
+                out[name] = (
+                    base[name] if type(value) is type(before) and value == before else normalizer(columns[name])(value)
+                )
+            return out
+        return {name: normalizer(columns[name])(row.get(name)) for name in info.columns}
     except ValueRejected:
         pass
     # Find the value at fault, to name its column.
@@ -130,8 +147,10 @@ def extract_changes(replica: sqlite3.Connection, infos: dict[str, TableInfo]) ->
     states: dict[tuple[str, str], _RowState] = {}
     column_sets = {name: frozenset(info.columns) for name, info in infos.items()}
     total = _log_length(replica)
+    faults_armed = armed()
     for done, (seq, table, op, row_key, old_text, new_text, changed_at) in enumerate(_log_entries(replica), 1):
-        checkpoint("extract")
+        if faults_armed:
+            checkpoint("extract")
         if done % PROGRESS_EVERY == 0:
             report("extract", done, total)
         info = infos.get(table)
@@ -148,9 +167,8 @@ def extract_changes(replica: sqlite3.Connection, infos: dict[str, TableInfo]) ->
         state = states.get((table, row_key))
         if state is None:
             existed = op != "I"
-            state = _RowState(existed, dict(old) if existed else None, None if existed else {}, {}, seq)
-            if existed:
-                state.last = dict(old)  # type: ignore[arg-type]
+            # base and last may share the dict: `last` is replaced by each entry, never changed in place.
+            state = _RowState(existed, old if existed else None, old if existed else {}, {}, seq)
             states[(table, row_key)] = state
         if op == "D":
             state.last = None
@@ -183,7 +201,7 @@ def extract_changes(replica: sqlite3.Connection, infos: dict[str, TableInfo]) ->
         if state.last is None:
             changes.append(RowChange(table, key, "delete", base, None, [], state.times, state.seq))
             continue
-        local = _normalized(state.last, info, where)
+        local = _normalized(state.last, info, where, state.base, base)
         changed = [c for c in info.columns if base[c] != local[c]]
         if changed:
             times = {c: state.times[c] for c in changed if c in state.times} | {"*": state.times["*"]}

@@ -44,6 +44,11 @@ def checkpoint(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def armed() -> bool:
+    """Whether fault injection is on: hot loops ask once, then call `checkpoint` only if so."""
+    return bool(os.environ.get("SYNC_FAULT"))
+
+
 def reached() -> dict[str, int]:
     """How often each point was reached in this process (counted only while `SYNC_FAULT` is set)."""
     return dict(_counts)
