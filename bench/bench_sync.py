@@ -33,11 +33,13 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from sync_pipeline.engine.capture import capture_for  # noqa: E402
 from sync_pipeline.engine.checkout import checkout  # noqa: E402
 from sync_pipeline.engine.detect import detect_conflicts  # noqa: E402
 from sync_pipeline.engine.extract import extract_changes  # noqa: E402
 from sync_pipeline.engine.master import connect_master, init_master  # noqa: E402
 from sync_pipeline.engine.replica import open_replica  # noqa: E402
+from sync_pipeline.engine.schema import reflect_tables  # noqa: E402
 from sync_pipeline.engine.session import run_sync  # noqa: E402
 from sync_pipeline.settings import parse_settings  # noqa: E402
 
@@ -109,7 +111,6 @@ def build_master(rows: int, use_sqlite: bool, folder: Path) -> Master:
             )
         if conn.dialect.name == "postgresql":
             from sync_pipeline.engine.load import advance_sequence
-            from sync_pipeline.engine.schema import reflect_tables
 
             advance_sequence(conn, reflect_tables(conn, ["item"])["item"])
             conn.exec_driver_sql("ANALYZE item")
@@ -216,9 +217,6 @@ def raw_apply(master: Master, plan: ChangePlan, with_capture: bool = False) -> f
         copy.create(conn)
         conn.execute(sa.insert(copy).from_select([c.name for c in item.c], sa.select(item)))
         if with_capture:
-            from sync_pipeline.engine.capture import capture_for
-            from sync_pipeline.engine.schema import reflect_tables
-
             capture_for(conn.dialect.name).install(conn, reflect_tables(conn, ["item_raw"])["item_raw"])
     raw = master.engine.raw_connection()
     try:
@@ -239,9 +237,6 @@ def raw_apply(master: Master, plan: ChangePlan, with_capture: bool = False) -> f
         raw.close()
     with master.engine.begin() as conn:
         if with_capture:
-            from sync_pipeline.engine.capture import capture_for
-            from sync_pipeline.engine.schema import reflect_tables
-
             capture_for(conn.dialect.name).remove(conn, reflect_tables(conn, ["item_raw"])["item_raw"])
             clock = sa.Table("sync_field_clock", sa.MetaData(), autoload_with=conn)
             conn.execute(sa.delete(clock).where(clock.c.table_name == "item_raw"))

@@ -386,3 +386,17 @@ def test_the_load_writes_one_batch_per_table_and_kind(master_url: str, tmp_path:
         "UPDATE child SET",
         "UPDATE parent SET",
     ]
+
+
+def test_bulk_insert_is_only_for_the_sync_tables(master_url: str) -> None:
+    from sync_pipeline.engine.store import insert_rows
+
+    engine = make_master(master_url)
+    parent = TABLES["parent"]
+    with engine.connect() as conn:
+        before = conn.execute(sa.select(sa.func.count()).select_from(parent)).scalar_one()
+        # COPY on PostgreSQL names the table: only our own sync tables may be named, on every dialect alike.
+        with pytest.raises(ValueError, match="only for the sync tables"):
+            insert_rows(conn, parent, [{"id": 99, "name": "x", "city": "x", "email": "x@example.com"}])
+        conn.rollback()
+        assert conn.execute(sa.select(sa.func.count()).select_from(parent)).scalar_one() == before

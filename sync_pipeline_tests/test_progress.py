@@ -127,4 +127,20 @@ def test_sync_without_dagster_shows_stage_bars_in_a_terminal(tmp_path: Path) -> 
     lines = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\r", "", terminal).splitlines()  # without cursor moves and colours
     assert any(line.startswith("… ") for line in lines), "the engine's messages are shown too, above the bars"
     shown = [label for label in STAGES.values() if any(label in line for line in lines)]
-    assert shown, f"no stage bar in the terminal output:\n{terminal}"
+    assert shown == list(STAGES.values()), f"stage bars missing from the terminal output:\n{terminal}"
+
+
+def test_a_sync_reports_every_stage_to_its_end(master_url: str, tmp_path: Path) -> None:
+    from sync_pipeline.engine.session import run_sync
+
+    engine = make_master(master_url)
+    replica = make_replica(engine, tmp_path)
+    parent = TABLES["parent"]
+    with replica_engine(replica).begin() as r:
+        r.execute(sa.update(parent).where(parent.c.id == 1).values(city="Local"))
+        r.execute(sa.insert(parent).values(id=6, name="P6", city="New", email="p6@example.com"))
+    last: dict[str, tuple[int, int]] = {}
+    with listening(lambda stage, done, total: last.__setitem__(stage, (done, total))):
+        assert run_sync(engine, replica).status == "done"
+    assert set(last) == set(STAGES)
+    assert all(done == total > 0 for done, total in last.values()), last

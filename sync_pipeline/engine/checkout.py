@@ -42,7 +42,8 @@ class CheckoutResult:
     rows: dict[str, int]
 
 
-def _to_sqlite(value: Any) -> Any:
+def sqlite_value(value: Any) -> Any:
+    """A master value as the replica stores it (also for looking rows up in a replica)."""
     if value is None or isinstance(value, (int, float, str, bytes)):
         return value
     if isinstance(value, bool):
@@ -185,10 +186,10 @@ def _converter_for(column_type: sa.types.TypeEngine) -> Callable[[Any], Any] | N
             sa.Enum,
         ),
     ):
-        return _to_sqlite
+        return sqlite_value
     if isinstance(column_type, (sa.Integer, sa.String)):
         return None
-    return _to_sqlite
+    return sqlite_value
 
 
 def _stream_rows(mconn: sa.Connection, query: sa.Select[Any]) -> Iterator[list[tuple[Any, ...]]]:

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 
 from sync_pipeline.engine import store
 from sync_pipeline.engine.capture.sqlite import set_replica_frozen
+from sync_pipeline.engine.checkout import sqlite_value
 from sync_pipeline.engine.errors import ReplicaError, SchemaDriftError
 from sync_pipeline.engine.faults import checkpoint
 from sync_pipeline.engine.manifest import (
@@ -53,18 +54,12 @@ class OpenReplica:
             .compile(dialect=sa.dialects.sqlite.dialect(paramstyle="qmark"), compile_kwargs={})
         )
         params = [compiled.params[name] for name in compiled.positiontup or []]
-        cursor = self.conn.execute(str(compiled), [_sqlite_param(p) for p in params])
+        cursor = self.conn.execute(str(compiled), [sqlite_value(p) for p in params])
         found = cursor.fetchone()
         if found is None:
             return None
         names = [d[0] for d in cursor.description]
         return normalize_row(dict(zip(names, found, strict=True)), info.table)
-
-
-def _sqlite_param(value: Any) -> Any:
-    from sync_pipeline.engine.checkout import _to_sqlite
-
-    return _to_sqlite(value)
 
 
 def open_replica(engine: Engine, path: str | Path, *, allow_retired: bool = False) -> OpenReplica:

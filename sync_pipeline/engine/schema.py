@@ -153,8 +153,6 @@ def normalize(value: Any, column: sa.Column) -> Any:
     Raises `ValueRejected` for a value the master's type cannot hold (text in an integer column,
     a string longer than the column, an invalid date).
     """
-    if value is None:
-        return None
     return normalizer(column)(value)
 
 

@@ -205,7 +205,7 @@ def start_session(engine: Engine, replica: OpenReplica, dagster_run_id: str | No
 
 def _start_session(
     engine: Engine, replica: OpenReplica, dagster_run_id: str | None = None, *, detect: bool = False
-) -> tuple[str, ChangeSet, Prefetched, list[Detected] | None]:
+) -> tuple[str, list[Detected] | None]:
     """Extract (and with `detect`, also detect) in memory, then store the session in one transaction.
 
     Detecting before storing writes each change once, with what detection saw, instead of inserting it
@@ -284,10 +284,7 @@ def _start_session(
         if detected is not None:
             _insert_in_chunks(conn, store.sync_conflict, conflicts)
             checkpoint("detect_store")
-    return session_id, changes, seen, detected
-
-
-STORE_CHUNK = 2000
+    return session_id, detected
 
 
 def _insert_in_chunks(conn: Connection, table: sa.Table, rows: list[dict[str, Any]], stage: str = "store") -> None:
@@ -391,9 +388,9 @@ def detect_session(
                 }
             )
         )
-        for start in range(0, len(updates), STORE_CHUNK):
-            conn.execute(statement, updates[start : start + STORE_CHUNK])
-            report("store", min(start + STORE_CHUNK, len(updates)), len(updates))
+        for start in range(0, len(updates), store.BULK_CHUNK):
+            conn.execute(statement, updates[start : start + store.BULK_CHUNK])
+            report("store", min(start + store.BULK_CHUNK, len(updates)), len(updates))
         _insert_in_chunks(conn, store.sync_conflict, conflicts)
         if earlier:
             _carry_over_decisions(conn, ctx.session_id, earlier)
@@ -930,7 +927,7 @@ def run_sync(engine: Engine, replica_path: str | Path, progress: Progress | None
         detected = None
         if existing is None:
             say("extracting local changes and detecting conflicts")
-            session_id, _changes, _seen, detected = _start_session(engine, replica, detect=True)
+            session_id, detected = _start_session(engine, replica, detect=True)
         else:
             session_id = existing["session_id"]
             say(f"continuing session {session_id} ({existing['status']})")

@@ -197,6 +197,8 @@ def insert_rows(
     change and history rows a large session writes. The COPY statement names only our own sync table and
     its columns, composed by psycopg's identifier quoting: no outside name or value is pasted into it.
     """
+    if table.name not in SYNC_TABLES:
+        raise ValueError(f"bulk inserts are only for the sync tables, not {table.name}")
     if not rows:
         return
     columns = list(rows[0])
@@ -217,7 +219,7 @@ def insert_rows(
 def _copy_statement(table: sa.Table, columns: list[str]) -> Any:
     from psycopg import sql
 
-    if table.name not in SYNC_TABLES or not set(columns) <= set(table.columns.keys()):
+    if not set(columns) <= set(table.columns.keys()):
         raise ValueError(f"COPY is only for the sync tables' own columns, not {table.name}({columns})")
     return sql.SQL("COPY {} ({}) FROM STDIN").format(
         sql.Identifier(table.name), sql.SQL(", ").join(sql.Identifier(c) for c in columns)
