@@ -108,14 +108,20 @@ def _in_a_terminal(args: list[str], cwd: Path) -> tuple[int, str, str]:
 
 
 @pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs pseudo-terminals")
-def test_sync_without_dagster_shows_stage_bars_in_a_terminal(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'm.db'}"
-    engine = make_master(url)
-    replica = make_replica(engine, tmp_path)
+def _replica_with_an_update_and_an_insert(engine: sa.Engine, folder: Path) -> Path:
+    """A replica whose sync goes through every stage (verify needs an update, the load a write)."""
+    replica = make_replica(engine, folder)
     parent = TABLES["parent"]
     with replica_engine(replica).begin() as r:
         r.execute(sa.update(parent).where(parent.c.id == 1).values(city="Local"))
         r.execute(sa.insert(parent).values(id=6, name="P6", city="New", email="p6@example.com"))
+    return replica
+
+
+def test_sync_without_dagster_shows_stage_bars_in_a_terminal(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    engine = make_master(url)
+    replica = _replica_with_an_update_and_an_insert(engine, tmp_path)
 
     code, stdout, terminal = _in_a_terminal(
         [*SYNC_PIPELINE, "sync", "--master", url, "--replica", str(replica), "--without-dagster"], tmp_path
@@ -134,11 +140,7 @@ def test_a_sync_reports_every_stage_to_its_end(master_url: str, tmp_path: Path) 
     from sync_pipeline.engine.session import run_sync
 
     engine = make_master(master_url)
-    replica = make_replica(engine, tmp_path)
-    parent = TABLES["parent"]
-    with replica_engine(replica).begin() as r:
-        r.execute(sa.update(parent).where(parent.c.id == 1).values(city="Local"))
-        r.execute(sa.insert(parent).values(id=6, name="P6", city="New", email="p6@example.com"))
+    replica = _replica_with_an_update_and_an_insert(engine, tmp_path)
     last: dict[str, tuple[int, int]] = {}
     with listening(lambda stage, done, total: last.__setitem__(stage, (done, total))):
         assert run_sync(engine, replica).status == "done"
