@@ -41,7 +41,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from sync_pipeline.cli_common import handles_errors
+from sync_pipeline.cli_common import handles_errors, master_option
 from sync_pipeline.engine.errors import BadInputError
 from sync_pipeline.settings import compose_yaml
 
@@ -452,18 +452,38 @@ def accounts_add(accounts_path: str | None, name: str, modules: str, password_st
     click.echo(f"account {account.name} added ({account.modules_text()}) to {path}")
 
 
+def _end_page_sessions(master_url: str | None, name: str) -> None:
+    """End the account's review-page logins, which live in the master (engine/web_sessions.py)."""
+    from sync_pipeline.engine import web_sessions
+    from sync_pipeline.engine.master import connect_master
+
+    try:
+        engine = connect_master(master_url)
+    except BadInputError as exc:
+        # The page refuses the old logins anyway (it checks the account and its password on each request).
+        click.echo(f"page logins not ended in the master ({exc.problem})", err=True)
+        return
+    try:
+        click.echo(f"{web_sessions.end_all_of(engine, name)} page login(s) of {name} ended", err=True)
+    finally:
+        engine.dispose()
+
+
 @accounts_group.command("password")
 @accounts_option
+@master_option
 @click.option("--name", required=True)
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input (else prompt).")
 @handles_errors
-def accounts_password(accounts_path: str | None, name: str, password_stdin: bool) -> None:
+def accounts_password(accounts_path: str | None, master_url: str | None, name: str, password_stdin: bool) -> None:
     """Set a new password (open page sessions of the account end)."""
     accounts = Accounts.load(accounts_path or default_accounts_path())
     accounts.require(name)
     accounts.set_password(name, _read_password(password_stdin))
     accounts.save()
-    click.echo(f"password of {accounts.require(name).name} changed")
+    canonical = accounts.require(name).name
+    click.echo(f"password of {canonical} changed")
+    _end_page_sessions(master_url, canonical)
 
 
 @accounts_group.command("modules")
@@ -512,15 +532,17 @@ def accounts_revoke(accounts_path: str | None, name: str, token_id: str) -> None
 
 @accounts_group.command("remove")
 @accounts_option
+@master_option
 @click.option("--name", required=True)
 @handles_errors
-def accounts_remove(accounts_path: str | None, name: str) -> None:
-    """Remove an account (its past decisions keep its name)."""
+def accounts_remove(accounts_path: str | None, master_url: str | None, name: str) -> None:
+    """Remove an account (its past decisions keep its name; its page logins end)."""
     accounts = Accounts.load(accounts_path or default_accounts_path())
     canonical = accounts.require(name).name
     accounts.remove(name)
     accounts.save()
     click.echo(f"account {canonical} removed")
+    _end_page_sessions(master_url, canonical)
 
 
 @accounts_group.command("list")

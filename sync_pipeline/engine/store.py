@@ -131,6 +131,19 @@ sync_field_clock = sa.Table(
     sa.Column("changed_at", sa.String(32), nullable=False),
 )
 
+# The review page's login sessions (engine/web_sessions.py): the cookie carries a random id, the master
+# keeps only its SHA-256, so a reader of the master cannot take over a login.
+sync_web_session = sa.Table(
+    "sync_web_session",
+    metadata,
+    sa.Column("id_hash", sa.String(64), primary_key=True),
+    sa.Column("account", sa.String(200), nullable=False, index=True),
+    sa.Column("password_fingerprint", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.String(32), nullable=False),
+    sa.Column("seen_at", sa.String(32), nullable=False),
+    sa.Column("expires_at", sa.String(32), nullable=False),  # the absolute end, however active
+)
+
 SYNC_TABLES = frozenset(metadata.tables)
 
 

@@ -21,8 +21,6 @@ the CLI shares.
 from __future__ import annotations
 
 import contextlib
-import os
-import secrets
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -43,10 +41,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sync_pipeline.accounts import Accounts, AccountsSource, NotAllowedError, StaticAccounts
 from sync_pipeline.engine.errors import AlreadyDecidedError, BadInputError, ConflictNotFoundError, DecisionError
-from sync_pipeline.engine.master import connect_master
 from sync_pipeline.engine.session import decide, decide_module
 from sync_pipeline.review import csrf, data, links
-from sync_pipeline.review.auth import AuthSettings, BadToken, Person, identify, log_in, log_out
+from sync_pipeline.review.auth import SESSION_ID_KEY, AuthSettings, BadToken, Person, WebSessionLookup, identify
+from sync_pipeline.review.cookie_secret import cookie_secret
+from sync_pipeline.review.limits import DEFAULT_MAX_BODY_BYTES, BodyLimit
+from sync_pipeline.review.login import LoginPages
+from sync_pipeline.review.login_guard import LoginThrottle, ThrottlePolicy, VerificationGate
+from sync_pipeline.review.master_follow import FollowedMaster
 
 HERE = Path(__file__).parent
 # `detected` sessions are left out: their policies have not run yet, so every conflict still looks pending.
@@ -96,13 +98,6 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def _safe_next(target: str | None) -> str:
-    """Only a path of this site: `next=//evil.example` must not turn the login into a redirector."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return "/"
-    return target
-
-
 def _is_api(request: Request) -> bool:
     return request.url.path.startswith("/api/")
 
@@ -110,19 +105,29 @@ def _is_api(request: Request) -> bool:
 class ReviewApp:
     def __init__(
         self,
-        engine: Engine,
+        master: FollowedMaster,
         accounts: AccountsSource | StaticAccounts,
         auth: AuthSettings,
         dagster_ui_url: str | None,
+        throttle: LoginThrottle | None = None,
+        gate: VerificationGate | None = None,
     ) -> None:
-        self.engine = engine
+        self.master = master
         self.accounts = accounts
         self.auth = auth
+        self.throttle = throttle or LoginThrottle(auth.clock)
+        self.gate = gate or VerificationGate()
         self.dagster_ui_url = dagster_ui_url
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.globals.update(kind_help=data.KIND_HELP, key_text=data.key_text, short=_short_time)
         self.templates.env.filters["short"] = _short_time
         self._hints: dict[str, dict[str, data.ColumnHint]] = {}
+        master.on_reopen(self._hints.clear)
+
+    @property
+    def engine(self) -> Engine:
+        """The master as it is now (reopened when its file was replaced)."""
+        return self.master.engine()
 
     # -- who is asking ----------------------------------------------------------------------------
 
@@ -157,7 +162,7 @@ class ReviewApp:
     # -- rendering --------------------------------------------------------------------------------
 
     def render(self, request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> Response:
-        flashes = request.session.pop("flash", []) if "user" in request.session else []
+        flashes = request.session.pop("flash", []) if SESSION_ID_KEY in request.session else []
         base = {
             "csrf_token": csrf.csrf_token(request),
             "flashes": flashes,
@@ -184,32 +189,6 @@ class ReviewApp:
         }
 
     # -- pages ------------------------------------------------------------------------------------
-
-    async def login_page(self, request: Request) -> Response:
-        expired = bool(request.session.pop("expired", False))
-        return self.render(
-            request, "login.html", {"next": _safe_next(request.query_params.get("next")), "expired": expired}
-        )
-
-    async def login(self, request: Request) -> Response:
-        form = await request.form()
-        target = _safe_next(str(form.get("next") or "/"))
-        if not csrf.csrf_valid(request, form.get(csrf.FORM_FIELD)):
-            context = {"next": target, "error": "The login form expired. Please log in again."}
-            return self.render(request, "login.html", context, 403)
-        name, password = str(form.get("name") or ""), str(form.get("password") or "")
-        account = await run_in_threadpool(self.accounts.current().authenticate_password, name, password)
-        if account is None:
-            context = {"next": target, "error": "Unknown name or wrong password.", "name": name}
-            return self.render(request, "login.html", context, 401)
-        log_in(request, account, self.auth)
-        return RedirectResponse(target, 303)
-
-    async def logout(self, request: Request) -> Response:
-        form = await request.form()
-        if csrf.csrf_valid(request, form.get(csrf.FORM_FIELD)):
-            log_out(request)
-        return RedirectResponse("/login", 303)
 
     async def sessions_page(self, request: Request) -> Response:
         person = self.person(request)
@@ -589,14 +568,18 @@ def create_app(
     secret_key: str | None = None,
     auth: AuthSettings | None = None,
     https_only: bool = False,
+    throttle: ThrottlePolicy | None = None,
+    gate: VerificationGate | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> Starlette:
     """The review page for one master.
 
     `accounts`: a file path (re-read when it changes) or accounts in memory. `secret_key` signs the
-    session cookies (default `$SYNC_REVIEW_SECRET`, else random: a restart then logs everyone out).
-    `https_only` marks the cookie Secure, for a page served behind HTTPS.
+    cookie (default: see cookie_secret.py; kept across restarts). Login sessions live in the master.
+    `https_only` marks the cookie Secure, for a page served behind HTTPS. `throttle` and `gate` bound
+    login tries and concurrent password checks (login_guard.py); `max_body_bytes` bounds request bodies.
     """
-    engine = connect_master(master_url)
+    master = FollowedMaster(master_url)
     if isinstance(accounts, (str, Path)):
         source: AccountsSource | StaticAccounts = AccountsSource(accounts)
     elif isinstance(accounts, Accounts):
@@ -604,13 +587,17 @@ def create_app(
     else:
         source = accounts
     settings = auth or AuthSettings()
-    review = ReviewApp(engine, source, settings, dagster_ui_url)
-    secret = secret_key or os.environ.get("SYNC_REVIEW_SECRET") or secrets.token_urlsafe(48)
+    review = ReviewApp(
+        master, source, settings, dagster_ui_url, LoginThrottle(settings.clock, throttle or ThrottlePolicy()), gate
+    )
+    logins = LoginPages(review)
+    accounts_path = source.path if isinstance(source, AccountsSource) else None
+    secret = secret_key or cookie_secret(accounts_path)
     routes = [
         Route("/", review.sessions_page),
-        Route("/login", review.login_page, methods=["GET"]),
-        Route("/login", review.login, methods=["POST"]),
-        Route("/logout", review.logout, methods=["POST"]),
+        Route("/login", logins.login_page, methods=["GET"]),
+        Route("/login", logins.login, methods=["POST"]),
+        Route("/logout", logins.logout, methods=["POST"]),
         Route("/history", review.history_page),
         Route("/sessions/{session_id}", review.session_page),
         Route("/sessions/{session_id}/modules/{module}/decide", review.decide_module_form, methods=["POST"]),
@@ -630,6 +617,7 @@ def create_app(
         routes=routes,
         middleware=[
             Middleware(SecurityHeaders),
+            Middleware(BodyLimit, max_bytes=max_body_bytes),
             Middleware(
                 SessionMiddleware,
                 secret_key=secret,
@@ -638,6 +626,7 @@ def create_app(
                 same_site="lax",
                 https_only=https_only,
             ),
+            Middleware(WebSessionLookup, master=master.engine, accounts=source, settings=settings),
         ],
         exception_handlers={
             LoginRequired: review.on_login_required,
@@ -647,5 +636,6 @@ def create_app(
         },
     )
     app.state.review = review
-    app.state.engine = engine
+    app.state.master = master
+    app.state.engine = master.engine()
     return app

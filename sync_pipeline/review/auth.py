@@ -1,8 +1,11 @@
-"""Who is asking: a login session (signed cookie) for people, a bearer token for automation.
+"""Who is asking: a login session (kept in the master) for people, a bearer token for automation.
 
-A login session ends after `idle_seconds` without a request, after `max_seconds` in any case, when
-the account is removed, and when its password changes (the session remembers a fingerprint of the
-password hash). The clock is injectable so that tests expire sessions without waiting.
+The cookie carries a random session id; the session itself is a row of `sync_web_session`
+(engine/web_sessions.py), looked up by `WebSessionLookup` before the route runs. A login session
+ends at logout, after `idle_seconds` without a request, after `max_seconds` in any case, when the
+account is removed, and when its password changes (the row remembers a fingerprint of the password
+hash, and `sync-pipeline accounts password/remove` delete the account's rows). The clock is
+injectable so that tests expire sessions without waiting.
 """
 
 from __future__ import annotations
@@ -10,10 +13,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+from sqlalchemy.engine import Engine
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sync_pipeline.accounts import Account, Accounts
+from sync_pipeline.accounts import Account, Accounts, AccountsSource, StaticAccounts
+from sync_pipeline.engine import web_sessions
 from sync_pipeline.review import csrf
 
 SESSION_IDLE_SECONDS = 30 * 60
@@ -51,6 +59,11 @@ def bearer_token(request: Request) -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
+# Where WebSessionLookup leaves the account of a live login session for `identify`.
+_SCOPE_KEY = "sync_review.account"
+SESSION_ID_KEY = "sid"
+
+
 def identify(request: Request, accounts: Accounts, settings: AuthSettings) -> Person | None:
     """The person behind the request, or None (anonymous or expired). Raises BadToken."""
     token = bearer_token(request)
@@ -59,34 +72,67 @@ def identify(request: Request, accounts: Accounts, settings: AuthSettings) -> Pe
         if account is None:
             raise BadToken()
         return Person(account, "token")
-    session = request.session
-    name = session.get("user")
-    if not isinstance(name, str):
-        return None
-    account = accounts.get(name)
-    now = settings.clock()
-    login_at = float(session.get("login_at", 0))
-    seen_at = float(session.get("seen_at", 0))
-    if account is None or account.password_hash is None or session.get("pw") != account.password_fingerprint():
-        log_out(request)
-        return None
-    if now - seen_at > settings.idle_seconds or now - login_at > settings.max_seconds:
-        log_out(request)
-        session["expired"] = True  # the login page says why the person has to log in again
-        return None
-    session["seen_at"] = now
-    return Person(account, "session")
+    account = request.scope.get(_SCOPE_KEY)
+    return Person(account, "session") if isinstance(account, Account) else None
 
 
-def log_in(request: Request, account: Account, settings: AuthSettings) -> None:
-    """Start a login session. The old session data is dropped (no session fixation)."""
-    request.session.clear()
-    now = settings.clock()
-    request.session.update(
-        {"user": account.name, "pw": account.password_fingerprint(), "login_at": now, "seen_at": now}
+class WebSessionLookup:
+    """Pure ASGI middleware (inside the cookie's SessionMiddleware): finds the login session of the
+    cookie's id in the master, ends it when its account is gone or its password changed, and marks
+    the request with the account. The master is read in a worker thread, never in the event loop."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        master: Callable[[], Engine],
+        accounts: AccountsSource | StaticAccounts,
+        settings: AuthSettings,
+    ) -> None:
+        self.app = app
+        self.master = master
+        self.accounts = accounts
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope["path"].startswith("/static/"):
+            cookie: dict[str, Any] = scope.get("session", {})
+            session_id = cookie.get(SESSION_ID_KEY)
+            if isinstance(session_id, str):
+                scope[_SCOPE_KEY] = await run_in_threadpool(self._account_of, cookie, session_id)
+        await self.app(scope, receive, send)
+
+    def _account_of(self, cookie: dict[str, Any], session_id: str) -> Account | None:
+        engine = self.master()
+        found = web_sessions.find(engine, session_id, self.settings.clock(), self.settings.idle_seconds)
+        if found is None:
+            cookie.clear()
+            cookie["expired"] = True  # the login page says why the person has to log in again
+            return None
+        account = self.accounts.current().get(found.account)
+        if (
+            account is None
+            or account.password_hash is None
+            or found.password_fingerprint != account.password_fingerprint()
+        ):
+            web_sessions.end(engine, session_id)
+            cookie.clear()
+            return None
+        return account
+
+
+def log_in(request: Request, account: Account, settings: AuthSettings, engine: Engine) -> None:
+    """Start a login session. The old cookie data is dropped (no session fixation). Blocking."""
+    session_id = web_sessions.start(
+        engine, account.name, account.password_fingerprint(), settings.clock(), settings.max_seconds
     )
+    request.session.clear()
+    request.session[SESSION_ID_KEY] = session_id
     csrf.rotate(request)
 
 
-def log_out(request: Request) -> None:
+def log_out(request: Request, engine: Engine) -> None:
+    """End the login session in the master (a copy of the cookie is worthless after). Blocking."""
+    session_id = request.session.get(SESSION_ID_KEY)
+    if isinstance(session_id, str):
+        web_sessions.end(engine, session_id)
     request.session.clear()
