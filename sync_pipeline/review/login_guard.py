@@ -23,6 +23,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 
+MAX_NAME_CHARS = 200  # Account.name's limit
+
+
 @dataclass
 class ThrottlePolicy:
     account_free_failures: int = 5
@@ -63,7 +66,8 @@ class LoginThrottle:
 
     @staticmethod
     def _keys(name: str, client: str) -> list[tuple[str, str]]:
-        return [("account", name.strip().casefold()), ("address", client)]
+        # Cut to the longest account name: invented names of a megabyte must not each be kept whole.
+        return [("account", name.strip().casefold()[:MAX_NAME_CHARS]), ("address", client[:MAX_NAME_CHARS])]
 
     def _free(self, what: str) -> int:
         return self.policy.account_free_failures if what == "account" else self.policy.client_free_failures
