@@ -287,6 +287,10 @@ def test_the_cookie_carries_only_a_random_id_and_the_master_only_its_hash(page: 
     [row] = page.logins_in_master()
     assert row.account == "Ada Core" and row.id_hash == hashlib.sha256(payload["sid"].encode()).hexdigest()
     assert payload["sid"] not in json.dumps([tuple(r) for r in page.logins_in_master()])
+    # Logging in again from the same browser ends the login the cookie held.
+    assert page.login(ada).status_code == 303
+    [again] = page.logins_in_master()
+    assert again.id_hash != row.id_hash
 
 
 def test_expiry_is_enforced_in_the_master(page: Page) -> None:

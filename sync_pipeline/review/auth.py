@@ -121,7 +121,11 @@ class WebSessionLookup:
 
 
 def log_in(request: Request, account: Account, settings: AuthSettings, engine: Engine) -> None:
-    """Start a login session. The old cookie data is dropped (no session fixation). Blocking."""
+    """Start a login session. The old cookie data is dropped (no session fixation) and a login it
+    held ends. Blocking."""
+    previous = request.session.get(SESSION_ID_KEY)
+    if isinstance(previous, str):
+        web_sessions.end(engine, previous)
     session_id = web_sessions.start(
         engine, account.name, account.password_fingerprint(), settings.clock(), settings.max_seconds
     )

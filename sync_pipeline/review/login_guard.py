@@ -22,7 +22,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-
 MAX_NAME_CHARS = 200  # Account.name's limit
 
 
