@@ -265,11 +265,7 @@ def _temporal_kind(column_type: sa.types.TypeEngine[Any]) -> str | None:
 def _text_sample(bind: Engine | Connection, table: sa.Table, column: sa.Column[Any]) -> str | None:
     """One text value of the column (the first found): the format other rows use. Cheap: it stops at the
     first row that has one."""
-    query = (
-        sa.select(sa.cast(column, sa.Text))
-        .where(column.is_not(None), sa.func.typeof(column) == "text")
-        .limit(1)
-    )
+    query = sa.select(sa.cast(column, sa.Text)).where(column.is_not(None), sa.func.typeof(column) == "text").limit(1)
     if isinstance(bind, Connection):
         return bind.execute(query).scalar()
     with bind.connect() as conn:
@@ -381,7 +377,12 @@ def replica_type(column: sa.Column[Any]) -> sa.types.TypeEngine[Any]:
         generic = base_type(column_type).as_generic()
     except NotImplementedError:
         return sa.Text()
-    return sa.Text() if isinstance(generic, (sa.JSON, sa.ARRAY)) else generic
+    if isinstance(generic, (sa.JSON, sa.ARRAY)):
+        return sa.Text()
+    if isinstance(generic, sa.String) and generic.collation:
+        # A master collation ('default' of a domain, 'de_DE') means nothing to SQLite.
+        return type(generic)(generic.length)
+    return generic
 
 
 def type_text(column: sa.Column[Any]) -> str:

@@ -12,6 +12,7 @@ import decimal
 import functools
 import json
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,7 +66,11 @@ def reflect_tables(bind: Engine | Connection, names: Iterable[str]) -> dict[str,
     missing = [n for n in wanted if n not in existing]
     if missing:
         raise KeyError(missing)
-    metadata.reflect(bind=bind, only=wanted, resolve_fks=True)
+    with warnings.catch_warnings():
+        # Types SQLAlchemy does not know (point, xml, composite and extension types) are carried as the
+        # database's text (column_types): not worth a warning on every command.
+        warnings.filterwarnings("ignore", "Did not recognize type", sa.exc.SAWarning)
+        metadata.reflect(bind=bind, only=wanted, resolve_fks=True)
     dialect = bind.dialect.name
     infos: dict[str, TableInfo] = {}
     for name in wanted:
@@ -156,9 +161,8 @@ def carrier_normalizer(carrier: Carrier) -> Callable[[Any], Any]:
             return low <= value < high
         if kind == "str":
             return (
-                (length is None or len(value) == length or (not padded and len(value) < length))
-                and "\x00" not in value
-            )
+                length is None or len(value) == length or (not padded and len(value) < length)
+            ) and "\x00" not in value
         if kind == "enum":
             return value in enums
         if kind == "decimal":
@@ -310,6 +314,7 @@ def _normalize_slow(value: Any, carrier: Carrier) -> Any:
     except (ValueError, TypeError, decimal.InvalidOperation) as exc:
         raise ValueRejected(f"{value!r} is not a valid {kind} ({exc})") from None
     return value
+
 
 def _as_int(value: Any) -> int:
     if isinstance(value, bool):

@@ -35,6 +35,7 @@ class PostgreSQLMasterCapture(MasterCapture):
             return f" || {sep} || ".join(f"CAST({ref}.{_q(conn, c)} AS TEXT)" for c in info.pk)
 
         name = sql_string(info.name)
+
         def differs(c: str) -> str:
             old, new = f"OLD.{_q(conn, c)}", f"NEW.{_q(conn, c)}"
             if carrier_of(info.table.columns[c]).kind == "text":
