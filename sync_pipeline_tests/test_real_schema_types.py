@@ -73,7 +73,7 @@ FILM_1 = {
     "details": {"stars": [1, 2.5], "note": "épique"},
     "external_id": uuid.UUID("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
     "last_ip": "192.168.0.1",
-    "last_update": dt.datetime(2006, 2, 15, 10, 3, 42, tzinfo=dt.timezone.utc),
+    "last_update": dt.datetime(2006, 2, 15, 10, 3, 42, tzinfo=dt.UTC),
 }
 
 
@@ -176,7 +176,7 @@ def test_every_type_edited_locally_reaches_the_master(tmp_path: Path) -> None:
             "details": {"stars": [5], "tags": {"a": None, "b": 1}},
             "external_id": uuid.UUID("6ecd8c99-4036-403d-bf84-cf8400f67836"),
             "last_ip": "10.1.2.3",
-            "last_update": dt.datetime(2024, 1, 2, 1, 4, 5, tzinfo=dt.timezone.utc),
+            "last_update": dt.datetime(2024, 1, 2, 1, 4, 5, tzinfo=dt.UTC),
         }
         with engine.connect() as conn:
             new_id = conn.exec_driver_sql("SELECT film_id FROM film WHERE title = 'LOCAL FILM'").scalar_one()
@@ -272,7 +272,8 @@ def _citext_schema(engine: Engine) -> str | None:
         return None
     with engine.connect() as conn:
         return conn.exec_driver_sql(
-            "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE extname = 'citext'"
+            "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+            "WHERE extname = 'citext'"
         ).scalar()
 
 
@@ -405,7 +406,8 @@ CREATE TABLE invoice (
     ShippedOn DATE,
     Total NUMERIC(10,2) NOT NULL
 );
-INSERT INTO invoice VALUES (1, 'Oslo', '2009-01-01 00:00:00', '2009-01-15', '2009-01-02T10:11:12.345', '2009-01-03 00:00:00', 1.98);
+INSERT INTO invoice VALUES
+    (1, 'Oslo', '2009-01-01 00:00:00', '2009-01-15', '2009-01-02T10:11:12.345', '2009-01-03 00:00:00', 1.98);
 INSERT INTO invoice VALUES (2, 'Lyon', '2009-01-02 00:00:00', '2009-01-16', '2009-01-03T09:00:00.000', NULL, 3.96);
 INSERT INTO invoice VALUES (3, 'Rome', '2009-01-03 00:00:00', '2009-01-17', NULL, NULL, 5.94);
 """
@@ -461,7 +463,7 @@ def test_sqlite_datetime_text_keeps_the_column_format(tmp_path: Path, policy: st
         "2010-05-06 07:08:09",
         "2010-06-01",
         "2010-05-07T08:09:10.500",
-        "2010-05-08 00:00:00",
+        "2010-05-08 00:00:00",  # this DATE column holds midnight timestamps: so does the written one
         2.5,
     )
     with sqlite3.connect(path) as conn:
