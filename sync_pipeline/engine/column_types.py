@@ -280,7 +280,7 @@ class PostgreSQLTypes(DialectTypes):
     # Values that point at storage outside the row (large objects by OID) or at the physical location or
     # transaction of a row: a copy of the number is not a copy of what it stands for.
     _REFUSED: dict[str, str] = {
-        "OID": "an OID (a large object reference, e.g. the lo type): the object it points at is not in the row",
+        "OID": "a large object reference (OID): the object it points at is not in the row",
     }
 
     def prepare(self, bind: Engine | Connection, table: sa.Table) -> None:
@@ -385,21 +385,25 @@ def replica_type(column: sa.Column[Any]) -> sa.types.TypeEngine[Any]:
     return generic
 
 
-def type_text(column: sa.Column[Any]) -> str:
-    """The column's type as the master's DDL names it (for messages)."""
+def type_text(column: sa.Column[Any], dialect: sa.Dialect | None = None) -> str:
+    """The column's type as the master's DDL names it (for messages and hints)."""
     column_type = column.type
     if isinstance(column_type, (CarriedAsText, SQLiteStoredTemporal)):
         column_type = column_type.original
+    if isinstance(column_type, sa.types.NullType):
+        return "unknown type"
     try:
-        return str(column_type)
-    except Exception:
-        return type(column_type).__name__
+        text = str(column_type.compile(dialect=dialect))
+        base = base_type(column_type)
+        return text if base is column_type else f"{text}, a domain over {base.compile(dialect=dialect)}"
+    except Exception:  # noqa: BLE001 - a type the dialect cannot print (an unknown one) is named by its class
+        return "unknown type" if isinstance(column_type, sa.types.NullType) else type(column_type).__name__.upper()
 
 
-def refuse_uncarried_columns(tables: Iterable[sa.Table]) -> None:
+def refuse_uncarried_columns(tables: Iterable[sa.Table], dialect: sa.Dialect | None = None) -> None:
     """BadInputError naming every column whose type the product cannot carry faithfully."""
     refused = [
-        f"{table.name}.{column.name} ({type_text(column)}: {carrier.refused})"
+        f"{table.name}.{column.name} ({type_text(column, dialect)}; {carrier.refused})"
         for table in tables
         for column in table.columns
         if (carrier := carrier_of(column)).refused

@@ -113,7 +113,7 @@ def check_settings_against_schema(settings: SyncSettings, bind: Engine | Connect
 def init_master(engine: Engine, settings: SyncSettings) -> dict[str, TableInfo]:
     """Create the sync tables, store the settings and install master change capture, in one transaction."""
     infos = check_settings_against_schema(settings, engine)
-    refuse_uncarried_columns(info.table for info in infos.values())  # before anything is written
+    refuse_uncarried_columns((info.table for info in infos.values()), engine.dialect)  # before anything is written
     with engine.begin() as conn:
         store.create_sync_tables(conn)
         existing = {row.key: row.value for row in conn.execute(sa.select(store.sync_meta))}
