@@ -187,6 +187,8 @@ def test_every_type_edited_locally_reaches_the_master(tmp_path: Path) -> None:
             "R",
         )
         assert inserted["special_features"] == [] and inserted["rental_rate"] == Decimal("2.99")
+        # A time without zone for a timestamptz column is taken as UTC (what the load wrote is what it reads).
+        assert inserted["last_update"] == dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.UTC)
         engine.dispose()
 
 
@@ -473,3 +475,44 @@ def test_sqlite_datetime_text_keeps_the_column_format(tmp_path: Path, policy: st
     assert _stored(path, 2)[0] == winner
     assert _stored(path, 3) == ("2009-01-03 00:00:00", "2009-01-17", None, None, 5.94)
     engine.dispose()
+
+
+KEYS_DDL = """
+CREATE DOMAIN station_code AS varchar(10);
+CREATE TABLE station (code station_code PRIMARY KEY, name text NOT NULL, open_hours tstzrange);
+CREATE TABLE host (addr inet PRIMARY KEY, station station_code REFERENCES station, name text, seen interval);
+INSERT INTO station VALUES ('OSL', 'Oslo', NULL), ('BER', 'Berlin', '[2020-01-01 08:00+00,2020-01-01 17:00+00)');
+INSERT INTO host VALUES ('10.0.0.1/32', 'OSL', 'alpha', '1 mon'), ('10.0.0.2/32', 'BER', 'beta', '2 days');
+"""
+
+
+def test_domain_and_text_carried_primary_keys(tmp_path: Path) -> None:
+    """Keys of a domain type and of a type carried as text: field clock look-ups, conflicts, deletes."""
+    with _pg_url(tmp_path) as url:
+        engine = connect_master(url, must_exist=False)
+        with engine.begin() as conn:
+            conn.exec_driver_sql(KEYS_DDL)
+        settings = "modules:\n  net:\n    policy: master_wins\n    tables:\n      station: {}\n      host: {}\n"
+        init_master(engine, parse_settings(settings, "net.yaml"))
+        replica = make_replica(engine, tmp_path)
+        _local(replica, "UPDATE host SET name = 'local alpha', seen = '3 mons' WHERE addr = '10.0.0.1/32'")
+        _local(replica, "DELETE FROM host WHERE addr = '10.0.0.2/32'")
+        _local(replica, "INSERT INTO station (code, name) VALUES ('ROM', 'Rome')")
+        _local(replica, "INSERT INTO host VALUES ('10.0.0.3/32', 'ROM', 'gamma', '00:05:00')")
+        _local(replica, "UPDATE station SET name = 'Oslo local' WHERE code = 'OSL'")
+        pause()
+        with engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE host SET name = 'master alpha' WHERE addr = '10.0.0.1'")
+        result = run_sync(engine, replica)
+        assert result.status == "done", result.message
+        with engine.connect() as conn:
+            hosts = conn.exec_driver_sql(
+                "SELECT addr::text, station, name, seen::text FROM host ORDER BY addr"
+            ).fetchall()
+            stations = conn.exec_driver_sql("SELECT code, name FROM station ORDER BY code").fetchall()
+        assert [tuple(h) for h in hosts] == [
+            ("10.0.0.1/32", "OSL", "master alpha", "3 mons"),  # name conflicted: the master's kept
+            ("10.0.0.3/32", "ROM", "gamma", "00:05:00"),
+        ]
+        assert [tuple(s) for s in stations] == [("BER", "Berlin"), ("OSL", "Oslo local"), ("ROM", "Rome")]
+        engine.dispose()

@@ -44,6 +44,10 @@ class Carrier:
     enums: tuple[str, ...] | None = None
     element: Carrier | None = None  # arrays
     as_uuid: bool = True
+    # datetime: True holds instants (timestamptz), False wall-clock times, None whatever it is given
+    # (SQLite). A value of the other sort is made this sort in UTC, so what is written compares equal to
+    # what the master reads back.
+    zoned: bool | None = None
     lenient_text: bool = False  # SQLite temporal: text that does not parse is kept as text, not refused
     refused: str | None = None  # why the product cannot carry this type (init-master refuses it)
 
@@ -277,8 +281,8 @@ class PostgreSQLTypes(DialectTypes):
     # other element (domains, enums, extension types, intervals, json …) are carried as array text.
     _NATIVE_ARRAY_ELEMENTS = ("int", "float", "decimal", "bool", "date", "datetime", "time", "uuid")
 
-    # Values that point at storage outside the row (large objects by OID) or at the physical location or
-    # transaction of a row: a copy of the number is not a copy of what it stands for.
+    # Values that point at storage outside the row (large objects by OID): a copy of the number is not a
+    # copy of what it stands for, and a replica's edit of it could not be loaded faithfully.
     _REFUSED: dict[str, str] = {
         "OID": "a large object reference (OID): the object it points at is not in the row",
     }
@@ -323,6 +327,8 @@ class PostgreSQLTypes(DialectTypes):
         if isinstance(base, sa.CHAR) and base.length:
             return Carrier("str", length=base.length, blank_padded=True)
         carrier = generic_carrier(base, int_bits=_pg_int_bits(base))
+        if carrier.kind == "datetime":
+            return Carrier("datetime", zoned=bool(getattr(base, "timezone", False)))
         return None if carrier.kind in ("other", "interval", "json") else carrier
 
 

@@ -11,6 +11,7 @@ import datetime as dt
 import decimal
 import functools
 import json
+import re
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -153,6 +154,7 @@ def carrier_normalizer(carrier: Carrier) -> Callable[[Any], Any]:
     low, high = -(2 ** (carrier.int_bits - 1)), 2 ** (carrier.int_bits - 1)
     scale, precision = carrier.scale, carrier.precision
     enums = frozenset(carrier.enums or ())
+    zoned = carrier.zoned if kind == "datetime" else None
 
     def already_normal(value: Any) -> bool:
         if type(value) is not exact_type:
@@ -173,6 +175,8 @@ def carrier_normalizer(carrier: Carrier) -> Callable[[Any], Any]:
             )
         if kind == "text":
             return "\x00" not in value
+        if zoned is not None:  # datetime
+            return (value.tzinfo is not None) == zoned
         return True
 
     def normalize_value(value: Any) -> Any:
@@ -206,6 +210,8 @@ def _array_normalizer(element: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return normalize_array
 
 
+_DATE_LIKE = re.compile(r"^\s*\d{4}-\d{1,2}-\d{1,2}|^\s*\d{1,2}:\d{2}")
+
 # The Python type a value of each kind has once normalised (a value of exactly this type skips the rules).
 _EXACT_TYPES: dict[str, type] = {
     "int": int,
@@ -224,8 +230,12 @@ def _normalize_slow(value: Any, carrier: Carrier) -> Any:
     kind = carrier.kind
     try:
         if carrier.lenient_text and isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            # SQLite dates and times: text in another format (or a number) stays as the row holds it.
-            return parse_temporal(value, kind)
+            # SQLite dates and times: text that is no date at all ('n/a') or a number stays as the row
+            # holds it; an impossible date ('2026-02-30') is refused like on any other master.
+            parsed = parse_temporal(value, kind)
+            if isinstance(parsed, str) and _DATE_LIKE.match(parsed):
+                raise ValueRejected(f"{value!r} is not a valid {kind}")
+            return parsed
         if kind == "bool":
             if isinstance(value, bool):
                 return value
@@ -253,11 +263,14 @@ def _normalize_slow(value: Any, carrier: Carrier) -> Any:
                 raise ValueRejected(f"{value!r} is not a number")
             return float(value)
         if kind == "datetime":
-            if isinstance(value, dt.datetime):
-                return value
             if isinstance(value, str):
-                return dt.datetime.fromisoformat(value)
-            raise ValueRejected(f"{value!r} is not a timestamp")
+                value = dt.datetime.fromisoformat(value)
+            if not isinstance(value, dt.datetime):
+                raise ValueRejected(f"{value!r} is not a timestamp")
+            if carrier.zoned is None or (value.tzinfo is not None) == carrier.zoned:
+                return value
+            # A local time for an instant column, or an instant for a local-time column: taken as UTC.
+            return value.replace(tzinfo=dt.UTC) if carrier.zoned else value.astimezone(dt.UTC).replace(tzinfo=None)
         if kind == "date":
             if isinstance(value, dt.datetime):
                 raise ValueRejected(f"{value!r} is a timestamp, not a date")
@@ -408,7 +421,10 @@ def key_text(table: sa.Table, pk: tuple[str, ...], values: tuple[Any, ...]) -> s
         column_type = table.columns[name].type
         if parts:
             parts.append(sa.literal(KEY_SEPARATOR, sa.Text))
-        parts.append(sa.cast(sa.cast(sa.literal(value, column_type), column_type), sa.Text))
+        if carrier_of(table.columns[name]).kind == "text":
+            parts.append(sa.literal(value, sa.Text))  # already the database's text of the value
+        else:
+            parts.append(sa.cast(sa.cast(sa.literal(value, column_type), column_type), sa.Text))
     expression = parts[0]
     for part in parts[1:]:
         expression = expression.op("||")(part)
