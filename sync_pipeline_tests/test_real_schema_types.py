@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from sqlalchemy.engine import Engine
 
 from sync_pipeline.cli import main
-from sync_pipeline.engine.errors import BadInputError
+from sync_pipeline.engine.errors import BadInputError, ReplicaError
 from sync_pipeline.engine.master import connect_master, init_master
 from sync_pipeline.engine.session import run_sync
 from sync_pipeline.settings import parse_settings
@@ -515,4 +515,23 @@ def test_domain_and_text_carried_primary_keys(tmp_path: Path) -> None:
             ("10.0.0.3/32", "ROM", "gamma", "00:05:00"),
         ]
         assert [tuple(s) for s in stations] == [("BER", "Berlin"), ("OSL", "Oslo local"), ("ROM", "Rome")]
+        engine.dispose()
+
+
+def test_text_the_master_type_rejects_is_bad_input(tmp_path: Path) -> None:
+    """A local value the column's type does not parse is refused before anything is written, naming it."""
+    with _pg_url(tmp_path) as url:
+        engine = _film_master(url)
+        replica = make_replica(engine, tmp_path)
+        _local(replica, "UPDATE film SET rental_period = '1 monz', title = 'X' WHERE film_id = 2")
+        before = master_state(engine)
+        with pytest.raises(ReplicaError) as refused:
+            run_sync(engine, replica)
+        message = str(refused.value)
+        assert "column 'rental_period'" in message and "1 monz" in message and "'film_id': 2" in message
+        assert master_state(engine) == before
+        # The replica stays writable: corrected, it syncs.
+        _local(replica, "UPDATE film SET rental_period = '1 mon' WHERE film_id = 2")
+        assert run_sync(engine, replica).status == "done"
+        assert (_film(engine, 2)["rental_period"], _film(engine, 2)["title"]) == ("1 mon", "X")
         engine.dispose()

@@ -240,6 +240,20 @@ class DialectTypes:
     def carrier(self, column: sa.Column[Any]) -> Carrier:
         return generic_carrier(column.type)
 
+    def canonical_texts(self, conn: Connection, column: sa.Column[Any], values: list[str]) -> dict[str, str]:
+        """For a column carried as text: each value as the master writes it back (its type's output of its
+        input). Raises `TextRejected` for a value the column's type does not accept. Dialects without
+        text-carried columns have nothing to do."""
+        return {value: value for value in values}
+
+
+class TextRejected(ValueError):
+    """A value a text-carried column's type does not accept (the database's reason in the message)."""
+
+    def __init__(self, value: str, reason: str) -> None:
+        super().__init__(f"{value!r}: {reason}")
+        self.value, self.reason = value, reason
+
 
 class SQLiteTypes(DialectTypes):
     def prepare(self, bind: Engine | Connection, table: sa.Table) -> None:
@@ -293,6 +307,39 @@ class PostgreSQLTypes(DialectTypes):
             if carrier.kind == "text" and not isinstance(column.type, CarriedAsText):
                 column.type = CarriedAsText(column.type)
             column.info[CARRIER_INFO] = carrier
+
+    CANONICAL_CHUNK = 500
+
+    def canonical_texts(self, conn: Connection, column: sa.Column[Any], values: list[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for start in range(0, len(values), self.CANONICAL_CHUNK):
+            chunk = values[start : start + self.CANONICAL_CHUNK]
+            try:
+                with conn.begin_nested():
+                    out.update(self._canonical_chunk(conn, column, chunk))
+            except sa.exc.DBAPIError:
+                for value in chunk:  # find the value at fault, to name it
+                    try:
+                        with conn.begin_nested():
+                            out.update(self._canonical_chunk(conn, column, [value]))
+                    except sa.exc.DBAPIError as exc:
+                        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+                        raise TextRejected(value, reason) from None
+        return out
+
+    @staticmethod
+    def _canonical_chunk(conn: Connection, column: sa.Column[Any], chunk: list[str]) -> dict[str, str]:
+        # UNION ALL gives each untyped parameter the type of the column in the first (empty) branch, so
+        # the database parses it with the column's own input function, no type name written into SQL.
+        raw = sa.type_coerce(column, sa.types.NullType())  # the column itself, not its text
+        branches = [sa.select(sa.literal(-1).label("i"), raw.label("v")).where(sa.false())]
+        branches += [
+            sa.select(sa.literal(i).label("i"), sa.bindparam(f"v{i}", value, type_=sa.types.NullType()).label("v"))
+            for i, value in enumerate(chunk)
+        ]
+        values = sa.union_all(*branches).subquery()
+        rows = conn.execute(sa.select(values.c.i, sa.cast(values.c.v, sa.Text)))
+        return {chunk[i]: text for i, text in rows}
 
     def carrier(self, column: sa.Column[Any]) -> Carrier:
         if isinstance(column.type, CarriedAsText):
