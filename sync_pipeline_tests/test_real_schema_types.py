@@ -535,3 +535,35 @@ def test_text_the_master_type_rejects_is_bad_input(tmp_path: Path) -> None:
         assert run_sync(engine, replica).status == "done"
         assert (_film(engine, 2)["rental_period"], _film(engine, 2)["title"]) == ("1 mon", "X")
         engine.dispose()
+
+
+def test_film_sync_through_the_cli_and_its_checks(tmp_path: Path) -> None:
+    """The same types through `sync` (the Dagster asset graph and its Great Expectations checks)."""
+    with _pg_url(tmp_path) as url:
+        engine = _film_master(url)
+        replica = make_replica(engine, tmp_path)
+        _local(
+            replica,
+            "UPDATE film SET release_year = 2012, special_features = '[\"Trailers\"]', fulltext = 'new words',"
+            " rental_period = '36:00:00', details = '{\"b\": 2, \"a\": 1.50}', last_ip = '10.9.9.9' WHERE film_id = 1",
+        )
+        _local(
+            replica,
+            "INSERT INTO film (title, release_year, language_id, rating, special_features, last_update, rental_rate)"
+            " VALUES ('CLI FILM', 1999, 1, 'PG-13', '[\"Commentaries\"]', '2024-01-01 00:00:00+00:00', 1.99)",
+        )
+        result = CliRunner().invoke(main, ["sync", "--master", url, "--replica", str(replica)])
+        assert result.exit_code == 0, result.output
+        assert "Traceback" not in result.output
+        film = _film(engine, 1)
+        assert (film["release_year"], film["special_features"], film["fulltext"]) == (
+            2012,
+            ["Trailers"],
+            "'new' 'words'",
+        )
+        assert (film["rental_period"], film["details"], film["last_ip"]) == ("36:00:00", {"a": 1.5, "b": 2}, "10.9.9.9")
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql(
+                "SELECT release_year, rating::text, special_features FROM film WHERE title = 'CLI FILM'"
+            ).one() == (1999, "PG-13", ["Commentaries"])
+        engine.dispose()
