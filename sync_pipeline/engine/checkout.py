@@ -22,10 +22,11 @@ from sqlalchemy.engine import Engine
 from sync_pipeline.engine import store
 from sync_pipeline.engine.capture import capture_for
 from sync_pipeline.engine.capture.sqlite import install_replica_log
+from sync_pipeline.engine.column_types import carrier_of, replica_type
 from sync_pipeline.engine.errors import BadInputError, ReplicaError
 from sync_pipeline.engine.manifest import Manifest, schema_snapshot, write_manifest
 from sync_pipeline.engine.master import master_settings
-from sync_pipeline.engine.schema import TableInfo, fk_order, reflect_tables, sqlite_column_type
+from sync_pipeline.engine.schema import TableInfo, dumps, fk_order, reflect_tables
 
 CHUNK_ROWS = 10_000
 
@@ -59,7 +60,7 @@ def sqlite_value(value: Any) -> Any:
     if isinstance(value, memoryview):
         return bytes(value)
     if isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False)
+        return dumps(value)  # arrays as JSON lists, their Decimals and dates as text
     return str(value)
 
 
@@ -71,7 +72,7 @@ def replica_metadata(infos: dict[str, TableInfo]) -> sa.MetaData:
         columns = [
             sa.Column(
                 c.name,
-                sqlite_column_type(c.type),
+                replica_type(c),
                 primary_key=c.primary_key,
                 nullable=c.nullable,
                 autoincrement=info.generated_pk and c.primary_key,
@@ -168,26 +169,10 @@ def checkout(
     return CheckoutResult(replica_id, path, owner, chosen, rows)
 
 
-def _converter_for(column_type: sa.types.TypeEngine) -> Callable[[Any], Any] | None:
-    """How a value of this master type is stored in SQLite; None where the driver's value fits as is."""
-    if isinstance(
-        column_type,
-        (
-            sa.Boolean,
-            sa.Numeric,
-            sa.Date,
-            sa.DateTime,
-            sa.Time,
-            sa.Uuid,
-            sa.JSON,
-            sa.LargeBinary,
-            sa.Interval,
-            sa.ARRAY,
-            sa.Enum,
-        ),
-    ):
-        return sqlite_value
-    if isinstance(column_type, (sa.Integer, sa.String)):
+def _converter_for(column: sa.Column[Any]) -> Callable[[Any], Any] | None:
+    """How a value of this master column is stored in SQLite; None where the driver's value fits as is
+    (integers, and text: also the database's text of types carried as text, see column_types)."""
+    if carrier_of(column).kind in ("int", "str", "enum", "text"):
         return None
     return sqlite_value
 
@@ -241,7 +226,7 @@ def _copy_table(
     order = list(compiled.positiontup or [])
     if order != [c.name for c in columns]:
         raise RuntimeError(f"unexpected parameter order in {insert_sql}")
-    converters = [_converter_for(info.table.columns[c].type) for c in info.columns]
+    converters = [_converter_for(info.table.columns[c]) for c in info.columns]
     copied = 0
     if progress:
         progress(info.name, 0, total)

@@ -13,6 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from sqlalchemy.engine import Engine
+
+from sync_pipeline.engine.column_types import TextRejected, carrier_of, dialect_types
 from sync_pipeline.engine.errors import ReplicaError
 from sync_pipeline.engine.faults import armed, checkpoint
 from sync_pipeline.engine.progress import report
@@ -224,3 +227,53 @@ def _key_values(row_key: str, info: TableInfo, where: str) -> list[Any]:
             f"{where}: key value rejected by the master's type ({exc})",
             "correct the key in the replica, then sync again",
         ) from None
+
+
+def canonicalize_local_values(engine: Engine, changes: ChangeSet, infos: dict[str, TableInfo]) -> None:
+    """Local values of columns carried as the database's text (see column_types), as the master will
+    hold them: `academy dinosaur` in a tsvector column becomes `'academy' 'dinosaur'`, `48:00:00` stays
+    an interval of hours. So a local value compares with the master's as the master would, the load
+    writes what the master reads back, and a value the column's type rejects is refused here, naming its
+    row and column, rather than failing the load. One query per column and 500 distinct values; nothing
+    to do on a master without such columns. Key columns keep the text they were logged with.
+    """
+    wanted: dict[tuple[str, str], set[str]] = {}
+    for change in changes.changes:
+        if change.local is None:
+            continue
+        columns = infos[change.table].table.columns
+        for name in change.changed:
+            value = change.local.get(name)
+            if isinstance(value, str) and not columns[name].primary_key and carrier_of(columns[name]).kind == "text":
+                wanted.setdefault((change.table, name), set()).add(value)
+    if not wanted:
+        return
+    rules = dialect_types(engine.dialect.name)
+    canonical: dict[tuple[str, str], dict[str, str]] = {}
+    with engine.connect() as conn:
+        for (table, name), values in wanted.items():
+            info = infos[table]
+            try:
+                canonical[(table, name)] = rules.canonical_texts(conn, info.table.columns[name], sorted(values))
+            except TextRejected as exc:
+                change = next(c for c in changes.changes if c.table == table and (c.local or {}).get(name) == exc.value)
+                raise ReplicaError(
+                    f"table '{table}', key {change.key_dict(info.pk)}, column '{name}': {exc.value!r} is rejected "
+                    f"by the master's column type ({exc.reason})",
+                    "correct the value in the replica with the application that wrote it, then sync again",
+                ) from None
+    kept: list[RowChange] = []
+    for change in changes.changes:
+        if change.local is not None:
+            for name in change.changed:
+                texts = canonical.get((change.table, name))
+                if texts is not None and change.local.get(name) in texts:
+                    change.local[name] = texts[change.local[name]]
+            if change.op == "update":
+                assert change.base is not None
+                # Rewritten in the type's own form, a value may be the base again: no change then.
+                change.changed = [c for c in change.changed if change.base[c] != change.local[c]]
+                if not change.changed:
+                    continue
+        kept.append(change)
+    changes.changes = kept

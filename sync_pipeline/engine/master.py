@@ -11,6 +11,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 
 from sync_pipeline.engine import store
 from sync_pipeline.engine.capture import capture_for
+from sync_pipeline.engine.column_types import refuse_uncarried_columns
 from sync_pipeline.engine.errors import BadInputError
 from sync_pipeline.engine.schema import TableInfo, reflect_tables
 from sync_pipeline.settings import SyncSettings, parse_settings
@@ -112,6 +113,7 @@ def check_settings_against_schema(settings: SyncSettings, bind: Engine | Connect
 def init_master(engine: Engine, settings: SyncSettings) -> dict[str, TableInfo]:
     """Create the sync tables, store the settings and install master change capture, in one transaction."""
     infos = check_settings_against_schema(settings, engine)
+    refuse_uncarried_columns((info.table for info in infos.values()), engine.dialect)  # before anything is written
     with engine.begin() as conn:
         store.create_sync_tables(conn)
         existing = {row.key: row.value for row in conn.execute(sa.select(store.sync_meta))}

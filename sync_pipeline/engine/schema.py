@@ -11,13 +11,17 @@ import datetime as dt
 import decimal
 import functools
 import json
+import re
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+
+from sync_pipeline.engine.column_types import Carrier, carrier_of, parse_temporal, prepare_table
 
 KEY_SEPARATOR = "\x1f"  # ASCII unit separator: cannot appear in a key value by accident
 
@@ -63,7 +67,11 @@ def reflect_tables(bind: Engine | Connection, names: Iterable[str]) -> dict[str,
     missing = [n for n in wanted if n not in existing]
     if missing:
         raise KeyError(missing)
-    metadata.reflect(bind=bind, only=wanted, resolve_fks=True)
+    with warnings.catch_warnings():
+        # Types SQLAlchemy does not know (point, xml, composite and extension types) are carried as the
+        # database's text (column_types): not worth a warning on every command.
+        warnings.filterwarnings("ignore", "Did not recognize type", sa.exc.SAWarning)
+        metadata.reflect(bind=bind, only=wanted, resolve_fks=True)
     dialect = bind.dialect.name
     infos: dict[str, TableInfo] = {}
     for name in wanted:
@@ -77,11 +85,7 @@ def reflect_tables(bind: Engine | Connection, names: Iterable[str]) -> dict[str,
             )
             for constraint in table.foreign_key_constraints
         ]
-        for column in table.columns:
-            if isinstance(column.type, sa.Integer):
-                # SQLite's INTEGER holds 64 bits; elsewhere the type's own width counts.
-                small, big = isinstance(column.type, sa.SmallInteger), isinstance(column.type, sa.BigInteger)
-                column.info["int_bits"] = 64 if dialect == "sqlite" or big else 16 if small else 32
+        prepare_table(bind, table)  # value rules by base type; see column_types
         infos[name] = TableInfo(table, pk, _is_generated_key(table, pk, dialect), fks)
     return infos
 
@@ -117,36 +121,6 @@ class ValueRejected(ValueError):
     """A value that the master's column type would reject."""
 
 
-@functools.lru_cache(maxsize=4096)
-def _python_kind(column_type: sa.types.TypeEngine) -> str:
-    generic = column_type
-    if isinstance(generic, sa.Boolean):
-        return "bool"
-    if isinstance(generic, sa.Integer):
-        return "int"
-    if isinstance(generic, sa.Float):
-        return "float"
-    if isinstance(generic, sa.Numeric):
-        return "decimal" if getattr(generic, "asdecimal", True) else "float"
-    if isinstance(generic, sa.DateTime):
-        return "datetime"
-    if isinstance(generic, sa.Date):
-        return "date"
-    if isinstance(generic, sa.Time):
-        return "time"
-    if isinstance(generic, sa.Interval):
-        return "interval"
-    if isinstance(generic, sa.LargeBinary):
-        return "bytes"
-    if isinstance(generic, sa.JSON):
-        return "json"
-    if isinstance(generic, sa.Uuid):
-        return "uuid"
-    if isinstance(generic, sa.String):
-        return "str"
-    return "other"
-
-
 def normalize(value: Any, column: sa.Column) -> Any:
     """Bring a value read from SQLite, JSON or the master into the master column's Python form.
 
@@ -164,18 +138,23 @@ def normalizer(column: sa.Column) -> Callable[[Any], Any]:
     """
     cached = column.info.get("_normalizer")
     if cached is None:
-        cached = column.info["_normalizer"] = _build_normalizer(column)
+        cached = column.info["_normalizer"] = carrier_normalizer(carrier_of(column))
     return cached
 
 
-def _build_normalizer(column: sa.Column) -> Callable[[Any], Any]:
-    kind = _python_kind(column.type)
+def carrier_normalizer(carrier: Carrier) -> Callable[[Any], Any]:
+    """The normaliser of one carrier (a column's type rules, by its base type; see column_types)."""
+    kind = carrier.kind
+    if kind == "array":
+        assert carrier.element is not None
+        return _array_normalizer(carrier_normalizer(carrier.element))
     exact_type = _EXACT_TYPES.get(kind)
-    length = getattr(column.type, "length", None) if kind == "str" else None
-    bits = column.info.get("int_bits", 64)
-    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1)
-    scale = getattr(column.type, "scale", None) if kind == "decimal" else None
-    precision = getattr(column.type, "precision", None) if kind == "decimal" else None
+    length = carrier.length if kind in ("str", "enum") else None
+    padded = carrier.blank_padded
+    low, high = -(2 ** (carrier.int_bits - 1)), 2 ** (carrier.int_bits - 1)
+    scale, precision = carrier.scale, carrier.precision
+    enums = frozenset(carrier.enums or ())
+    zoned = carrier.zoned if kind == "datetime" else None
 
     def already_normal(value: Any) -> bool:
         if type(value) is not exact_type:
@@ -183,27 +162,62 @@ def _build_normalizer(column: sa.Column) -> Callable[[Any], Any]:
         if kind == "int":
             return low <= value < high
         if kind == "str":
-            return (length is None or len(value) <= length) and "\x00" not in value
+            return (
+                length is None or len(value) == length or (not padded and len(value) < length)
+            ) and "\x00" not in value
+        if kind == "enum":
+            return value in enums
         if kind == "decimal":
             return (
                 value.is_finite()
                 and (scale is None or value.as_tuple().exponent == -scale)
                 and (precision is None or value.adjusted() + 1 <= precision - (scale or 0))
             )
+        if kind == "text":
+            return "\x00" not in value
+        if zoned is not None:  # datetime
+            return (value.tzinfo is not None) == zoned
         return True
 
     def normalize_value(value: Any) -> Any:
         if value is None or already_normal(value):
             return value
-        return _normalize_slow(value, column, kind)
+        return _normalize_slow(value, carrier)
 
     return normalize_value
 
+
+def _array_normalizer(element: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Arrays travel as JSON lists (nested for more dimensions); each element by the element's rules."""
+
+    def each(items: list[Any]) -> list[Any]:
+        return [each(item) if isinstance(item, list) else element(item) for item in items]
+
+    def normalize_array(value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ValueRejected(f"{value!r} is not an array (a JSON list)") from None
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ValueRejected(f"{value!r} is not an array (a JSON list)")
+        return each(value)
+
+    return normalize_array
+
+
+_DATE_LIKE = re.compile(r"^\s*\d{4}-\d{1,2}-\d{1,2}|^\s*\d{1,2}:\d{2}")
 
 # The Python type a value of each kind has once normalised (a value of exactly this type skips the rules).
 _EXACT_TYPES: dict[str, type] = {
     "int": int,
     "str": str,
+    "enum": str,
+    "text": str,
     "decimal": decimal.Decimal,
     "date": dt.date,
     "datetime": dt.datetime,
@@ -212,8 +226,16 @@ _EXACT_TYPES: dict[str, type] = {
 }
 
 
-def _normalize_slow(value: Any, column: sa.Column, kind: str) -> Any:
+def _normalize_slow(value: Any, carrier: Carrier) -> Any:
+    kind = carrier.kind
     try:
+        if carrier.lenient_text and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            # SQLite dates and times: text that is no date at all ('n/a') or a number stays as the row
+            # holds it; an impossible date ('2026-02-30') is refused like on any other master.
+            parsed = parse_temporal(value, kind)
+            if isinstance(parsed, str) and _DATE_LIKE.match(parsed):
+                raise ValueRejected(f"{value!r} is not a valid {kind}")
+            return parsed
         if kind == "bool":
             if isinstance(value, bool):
                 return value
@@ -223,17 +245,16 @@ def _normalize_slow(value: Any, column: sa.Column, kind: str) -> Any:
                 return value.lower() == "true"
             raise ValueRejected(f"{value!r} is not a boolean")
         if kind == "int":
-            return _in_integer_range(_as_int(value), column)
+            return _in_integer_range(_as_int(value), carrier.int_bits)
         if kind == "decimal":
             if isinstance(value, bool):
                 raise ValueRejected(f"{value!r} is not a number")
             number = value if isinstance(value, decimal.Decimal) else decimal.Decimal(str(value))
             if not number.is_finite():
                 raise ValueRejected(f"{value!r} is not a finite number")
-            scale = getattr(column.type, "scale", None)
+            scale, precision = carrier.scale, carrier.precision
             if scale is not None:
                 number = number.quantize(decimal.Decimal(1).scaleb(-scale))
-            precision = getattr(column.type, "precision", None)
             if precision is not None and number.adjusted() + 1 > precision - (scale or 0):
                 raise ValueRejected(f"{value!r} does not fit NUMERIC({precision},{scale or 0})")
             return number
@@ -242,11 +263,14 @@ def _normalize_slow(value: Any, column: sa.Column, kind: str) -> Any:
                 raise ValueRejected(f"{value!r} is not a number")
             return float(value)
         if kind == "datetime":
-            if isinstance(value, dt.datetime):
-                return value
             if isinstance(value, str):
-                return dt.datetime.fromisoformat(value)
-            raise ValueRejected(f"{value!r} is not a timestamp")
+                value = dt.datetime.fromisoformat(value)
+            if not isinstance(value, dt.datetime):
+                raise ValueRejected(f"{value!r} is not a timestamp")
+            if carrier.zoned is None or (value.tzinfo is not None) == carrier.zoned:
+                return value
+            # A local time for an instant column, or an instant for a local-time column: taken as UTC.
+            return value.replace(tzinfo=dt.UTC) if carrier.zoned else value.astimezone(dt.UTC).replace(tzinfo=None)
         if kind == "date":
             if isinstance(value, dt.datetime):
                 raise ValueRejected(f"{value!r} is a timestamp, not a date")
@@ -269,9 +293,9 @@ def _normalize_slow(value: Any, column: sa.Column, kind: str) -> Any:
             raise ValueRejected(f"{value!r} is not binary data")
         if kind == "uuid":
             if isinstance(value, uuid.UUID):
-                return value if getattr(column.type, "as_uuid", True) else str(value)
+                return value if carrier.as_uuid else str(value)
             parsed = uuid.UUID(str(value))
-            return parsed if getattr(column.type, "as_uuid", True) else str(parsed)
+            return parsed if carrier.as_uuid else str(parsed)
         if kind == "json":
             if isinstance(value, str):
                 try:
@@ -279,15 +303,24 @@ def _normalize_slow(value: Any, column: sa.Column, kind: str) -> Any:
                 except ValueError:
                     return value
             return value
-        if kind == "str":
-            if isinstance(value, (bytes, bytearray)):
+        if kind in ("str", "enum", "text"):
+            if isinstance(value, (bytes, bytearray, memoryview)):
                 raise ValueRejected("binary data in a text column")
-            text = value if isinstance(value, str) else str(value)
+            if isinstance(value, float) and kind == "text":
+                # SQLite hands back a number typed into a text-carried column (an interval '5', a
+                # money 12.5) as REAL: its shortest exact text, as the user wrote it.
+                text = repr(value)
+            else:
+                text = value if isinstance(value, str) else str(value)
             if "\x00" in text:
                 raise ValueRejected("text with a NUL character, which the master cannot store")
-            length = getattr(column.type, "length", None)
+            if kind == "enum" and text not in (carrier.enums or ()):
+                raise ValueRejected(f"{text!r} is not one of the type's values: {', '.join(carrier.enums or ())}")
+            length = carrier.length if kind == "str" else None
             if length is not None and len(text) > length:
                 raise ValueRejected(f"text of {len(text)} characters is longer than the column's {length}")
+            if length is not None and carrier.blank_padded:
+                text = text.ljust(length)  # CHAR(n): the master stores it padded to n
             return text
     except ValueRejected:
         raise
@@ -310,8 +343,7 @@ def _as_int(value: Any) -> int:
     raise ValueRejected(f"{value!r} is not an integer")
 
 
-def _in_integer_range(number: int, column: sa.Column) -> int:
-    bits = column.info.get("int_bits", 64)
+def _in_integer_range(number: int, bits: int) -> int:
     if not -(2 ** (bits - 1)) <= number < 2 ** (bits - 1):
         raise ValueRejected(f"{number} is out of range for a {bits}-bit integer column")
     return number
@@ -338,7 +370,9 @@ def encode(value: Any) -> Any:
         return str(value)
     if isinstance(value, dt.timedelta):
         return value.total_seconds()
-    if isinstance(value, (dict, list)):
+    if isinstance(value, list):
+        return [encode(item) for item in value]  # arrays: their elements may be Decimals, dates …
+    if isinstance(value, dict):
         return value
     return str(value)
 
@@ -364,19 +398,6 @@ def decode_row(data: Mapping[str, Any] | None, table: sa.Table) -> dict[str, Any
     return {k: normalizer(columns[k])(v) for k, v in data.items() if k in columns}
 
 
-def sqlite_column_type(column_type: sa.types.TypeEngine) -> sa.types.TypeEngine:
-    """The type a master column gets in the replica (SQLite): the generic form of the master's type."""
-    try:
-        generic = column_type.as_generic()
-    except NotImplementedError:
-        return sa.Text()
-    if isinstance(generic, (sa.JSON, sa.ARRAY)):
-        return sa.Text()
-    if isinstance(generic, sa.Enum):
-        return sa.String(max((len(v) for v in generic.enums), default=None) or None)
-    return generic
-
-
 # Column types whose values PostgreSQL takes as a typed array parameter without surprises.
 _ARRAY_SAFE = (sa.Integer, sa.String, sa.Uuid, sa.Date, sa.DateTime, sa.Numeric)
 
@@ -400,7 +421,10 @@ def key_text(table: sa.Table, pk: tuple[str, ...], values: tuple[Any, ...]) -> s
         column_type = table.columns[name].type
         if parts:
             parts.append(sa.literal(KEY_SEPARATOR, sa.Text))
-        parts.append(sa.cast(sa.cast(sa.literal(value, column_type), column_type), sa.Text))
+        if carrier_of(table.columns[name]).kind == "text":
+            parts.append(sa.literal(value, sa.Text))  # already the database's text of the value
+        else:
+            parts.append(sa.cast(sa.cast(sa.literal(value, column_type), column_type), sa.Text))
     expression = parts[0]
     for part in parts[1:]:
         expression = expression.op("||")(part)

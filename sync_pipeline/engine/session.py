@@ -27,7 +27,7 @@ from sync_pipeline.engine.errors import (
     DecisionError,
     SyncError,
 )
-from sync_pipeline.engine.extract import ChangeSet, RowChange, extract_changes
+from sync_pipeline.engine.extract import ChangeSet, RowChange, canonicalize_local_values, extract_changes
 from sync_pipeline.engine.faults import checkpoint
 from sync_pipeline.engine.load import StaleRows, build_plan, execute_plan
 from sync_pipeline.engine.progress import report
@@ -219,6 +219,7 @@ def _start_session(
     detected: list[Detected] | None = None
     try:
         changes = extract_changes(replica.conn, replica.infos)
+        canonicalize_local_values(engine, changes, replica.infos)
         for index, change in enumerate(changes.changes):
             change.seq = index  # from now on a change is known by its change_id
         if replica.settings.master_change_capture:
@@ -990,6 +991,7 @@ def dry_run(engine: Engine, replica_path: str | Path) -> SyncResult:
     replica = open_replica(engine, replica_path)
     try:
         changes = extract_changes(replica.conn, replica.infos)
+        canonicalize_local_values(engine, changes, replica.infos)
         with engine.connect() as conn:
             detected = detect_conflicts(conn, changes, replica.infos, replica.settings, replica.row)
     finally:

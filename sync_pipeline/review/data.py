@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from sync_pipeline.engine import store
+from sync_pipeline.engine.column_types import type_text
 from sync_pipeline.engine.errors import ConflictNotFoundError, DecisionError
 from sync_pipeline.engine.queries import list_conflicts
 from sync_pipeline.engine.resolve import FIELD_KINDS, VALUE_KINDS
@@ -266,11 +267,7 @@ def column_hints(engine: Engine, table: str) -> dict[str, ColumnHint]:
     info = reflect_tables(engine, [table])[table]
     hints = {}
     for column in info.table.columns:
-        try:
-            type_text = str(column.type.compile(dialect=engine.dialect))
-        except Exception:  # noqa: BLE001 - a type the dialect cannot print is still shown by name
-            type_text = type(column.type).__name__.upper()
-        hints[column.name] = ColumnHint(type_text, bool(column.nullable))
+        hints[column.name] = ColumnHint(type_text(column, engine.dialect), bool(column.nullable))
     return hints
 
 

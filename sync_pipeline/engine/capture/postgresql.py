@@ -6,6 +6,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from sync_pipeline.engine.capture.base import MasterCapture, sql_string, trigger_name
+from sync_pipeline.engine.column_types import carrier_of
 from sync_pipeline.engine.schema import KEY_SEPARATOR, TableInfo
 
 NOW = """to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US')"""
@@ -34,9 +35,15 @@ class PostgreSQLMasterCapture(MasterCapture):
             return f" || {sep} || ".join(f"CAST({ref}.{_q(conn, c)} AS TEXT)" for c in info.pk)
 
         name = sql_string(info.name)
-        changed_columns = ",\n          ".join(
-            f"({sql_string(c)}, OLD.{_q(conn, c)} IS DISTINCT FROM NEW.{_q(conn, c)})" for c in info.columns
-        )
+
+        def differs(c: str) -> str:
+            old, new = f"OLD.{_q(conn, c)}", f"NEW.{_q(conn, c)}"
+            if carrier_of(info.table.columns[c]).kind == "text":
+                # Types carried as text may have no equality operator (json, xml, point): compare the text.
+                old, new = f"CAST({old} AS TEXT)", f"CAST({new} AS TEXT)"
+            return f"{old} IS DISTINCT FROM {new}"
+
+        changed_columns = ",\n          ".join(f"({sql_string(c)}, {differs(c)})" for c in info.columns)
         function = _q(conn, self._function(info))
         conn.exec_driver_sql(
             f"""

@@ -12,6 +12,7 @@ from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.engine import Connection
 
 from sync_pipeline.engine.capture.base import MasterCapture, sql_string, trigger_name
+from sync_pipeline.engine.column_types import carrier_of
 from sync_pipeline.engine.schema import KEY_SEPARATOR, TableInfo
 
 NOW = "strftime('%Y-%m-%dT%H:%M:%f', 'now')"
@@ -100,7 +101,7 @@ def _json_object_sql(conn: AnyConnection, info: TableInfo, ref: str) -> str:
 
     def value(column: sa.Column) -> str:
         expr = f"{ref}.{_q(conn, column.name)}"
-        if isinstance(column.type, sa.LargeBinary):
+        if carrier_of(column).kind == "bytes":  # also a domain over bytea
             return f"CASE WHEN {expr} IS NULL THEN NULL ELSE hex({expr}) END"
         return expr
 
