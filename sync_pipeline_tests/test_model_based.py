@@ -13,7 +13,9 @@ one-transaction load) must report the same conflicts and leave the master exactl
 
 Runs: 300 examples on SQLite and 100 on PostgreSQL by default (one PostgreSQL schema, emptied per
 example). A larger run: `SYNC_MODEL_EXAMPLES=5000 .venv/bin/pytest sync_pipeline_tests/test_model_based.py`
-(PostgreSQL gets a third of it); `SYNC_MODEL_SEED=N` fixes hypothesis' seed.
+(PostgreSQL gets a third of it). Every run draws a new seed (CI too) and prints it in pytest's header
+("model-based tests: hypothesis seed N"); `SYNC_MODEL_SEED=N` (or `--hypothesis-seed=N`) runs those
+examples again.
 
 Known engine bugs are recognised by the model (`Expected.known_bug`; each open one also has a strict
 xfail test at the end): for those examples the engine must at least fail cleanly (SyncError, or waiting
@@ -54,7 +56,6 @@ from sync_pipeline_tests.helpers import TABLES, make_master, make_replica, repli
 
 EXAMPLES = int(os.environ.get("SYNC_MODEL_EXAMPLES", "300"))
 PG_EXAMPLES = max(100, EXAMPLES // 3)
-SEED = os.environ.get("SYNC_MODEL_SEED")
 
 POLICIES = ("master_wins", "local_wins", "newest_wins", "manual")
 FIELD_KINDS = {"update_update", "insert_insert", "duplicate"}
@@ -927,13 +928,14 @@ settings.register_profile(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
     print_blob=True,
-    # CI runs the same examples every time (a red CI is always reproducible); local runs explore anew.
-    derandomize=os.environ.get("CI", "").lower() in ("1", "true", "yes"),
 )
 
 
 def _seeded(test: Any) -> Any:
-    return seed(int(SEED))(test) if SEED else test
+    # Read at collection, after conftest took --hypothesis-seed (pytest_configure) or drew a new seed.
+    from sync_pipeline_tests import conftest
+
+    return seed(conftest.MODEL_SEED)(test)
 
 
 @pytest.fixture(scope="module")

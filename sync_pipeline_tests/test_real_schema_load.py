@@ -293,9 +293,17 @@ def build_master(url: str, extra_ddl: str = "") -> Engine:
                 )
             conn.execute(insert, BASE_ROWS[name])
         if postgresql:
-            for sequence, value in (("actor_actor_id_seq", 3), ("rental_rental_id_seq", 2), ("payment_payment_id_seq", 2)):
+            for sequence, value in (
+                ("actor_actor_id_seq", 3),
+                ("rental_rental_id_seq", 2),
+                ("payment_payment_id_seq", 2),
+            ):
                 conn.execute(sa.select(sa.func.setval(sequence, value)))
-            for table, column, value in (("category", "category_id", 2), ("film", "film_id", 2), ("customer", "customer_id", 3)):
+            for table, column, value in (
+                ("category", "category_id", 2),
+                ("film", "film_id", 2),
+                ("customer", "customer_id", 3),
+            ):
                 conn.execute(sa.select(sa.func.setval(sa.func.pg_get_serial_sequence(table, column), value)))
     return engine
 
@@ -388,7 +396,11 @@ def test_a_sync_into_a_dvd_rental_master(master_url: str, tmp_path: Path) -> Non
         fulltext = conn.execute(sa.select(t["film"].c.fulltext).where(t["film"].c.film_id == 3)).scalar_one()
         assert fulltext and "offlin" in str(fulltext)  # kept by the master's trigger, not written by the load
     assert the_rows(engine, t["rental"], "rental_id", "film_id", "customer_id")[-1] == (3, 3, local_customer)
-    assert the_rows(engine, t["payment"], "payment_id", "customer_id", "amount")[-1] == (3, local_customer, Decimal("4.99"))
+    assert the_rows(engine, t["payment"], "payment_id", "customer_id", "amount")[-1] == (
+        3,
+        local_customer,
+        Decimal("4.99"),
+    )
 
     verified = summary_of(engine, result.session_id)["verified"]
     assert verified["rows"] == 9 and verified["deleted"] == 1

@@ -196,7 +196,9 @@ class _PostgreSQL:
         for row in rows:
             kind = row.type
             timing = "INSTEAD OF" if kind & 64 else "BEFORE" if kind & 2 else "AFTER"
-            events = tuple(e for bit, e in ((4, "INSERT"), (16, "UPDATE"), (8, "DELETE"), (32, "TRUNCATE")) if kind & bit)
+            events = tuple(
+                e for bit, e in ((4, "INSERT"), (16, "UPDATE"), (8, "DELETE"), (32, "TRUNCATE")) if kind & bit
+            )
             args = [a.decode() for a in bytes(row.args or b"").split(b"\x00")[: row.nargs]]
             if row.language == "plpgsql":
                 effects = read_source(row.source or "", fold=True)
@@ -241,37 +243,41 @@ def find_triggers(bind: Engine | Connection, tables: Mapping[str, sa.Table]) -> 
     dialect = _BY_DIALECT.get(bind.dialect.name)
     if dialect is None or not tables:
         return {}
-    fold = bind.dialect.name == "postgresql"
+    fold = bind.dialect.name == "postgresql"  # unquoted names fold to lower case; SQLite ignores case
     by_name = {(name if fold else name.lower()): name for name in tables}
+
+    def synced(table: str) -> str | None:
+        return by_name.get(table if fold else table.lower())
+
     out: dict[str, list[MasterTrigger]] = {}
     for name, declared_on, timing, events, effects in dialect.triggers(bind):
         if name.startswith(OWN_TRIGGER_PREFIX):
             continue
-        writes: dict[str, set[str]] = {}
-
-        def add(table: str, columns: Iterable[str]) -> None:
-            synced = by_name.get(table if fold else table.lower())
-            if synced is None:
-                return
-            known = {c.lower(): c for c in tables[synced].columns.keys()}
-            for column in columns:
-                if column == ANY_COLUMN:
-                    writes.setdefault(synced, set()).add(ANY_COLUMN)
-                elif (real := column if column in tables[synced].columns else known.get(column.lower())) is not None:
-                    writes.setdefault(synced, set()).add(real)
-
-        add(declared_on, effects.own_columns)
-        for table, columns in effects.updates:
-            add(table, columns)
-        for table in effects.opaque_tables:
-            add(table, [ANY_COLUMN])
+        targets = [(declared_on, effects.own_columns), *effects.updates]
+        targets += [(t, [ANY_COLUMN]) for t in effects.opaque_tables]
         if effects.opaque_own:
-            add(declared_on, [ANY_COLUMN])
-        sets = tuple(sorted((t, tuple(sorted(c))) for t, c in writes.items()))
+            targets.append((declared_on, [ANY_COLUMN]))
+        writes: dict[str, set[str]] = {}
+        for table, columns in targets:
+            if (target := synced(table)) is not None:
+                writes.setdefault(target, set()).update(_real_columns(tables[target], columns))
+        sets = tuple(sorted((t, tuple(sorted(c))) for t, c in writes.items() if c))
         trigger = MasterTrigger(name, declared_on, timing, events, sets)
-        for table in {by_name.get(declared_on if fold else declared_on.lower()), *writes} - {None}:
-            out.setdefault(table, []).append(trigger)  # type: ignore[arg-type]
+        for table in {synced(declared_on), *(t for t, _ in sets)} - {None}:
+            out.setdefault(table, []).append(trigger)  # type: ignore[index]
     return out
+
+
+def _real_columns(table: sa.Table, columns: Iterable[str]) -> set[str]:
+    """The table's columns among names read from source (matched exactly, else ignoring case)."""
+    known = {c.lower(): c for c in table.columns.keys()}  # noqa: SIM118 - a ColumnCollection, not a dict
+    found = set()
+    for column in columns:
+        if column == ANY_COLUMN or column in table.columns:
+            found.add(column)
+        elif column.lower() in known:
+            found.add(known[column.lower()])
+    return found
 
 
 def maintained_columns(table: sa.Table, triggers: Iterable[MasterTrigger]) -> frozenset[str]:
