@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 from sync_pipeline.engine.detect import Detected, fetch_rows_by_key, still_referenced
 from sync_pipeline.engine.errors import SyncError
 from sync_pipeline.engine.faults import checkpoint
-from sync_pipeline.engine.load_columns import by_columns, insert_statement, writable
+from sync_pipeline.engine.load_columns import grouped_by_columns, insert_statement, writable
 from sync_pipeline.engine.load_verify import WrittenRows, verify_load
 from sync_pipeline.engine.progress import report
 from sync_pipeline.engine.resolve import CurrentDecision
@@ -356,7 +356,8 @@ def _dependencies(
     operations: list[Operation], infos: dict[str, TableInfo]
 ) -> tuple[dict[int, set[int]], dict[int, set[str]]]:
     """For each operation (by index), the operations that must be written before it; and for each update
-    that takes a unique value, the columns it takes it in (see `_write_order` for cycles).
+    that takes a unique value, the columns it takes it in, for each delete that frees one another write
+    takes, the columns it frees (see `_write_order` for cycles).
 
     - a unique value is taken (insert, update) only after the row holding it let it go (delete, update);
     - a row pointing at a parent the load inserts comes after that insert (also for remapped parents: their
@@ -443,6 +444,8 @@ def _dependencies(
         for j in frees.get(slot, ()):
             if j != i:
                 needs[i].add(j)
+                if operations[j].op == "delete":  # a row going away may let go of the value early (a cycle)
+                    takers[j].update(slot[1])
     for i, slot in points:
         for j in provides.get(slot, ()):
             if j != i:
@@ -500,7 +503,9 @@ def _write_order(operations: list[Operation], infos: dict[str, TableInfo]) -> It
         # A cycle: unique values rotated among rows of one table (two contacts swap their e-mail addresses),
         # so every row holds the value another takes. Updates that take such a value in nullable columns,
         # and write no reference (nothing can drop them later), first let go of their old value: NULL may
-        # repeat in a unique index. Then nothing waits for them any more.
+        # repeat in a unique index. Then nothing waits for them any more. Likewise a row to be deleted that
+        # holds a value a new row takes, while the delete waits for rows that move to that new row (a record
+        # made anew under another key, its children moved to it, the old one deleted): it lets go first.
         released: dict[str, list[int]] = defaultdict(list)
         for (op, table), indexes in waiting.items():
             columns = infos[table].table.columns
@@ -508,10 +513,10 @@ def _write_order(operations: list[Operation], infos: dict[str, TableInfo]) -> It
             for i in indexes:
                 taken = takers.get(i)
                 if (
-                    op == "update"
+                    op in ("update", "delete")
                     and i not in unblocked
                     and taken
-                    and not references & set(operations[i].values)
+                    and (op == "delete" or not references & set(operations[i].values))
                     and all(columns[c].nullable for c in taken)
                 ):
                     released[table].append(i)
@@ -574,7 +579,7 @@ class _Writer:
                 continue
             (remapped if operation.new_key else plain).append(operation)
         plain = self._without_missing_parents(table, plain, "orphan_parent")
-        for columns, rows in by_columns(o.values for o in plain):
+        for columns, rows in grouped_by_columns(o.values for o in plain):
             conn.execute(insert_statement(conn, info, columns), rows)
             checkpoint("load_write")
         for o in plain:
@@ -663,13 +668,15 @@ class _Writer:
         return [o for n, o in enumerate(operations) if n not in missing]
 
     def release(self, table: str, operations: list[Operation]) -> None:
-        """Write NULL into the unique columns these updates are about to write (see `_write_order`): their
-        old values are free for other rows; the updates themselves follow and are recorded then."""
+        """Write NULL into the unique columns these updates are about to write, or the nullable unique
+        columns of rows about to be deleted (see `_write_order`): their old values are free for other rows;
+        the updates and deletes themselves follow and are recorded then."""
         info = self.infos[table]
         unique = {c for columns in _unique_column_sets(info) for c in columns}
         by_columns: dict[tuple[str, ...], list[Operation]] = defaultdict(list)
         for o in operations:
-            by_columns[tuple(sorted(unique & set(o.values)))].append(o)
+            lets_go = set(o.values) if o.op == "update" else {c for c in unique if info.table.columns[c].nullable}
+            by_columns[tuple(sorted(unique & lets_go))].append(o)
         for columns, batch in by_columns.items():
             statement = (
                 sa.update(info.table)

@@ -88,9 +88,9 @@ def insert_statement(conn: Connection, info: TableInfo, columns: Iterable[str]) 
     return _INSERTS.get(conn.dialect.name, _plain_insert)(info, columns)
 
 
-def by_columns(rows: Iterable[dict[str, Any]]) -> Iterator[tuple[tuple[str, ...], list[dict[str, Any]]]]:
+def grouped_by_columns(rows: Iterable[dict[str, Any]]) -> Iterator[tuple[tuple[str, ...], list[dict[str, Any]]]]:
     """Rows grouped by the columns they hold: one executemany per group."""
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
-        groups[tuple(row)].append(row)
+        groups[tuple(sorted(row))].append(row)
     yield from groups.items()
