@@ -49,6 +49,9 @@ def init_master_command(master_url: str | None, settings_path: str) -> None:
         f"({', '.join(settings.modules)}); change capture "
         f"{'installed' if settings.master_change_capture else 'off'}"
     )
+    # The master's own triggers: the load leaves the columns they maintain to them (engine/triggers.py).
+    for trigger in sorted({t for info in infos.values() for t in info.triggers}, key=lambda t: (t.table, t.name)):
+        click.echo(f"master trigger: {trigger.describe()}")
 
 
 @main.command("checkout")

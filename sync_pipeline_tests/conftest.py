@@ -7,6 +7,7 @@ no server answers, PostgreSQL tests are skipped locally but fail in CI (CI=true)
 from __future__ import annotations
 
 import os
+import secrets
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,21 @@ PG_URL = os.environ.get("SYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 _pg_reachable: bool | None = None
+
+# The seed of the model-based (hypothesis) tests: new for every run, so that CI explores too, and printed
+# in the run's header, so that a failure is reproduced with SYNC_MODEL_SEED=N (or --hypothesis-seed=N).
+MODEL_SEED = int(os.environ.get("SYNC_MODEL_SEED") or secrets.randbelow(2**32))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global MODEL_SEED
+    given = config.getoption("hypothesis_seed", default=None)
+    if given is not None:
+        MODEL_SEED = int(given)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"model-based tests: hypothesis seed {MODEL_SEED} (reproduce with SYNC_MODEL_SEED={MODEL_SEED})"
 
 
 def _postgres_reachable() -> bool:

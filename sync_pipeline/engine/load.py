@@ -21,9 +21,12 @@ from sqlalchemy.engine import Connection
 from sync_pipeline.engine.detect import Detected, fetch_rows_by_key, still_referenced
 from sync_pipeline.engine.errors import SyncError
 from sync_pipeline.engine.faults import checkpoint
+from sync_pipeline.engine.load_columns import grouped_by_columns, insert_statement, writable
+from sync_pipeline.engine.load_verify import WrittenRows, verify_load
 from sync_pipeline.engine.progress import report
 from sync_pipeline.engine.resolve import CurrentDecision
 from sync_pipeline.engine.schema import TableInfo, fk_order, normalize_row, one_of, references_to
+from sync_pipeline.engine.sequences import advance_past
 
 ABSENT = object()
 
@@ -74,6 +77,7 @@ class LoadResult:
     applied: list[AppliedRow]
     key_map: dict[tuple[str, tuple[Any, ...]], tuple[Any, ...]]
     dropped: list[tuple[int, str, tuple[Any, ...], str]]
+    verified: dict[str, Any] = field(default_factory=dict)  # what `verify_load` compared (load_verify)
 
 
 def _choice(decision: CurrentDecision | None, name: str | None) -> tuple[str, Any]:
@@ -256,14 +260,32 @@ def check_unchanged(conn: Connection, plan: Plan, infos: dict[str, TableInfo]) -
         for operation in operations:
             if current.get(operation.key) == operation.expected:
                 continue
+            if _only_trigger_columns_differ(info, operation, current.get(operation.key)):
+                continue
             if normalized is None:
                 normalized = {}
                 for row in current.values():
                     normal = normalize_row(row, info.table)
                     normalized[info.key_of(normal)] = normal
-            if normalized.get(operation.key) != operation.expected:
+            if normalized.get(operation.key) != operation.expected and not _only_trigger_columns_differ(
+                info, operation, normalized.get(operation.key)
+            ):
                 stale.append(operation.change_id)
     return sorted(set(stale))
+
+
+def _only_trigger_columns_differ(info: TableInfo, operation: Operation, current: dict[str, Any] | None) -> bool:
+    """A row whose only changes since detection are in columns the master's triggers maintain (a
+    `last_update`, a counter kept from another table) and the operation does not write: a side effect
+    of other writes, on which no decision of this row was based. The columns keys and references use
+    always count (the write order is planned on them)."""
+    if not info.maintained_columns or current is None or not isinstance(operation.expected, dict):
+        return False
+    differing = {c for c in current if current[c] != operation.expected.get(c)}
+    planned_on = set(info.pk) | {c for fk in info.foreign_keys for c in fk.columns}
+    planned_on |= {c for columns in _unique_column_sets(info) for c in columns}
+    ignorable = info.maintained_columns - set(operation.values) - planned_on
+    return bool(differing) and differing <= ignorable
 
 
 def execute_plan(conn: Connection, plan: Plan, infos: dict[str, TableInfo]) -> LoadResult:
@@ -276,6 +298,8 @@ def execute_plan(conn: Connection, plan: Plan, infos: dict[str, TableInfo]) -> L
     stale = check_unchanged(conn, plan, infos)
     if stale:
         raise StaleRows(stale)
+    for operation in plan.operations:
+        operation.values = writable(infos[operation.table], operation.op, operation.values)
     writer = _Writer(conn, plan, infos)
     written, total = 0, len(plan.operations)
     for op, table, indexes in _write_order(plan.operations, infos):
@@ -291,7 +315,8 @@ def execute_plan(conn: Connection, plan: Plan, infos: dict[str, TableInfo]) -> L
             writer.delete(table, operations)
         written += len(operations)
         report("load", written, total)
-    return LoadResult(writer.applied, writer.key_map, writer.dropped)
+    verified = verify_load(conn, infos, writer.written, writer.applied)
+    return LoadResult(writer.applied, writer.key_map, writer.dropped, verified)
 
 
 # A unique value of a table: (table, columns, values); a row the FKs point at: (table, parent columns, values).
@@ -331,7 +356,8 @@ def _dependencies(
     operations: list[Operation], infos: dict[str, TableInfo]
 ) -> tuple[dict[int, set[int]], dict[int, set[str]]]:
     """For each operation (by index), the operations that must be written before it; and for each update
-    that takes a unique value, the columns it takes it in (see `_write_order` for cycles).
+    that takes a unique value, the columns it takes it in, for each delete that frees one another write
+    takes, the columns it frees (see `_write_order` for cycles).
 
     - a unique value is taken (insert, update) only after the row holding it let it go (delete, update);
     - a row pointing at a parent the load inserts comes after that insert (also for remapped parents: their
@@ -418,6 +444,8 @@ def _dependencies(
         for j in frees.get(slot, ()):
             if j != i:
                 needs[i].add(j)
+                if operations[j].op == "delete":  # a row going away may let go of the value early (a cycle)
+                    takers[j].update(slot[1])
     for i, slot in points:
         for j in provides.get(slot, ()):
             if j != i:
@@ -475,7 +503,9 @@ def _write_order(operations: list[Operation], infos: dict[str, TableInfo]) -> It
         # A cycle: unique values rotated among rows of one table (two contacts swap their e-mail addresses),
         # so every row holds the value another takes. Updates that take such a value in nullable columns,
         # and write no reference (nothing can drop them later), first let go of their old value: NULL may
-        # repeat in a unique index. Then nothing waits for them any more.
+        # repeat in a unique index. Then nothing waits for them any more. Likewise a row to be deleted that
+        # holds a value a new row takes, while the delete waits for rows that move to that new row (a record
+        # made anew under another key, its children moved to it, the old one deleted): it lets go first.
         released: dict[str, list[int]] = defaultdict(list)
         for (op, table), indexes in waiting.items():
             columns = infos[table].table.columns
@@ -483,10 +513,10 @@ def _write_order(operations: list[Operation], infos: dict[str, TableInfo]) -> It
             for i in indexes:
                 taken = takers.get(i)
                 if (
-                    op == "update"
+                    op in ("update", "delete")
                     and i not in unblocked
                     and taken
-                    and not references & set(operations[i].values)
+                    and (op == "delete" or not references & set(operations[i].values))
                     and all(columns[c].nullable for c in taken)
                 ):
                     released[table].append(i)
@@ -512,6 +542,7 @@ class _Writer:
         self.dropped = list(plan.dropped)
         self.dropped_keys = set(plan.gone)
         self.applied: list[AppliedRow] = []
+        self.written = WrittenRows()  # for `verify_load`
         self.deleted = {(o.table, o.key) for o in plan.operations if o.op == "delete"}
         tables = {o.table for o in plan.operations if o.op == "delete"}
         self.references = references_to(conn, tables) if tables else {}
@@ -548,19 +579,21 @@ class _Writer:
                 continue
             (remapped if operation.new_key else plain).append(operation)
         plain = self._without_missing_parents(table, plain, "orphan_parent")
-        if plain:
-            conn.execute(sa.insert(info.table), [o.values for o in plain])
+        for columns, rows in grouped_by_columns(o.values for o in plain):
+            conn.execute(insert_statement(conn, info, columns), rows)
             checkpoint("load_write")
-            self.applied.extend(
-                AppliedRow(o.change_id, table, info.key_of(o.values), "insert", None, o.values, o.source) for o in plain
+        for o in plain:
+            self.applied.append(
+                AppliedRow(o.change_id, table, info.key_of(o.values), "insert", None, o.values, o.source)
             )
-            if info.generated_pk and conn.dialect.name == "postgresql":
-                advance_sequence(conn, info)
+            self.written.wrote(table, info.key_of(o.values), o.values)
+        advance_past(conn, info.sequences, [o.values for o in plain])  # before the remapped rows take keys
         for operation in remapped:
             new_key = _insert_returning_key(conn, info, operation.values)
             checkpoint("load_write")
             self.key_map[(table, operation.key)] = new_key  # type: ignore[index]
             after = dict(operation.values) | info.key_dict(new_key)
+            self.written.wrote(table, new_key, after)
             self.applied.append(AppliedRow(operation.change_id, table, new_key, "insert", None, after, "remap"))
 
     def update(self, table: str, operations: list[Operation]) -> None:
@@ -595,7 +628,9 @@ class _Writer:
             for start in range(0, len(params), 1000):
                 conn.execute(statement, params[start : start + 1000])
                 checkpoint("load_write")
+            advance_past(conn, info.sequences, [o.values for o in batch])
             for o in batch:
+                self.written.wrote(table, o.key, o.values)  # type: ignore[arg-type]
                 before = o.expected if isinstance(o.expected, dict) else None
                 after = (dict(before) if before else {}) | o.values
                 self.applied.append(AppliedRow(o.change_id, table, o.key, "update", before, after, o.source))  # type: ignore[arg-type]
@@ -633,13 +668,15 @@ class _Writer:
         return [o for n, o in enumerate(operations) if n not in missing]
 
     def release(self, table: str, operations: list[Operation]) -> None:
-        """Write NULL into the unique columns these updates are about to write (see `_write_order`): their
-        old values are free for other rows; the updates themselves follow and are recorded then."""
+        """Write NULL into the unique columns these updates are about to write, or the nullable unique
+        columns of rows about to be deleted (see `_write_order`): their old values are free for other rows;
+        the updates and deletes themselves follow and are recorded then."""
         info = self.infos[table]
         unique = {c for columns in _unique_column_sets(info) for c in columns}
         by_columns: dict[tuple[str, ...], list[Operation]] = defaultdict(list)
         for o in operations:
-            by_columns[tuple(sorted(unique & set(o.values)))].append(o)
+            lets_go = set(o.values) if o.op == "update" else {c for c in unique if info.table.columns[c].nullable}
+            by_columns[tuple(sorted(unique & lets_go))].append(o)
         for columns, batch in by_columns.items():
             statement = (
                 sa.update(info.table)
@@ -650,6 +687,9 @@ class _Writer:
             for start in range(0, len(params), 1000):
                 self.conn.execute(statement, params[start : start + 1000])
                 checkpoint("load_write")
+            for o in batch:  # the update that follows writes them; if it is dropped, they must be as before
+                before = o.expected if isinstance(o.expected, dict) else {}
+                self.written.wrote(table, o.key, {c: before.get(c) for c in columns})  # type: ignore[arg-type]
 
     def delete(self, table: str, operations: list[Operation]) -> None:
         conn, info = self.conn, self.infos[table]
@@ -672,6 +712,8 @@ class _Writer:
                 condition = sa.tuple_(*[info.table.columns[c] for c in info.pk]).in_(keys)
             conn.execute(sa.delete(info.table).where(condition))
             checkpoint("load_write")
+            for o in chunk:
+                self.written.deleted(table, o.key)  # type: ignore[arg-type]
             self.applied.extend(
                 AppliedRow(o.change_id, table, o.key, "delete", o.expected, None, o.source)  # type: ignore[arg-type]
                 for o in chunk
@@ -680,12 +722,14 @@ class _Writer:
 
 def _insert_returning_key(conn: Connection, info: TableInfo, values: dict[str, Any]) -> tuple[Any, ...]:
     pk_columns = [info.table.columns[c] for c in info.pk]
-    row = conn.execute(sa.insert(info.table).values(values).returning(*pk_columns)).one()
+    statement = insert_statement(conn, info, values).values(values).returning(*pk_columns)
+    row = conn.execute(statement).one()
     return tuple(row)
 
 
 def advance_sequence(conn: Connection, info: TableInfo) -> None:
-    """After inserting explicit values into a serial/identity key, move its sequence past them."""
+    """Move the sequence of a serial/identity key past the table's highest key (reads the whole key
+    column's maximum: for preparing masters in tests and tools; the load uses `advance_past`)."""
     column = info.table.columns[info.pk[0]]
     sequence = conn.execute(
         sa.select(sa.func.pg_get_serial_sequence(conn.dialect.identifier_preparer.quote(info.name), column.name))

@@ -22,6 +22,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from sync_pipeline.engine.column_types import Carrier, carrier_of, parse_temporal, prepare_table
+from sync_pipeline.engine.partitions import partitions_for
+from sync_pipeline.engine.sequences import sequences_for
+from sync_pipeline.engine.triggers import MasterTrigger, find_triggers, maintained_columns
 
 KEY_SEPARATOR = "\x1f"  # ASCII unit separator: cannot appear in a key value by accident
 
@@ -41,6 +44,15 @@ class TableInfo:
     pk: tuple[str, ...]
     generated_pk: bool
     foreign_keys: list[ForeignKey] = field(default_factory=list)
+    # Columns the database computes (GENERATED ALWAYS AS …): never written, read back after the load.
+    generated_columns: frozenset[str] = frozenset()
+    # GENERATED ALWAYS AS IDENTITY: inserted with OVERRIDING SYSTEM VALUE, never updated (see load_columns).
+    identity_always: frozenset[str] = frozenset()
+    # column -> the sequence that feeds it (DEFAULT nextval, OWNED BY, identity): advanced past written keys.
+    sequences: dict[str, str] = field(default_factory=dict)
+    # The master's own triggers on this table or writing into it, and the columns they maintain.
+    triggers: list[MasterTrigger] = field(default_factory=list)
+    maintained_columns: frozenset[str] = frozenset()
 
     @property
     def name(self) -> str:
@@ -87,7 +99,29 @@ def reflect_tables(bind: Engine | Connection, names: Iterable[str]) -> dict[str,
         ]
         prepare_table(bind, table)  # value rules by base type; see column_types
         infos[name] = TableInfo(table, pk, _is_generated_key(table, pk, dialect), fks)
+    _reflect_write_rules(bind, metadata, infos)
     return infos
+
+
+def _reflect_write_rules(bind: Engine | Connection, metadata: sa.MetaData, infos: dict[str, TableInfo]) -> None:
+    """What decides how the load writes a table: computed and identity columns, the sequences behind its
+    columns, foreign keys declared on its partitions only, and the master's triggers."""
+    names = list(infos)
+    for name, columns, referred, referred_columns in partitions_for(bind.dialect.name).foreign_keys(bind, names):
+        if referred not in metadata.tables:
+            sa.Table(referred, metadata, autoload_with=bind)
+        fk = ForeignKey(columns, referred, referred_columns)
+        if fk not in infos[name].foreign_keys:
+            infos[name].foreign_keys.append(fk)
+    sequences = sequences_for(bind.dialect.name).find(bind, names)
+    triggers = find_triggers(bind, {name: info.table for name, info in infos.items()})
+    for name, info in infos.items():
+        columns = info.table.columns
+        info.generated_columns = frozenset(c.name for c in columns if c.computed is not None)
+        info.identity_always = frozenset(c.name for c in columns if c.identity is not None and c.identity.always)
+        info.sequences = sequences.get(name, {})
+        info.triggers = triggers.get(name, [])
+        info.maintained_columns = maintained_columns(info.table, info.triggers)
 
 
 def _is_generated_key(table: sa.Table, pk: tuple[str, ...], dialect: str) -> bool:
@@ -107,8 +141,15 @@ def _is_generated_key(table: sa.Table, pk: tuple[str, ...], dialect: str) -> boo
 
 
 def fk_order(tables: Mapping[str, TableInfo]) -> list[str]:
-    """Table names parents first (for inserts); reverse it for deletes."""
-    sorted_tables = sa.schema.sort_tables([info.table for info in tables.values()])
+    """Table names parents first (for inserts); reverse it for deletes. Foreign keys the table does not
+    declare itself (on its partitions) count too."""
+    extra = [
+        (tables[fk.parent_table].table, info.table)
+        for info in tables.values()
+        for fk in info.foreign_keys
+        if fk.parent_table in tables and fk.parent_table != info.name
+    ]
+    sorted_tables = sa.schema.sort_tables([info.table for info in tables.values()], extra_dependencies=extra)
     return [t.name for t in sorted_tables if t.name in tables]
 
 

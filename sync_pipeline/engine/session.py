@@ -828,6 +828,8 @@ def _summary(conn: Connection, ctx: SessionContext, result: Any) -> dict[str, An
             for (t, k), v in result.key_map.items()
         ],
         "dropped": [{"table": t, "key": list(map(encode, k)), "reason": why} for _, t, k, why in result.dropped],
+        # Checked inside the load's transaction before the commit (load_verify): rows, deletes, columns.
+        "verified": result.verified,
     }
 
 
