@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import secrets
 from abc import ABC, abstractmethod
-
 from collections.abc import Iterable
 from typing import Any
 
