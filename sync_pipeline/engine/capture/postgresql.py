@@ -30,6 +30,14 @@ TOMBSTONE_UPSERT_TAIL = (
 _q = quote_identifier
 
 
+def _literal(value: str) -> str:
+    """A string literal by PostgreSQL's own rule (quote_literal): read the same whatever
+    standard_conforming_strings is, since a backslash makes it an escape string with the backslash doubled."""
+    if "\\" in value:
+        return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+    return sql_string(value)
+
+
 def function_body(info: TableInfo) -> str:
     """The trigger function's PL/pgSQL body. Every identifier in it is quoted (`quote_identifier`), every
     name that is data a string literal; `dollar_quoted` makes sure none of them can end the body."""
@@ -38,9 +46,9 @@ def function_body(info: TableInfo) -> str:
     def key(ref: str) -> str:
         return f" || {sep} || ".join(f"CAST({ref}.{_q(c)} AS TEXT)" for c in info.pk)
 
-    name = sql_string(info.name)
+    name = _literal(info.name)
     changed_columns = ",\n          ".join(
-        f"({sql_string(c)}, OLD.{_q(c)} IS DISTINCT FROM NEW.{_q(c)})" for c in info.columns
+        f"({_literal(c)}, OLD.{_q(c)} IS DISTINCT FROM NEW.{_q(c)})" for c in info.columns
     )
     return f"""
 DECLARE
