@@ -50,7 +50,7 @@ def _assert_inert(markdown: str, headings: int = 0) -> None:
 
 def _conflicted_replica(master_url: str, tmp_path: Path, policy: str) -> tuple[sa.Engine, Path]:
     engine = make_master(master_url, policy)
-    replica = make_replica(engine, tmp_path, owner="Mallory ![o](http://host/owner.png)")
+    replica = make_replica(engine, tmp_path, owner="Mallory ![o](owner.png) [approve](javascript:x)")
     pause()
     with engine.begin() as conn:
         conn.execute(sa.update(TABLES["parent"]).where(TABLES["parent"].c.id == 1).values(name="M", city="M"))

@@ -74,6 +74,16 @@ END
 """
 
 
+def _ddl(conn: Connection, statement: str) -> None:
+    """Run trigger DDL through the driver without parameters: the driver then parses no placeholder in
+    it, so a `%s` or `%(x)s` in a name stays part of the name (exec_driver_sql would parse them)."""
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(statement)
+    finally:
+        cursor.close()
+
+
 class PostgreSQLMasterCapture(MasterCapture):
     def now(self, conn: Connection) -> str:
         utc = sa.func.timezone("UTC", sa.func.clock_timestamp())
@@ -88,17 +98,18 @@ class PostgreSQLMasterCapture(MasterCapture):
     def install(self, conn: Connection, info: TableInfo) -> None:
         function = _q(self._function(info))
         body = dollar_quoted(function_body(info))
-        conn.exec_driver_sql(f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {body}")
+        _ddl(conn, f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {body}")
         trigger = _q(self._trigger(info))
-        conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {trigger} ON {_q(info.name)}")
-        conn.exec_driver_sql(
+        _ddl(conn, f"DROP TRIGGER IF EXISTS {trigger} ON {_q(info.name)}")
+        _ddl(
+            conn,
             f"CREATE TRIGGER {trigger} AFTER INSERT OR UPDATE OR DELETE ON {_q(info.name)} "
-            f"FOR EACH ROW EXECUTE FUNCTION {function}()"
+            f"FOR EACH ROW EXECUTE FUNCTION {function}()",
         )
 
     def remove(self, conn: Connection, info: TableInfo) -> None:
-        conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {_q(self._trigger(info))} ON {_q(info.name)}")
-        conn.exec_driver_sql(f"DROP FUNCTION IF EXISTS {_q(self._function(info))}()")
+        _ddl(conn, f"DROP TRIGGER IF EXISTS {_q(self._trigger(info))} ON {_q(info.name)}")
+        _ddl(conn, f"DROP FUNCTION IF EXISTS {_q(self._function(info))}()")
 
     def installed(self, conn: Connection, info: TableInfo) -> bool:
         found = conn.execute(
