@@ -24,13 +24,15 @@ from sync_pipeline_tests.helpers import make_replica, pause
 
 MARK = uuid.uuid4().hex[:8]
 INJECTION = f"c$sync$;CREATE TABLE pwned_{MARK}();SELECT $sync$"
-HOSTILE = [
+HOSTILE = [  # the first 5 go into SQLite's first json_object chunk, the others past the 60th column
     INJECTION,
-    'quote"inside',
-    '"',
     "it's",
     "semi;colon",
     "with space",
+    'first"quote',
+    'quote"inside',
+    '"',
+    '""',
     "select",
     "ünïcödé ✓",
     "%s",
@@ -38,6 +40,7 @@ HOSTILE = [
     "%(x)s",
     "$1",
     "$$",
+    'past "120"',
     "x$sync",
     "sync$",
     "-- dash",
