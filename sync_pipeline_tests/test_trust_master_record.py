@@ -30,7 +30,8 @@ def _forge_log_base(replica: Path, table: str, column: str, value: object) -> No
     conn = sqlite3.connect(replica)
     with conn:
         changed = conn.execute(
-            "UPDATE _sync_log SET old_values = json_set(old_values, ?, ?) WHERE table_name = ? AND old_values IS NOT NULL",
+            "UPDATE _sync_log SET old_values = json_set(old_values, ?, ?) "
+            "WHERE table_name = ? AND old_values IS NOT NULL",
             (f"$.{column}", value, table),
         ).rowcount
     conn.close()

@@ -16,8 +16,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from sync_pipeline.engine import store
-from sync_pipeline.engine.capture.base import rendered_keys
+from sync_pipeline.engine.clock import NONE, changed_after_checkout, fetch_master_times
 from sync_pipeline.engine.errors import ReplicaError
 from sync_pipeline.engine.extract import ChangeSet, RowChange
 from sync_pipeline.engine.faults import checkpoint
@@ -103,30 +102,6 @@ def fetch_rows_by_key(
     return found
 
 
-def fetch_master_times(
-    conn: Connection, info: TableInfo, keys: Iterable[tuple[Any, ...]]
-) -> dict[tuple[Any, ...], dict[str, str]]:
-    """Per-field change times from the master's field clock (empty where capture is off)."""
-    key_list = list(dict.fromkeys(keys))
-    if not key_list or not sa.inspect(conn).has_table("sync_field_clock"):
-        return {}
-    clock = store.sync_field_clock
-    out: dict[tuple[Any, ...], dict[str, str]] = {}
-    texts = rendered_keys(conn, info, key_list)
-    wanted = list(texts)
-    batch = ARRAY_BATCH if conn.dialect.name == "postgresql" else BATCH
-    for start in range(0, len(wanted), batch):
-        chunk = wanted[start : start + batch]
-        rows = conn.execute(
-            sa.select(clock.c.row_key, clock.c.column_name, clock.c.changed_at).where(
-                clock.c.table_name == info.name, one_of(clock.c.row_key, chunk, conn.dialect.name)
-            )
-        )
-        for row_key, column, changed_at in rows:
-            out.setdefault(texts[row_key], {})[column] = changed_at
-    return out
-
-
 def detect_conflicts(
     conn: Connection,
     changes: ChangeSet,
@@ -197,30 +172,6 @@ def detect_conflicts(
         checkpoint("detect")
         report("detect", len(results), len(changes.changes))
     return results
-
-
-NONE: frozenset[str] = frozenset()
-
-
-def checkout_time(conn: Connection, replica_id: str) -> str | None:
-    """When the replica was checked out, by the master's own record (never the replica's manifest)."""
-    r = store.sync_replica
-    return conn.execute(sa.select(r.c.checked_out_at).where(r.c.replica_id == replica_id)).scalar()
-
-
-def changed_after_checkout(
-    times: dict[tuple[Any, ...], dict[str, str]], info: TableInfo, checked_out_at: str
-) -> dict[tuple[Any, ...], frozenset[str]]:
-    """Per key, the fields the master's clock shows changed after the checkout: master changes, whatever
-    base the replica's log claims. A row deleted or inserted since ('*') changed in every field."""
-    checkout = dt.datetime.fromisoformat(checked_out_at)
-    every = frozenset(info.columns)
-    out: dict[tuple[Any, ...], frozenset[str]] = {}
-    for key, stamps in times.items():
-        later = {c for c, stamp in stamps.items() if dt.datetime.fromisoformat(stamp) > checkout}
-        if later:
-            out[key] = every if "*" in later else frozenset(later) & every
-    return out
 
 
 def _diff(columns: Iterable[str], base: dict | None, local: dict | None, master: dict | None) -> list[FieldDiff]:

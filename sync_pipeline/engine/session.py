@@ -19,14 +19,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from sync_pipeline.engine import store
-from sync_pipeline.engine.detect import (
-    Detected,
-    FieldDiff,
-    Prefetched,
-    checkout_time,
-    detect_conflicts,
-    verify_bases,
-)
+from sync_pipeline.engine.clock import checkout_time
+from sync_pipeline.engine.detect import Detected, FieldDiff, Prefetched, detect_conflicts, verify_bases
 from sync_pipeline.engine.errors import (
     AlreadyDecidedError,
     BadInputError,
