@@ -34,6 +34,7 @@ from sync_pipeline.engine.queries import list_conflicts
 from sync_pipeline.engine.schema import encode, reflect_tables
 from sync_pipeline.engine.session import decide, decide_module, run_sync
 from sync_pipeline.reports import formatting, render_html, render_json, render_markdown, write_protocol_files
+from sync_pipeline.reports import markdown as md
 from sync_pipeline.settings import parse_settings
 from sync_pipeline_tests.helpers import TABLES, make_master, make_replica, pause, replica_engine, row
 
@@ -257,23 +258,23 @@ def test_html_and_markdown_contain_every_module_and_conflict(demo: DemoSession) 
     assert "counter(pages)" in page and "table-header-group" in page
     for module in ("crm", "sales"):
         assert f"Conflicts — {module}" in page
-        assert f"Conflicts — {module}" in markdown
+        assert f"Conflicts — {md.text(module)}" in markdown
     assert len(protocol.conflicts) == 9
     for conflict in protocol.conflicts:
         assert f'id="conflict-{conflict.id}"' in page
         assert conflict.kind in page and esc(conflict.outcome) in page
         assert esc(formatting.key(conflict.key)) in page
-        assert f"| {conflict.id} | {conflict.table} |" in markdown
+        assert f"| {conflict.id} | {md.cell(conflict.table)} |" in markdown
         for field in conflict.fields:
             for shown in (field.local, field.master, field.kept):
                 assert esc(formatting.value(shown)) in page, (conflict.id, field.name, shown)
-                assert formatting.value(shown).replace("|", "\\|") in markdown
+                assert md.cell(formatting.value(shown)) in markdown
             assert field.decided_by is None or esc(field.decided_by) in page
     assert EDITED_PHONE in page and OWNER in page and protocol.replica.id in page
     # The Dagster asset caps the Markdown; the cap says how many more the files hold.
     capped = render_markdown(protocol, max_conflicts=1)
     assert "… and 4 more conflict(s)" in capped and "… and 3 more conflict(s)" in capped
-    assert sum(f"| {c.id} | {c.table} |" in capped for c in protocol.conflicts) == 2  # one per module
+    assert sum(f"| {c.id} | {md.cell(c.table)} |" in capped for c in protocol.conflicts) == 2  # one per module
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -339,7 +340,7 @@ def test_protocol_command_in_every_format(demo: DemoSession, tmp_path: Path) -> 
         k: v for k, v in json.loads(json.dumps(expected)).items() if k != "generated_at"
     }
     markdown = runner.invoke(main, ["protocol", *base, "--format", "md"])
-    assert markdown.exit_code == 0 and markdown.output.startswith(f"# Sync protocol — {OWNER}")
+    assert markdown.exit_code == 0 and markdown.output.startswith(f"# Sync protocol — {md.text(OWNER)}")
     page = runner.invoke(main, ["protocol", *base, "--format", "html", "--out", str(tmp_path / "p.html")])
     assert page.exit_code == 0, page.output
     assert "Conflicts — crm" in (tmp_path / "p.html").read_text(encoding="utf-8")
@@ -380,7 +381,7 @@ def test_protocol_of_a_session_without_changes_says_it_synced_nothing(master_url
     assert "synchronised nothing" in protocol.notice and "no local changes" in protocol.notice
     assert protocol.totals.local_changes == protocol.totals.inserts == protocol.totals.conflicts == 0
     assert [m.name for m in protocol.modules] == ["core"] and protocol.conflicts == []
-    assert protocol.notice in render_markdown(protocol)
+    assert md.text(protocol.notice) in render_markdown(protocol)
     page = render_html(protocol)
     assert esc(protocol.notice) in page and "No conflicts in this module." in page
 

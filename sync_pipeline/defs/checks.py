@@ -33,6 +33,7 @@ from sync_pipeline.engine.detect import fetch_rows_by_key
 from sync_pipeline.engine.queries import list_conflicts
 from sync_pipeline.engine.schema import TableInfo, decode_row, dumps, encode, normalize, reflect_tables
 from sync_pipeline.engine.session import SessionContext, load_changes, mark_failed, pending_of
+from sync_pipeline.reports import markdown
 from sync_pipeline.settings import SyncSettings
 
 OPERATIONS = ("insert", "update", "delete")
@@ -117,7 +118,7 @@ class ValidationReport:
         table = ["| suite | evaluated | successful | success % |", "|---|---:|---:|---:|"]
         for o in self.outcomes:
             percent = 100.0 if o.evaluated == 0 else round(100.0 * o.successful / o.evaluated, 2)
-            table.append(f"| {o.name} | {o.evaluated} | {o.successful} | {percent} |")
+            table.append(f"| {markdown.cell(o.name)} | {o.evaluated} | {o.successful} | {percent} |")
         return {
             "evaluated_expectations": dg.MetadataValue.int(self.evaluated),
             "successful_expectations": dg.MetadataValue.int(self.successful),

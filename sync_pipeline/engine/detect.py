@@ -16,27 +16,29 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from sync_pipeline.engine import store
+from sync_pipeline.engine.clock import NONE, changed_after_checkout, fetch_master_times
 from sync_pipeline.engine.errors import ReplicaError
 from sync_pipeline.engine.extract import ChangeSet, RowChange
 from sync_pipeline.engine.faults import checkpoint
 from sync_pipeline.engine.progress import report
 from sync_pipeline.engine.schema import (
-    KEY_SEPARATOR,
     Reference,
     TableInfo,
-    key_text,
     normalize_row,
     one_of,
     references_to,
 )
+from sync_pipeline.engine.tombstones import NO_TOMBSTONE_REASON, SOURCE_TOMBSTONE, latest_tombstones
 from sync_pipeline.settings import SyncSettings
 
 BATCH = 500
 ARRAY_BATCH = 5000  # keys per lookup when they travel as one array parameter (PostgreSQL, single-column keys)
 
-# Master rows already read in this process, per table: (the keys looked up, the rows found).
-Prefetched = dict[str, tuple[set[tuple[Any, ...]], dict[tuple[Any, ...], dict[str, Any]]]]
+# Master rows already read in this process, per table: (the keys looked up, the rows found, their clock).
+Prefetched = dict[
+    str,
+    tuple[set[tuple[Any, ...]], dict[tuple[Any, ...], dict[str, Any]], dict[tuple[Any, ...], dict[str, str]]],
+]
 
 Action = Literal["apply", "skip", "remap", "conflict"]
 KINDS = ("update_update", "update_delete", "delete_update", "insert_insert", "duplicate", "orphan")
@@ -100,44 +102,6 @@ def fetch_rows_by_key(
     return found
 
 
-def fetch_master_times(
-    conn: Connection, info: TableInfo, keys: Iterable[tuple[Any, ...]]
-) -> dict[tuple[Any, ...], dict[str, str]]:
-    """Per-field change times from the master's field clock (empty where capture is off)."""
-    key_list = list(dict.fromkeys(keys))
-    if not key_list or not sa.inspect(conn).has_table("sync_field_clock"):
-        return {}
-    clock = store.sync_field_clock
-    out: dict[tuple[Any, ...], dict[str, str]] = {}
-    # Integers and strings render the same in Python as CAST(... AS TEXT) on every dialect.
-    plain_text_keys = all(
-        isinstance(info.table.columns[c].type, (sa.Integer, sa.String))
-        and not isinstance(info.table.columns[c].type, (sa.Boolean, sa.Enum))
-        for c in info.pk
-    )
-    batch = ARRAY_BATCH if conn.dialect.name == "postgresql" and plain_text_keys else BATCH
-    for start in range(0, len(key_list), batch):
-        chunk = key_list[start : start + batch]
-        texts = {}
-        if plain_text_keys:
-            texts = {KEY_SEPARATOR.join(str(v) for v in key): key for key in chunk}
-        else:
-            # The triggers render keys as CAST(col AS TEXT); let the database render ours the same way.
-            rendered = conn.execute(
-                sa.select(*[key_text(info.table, info.pk, k).label(f"k{i}") for i, k in enumerate(chunk)])
-            ).one()
-            for key, text in zip(chunk, rendered, strict=True):
-                texts[text] = key
-        rows = conn.execute(
-            sa.select(clock.c.row_key, clock.c.column_name, clock.c.changed_at).where(
-                clock.c.table_name == info.name, one_of(clock.c.row_key, list(texts), conn.dialect.name)
-            )
-        )
-        for row_key, column, changed_at in rows:
-            out.setdefault(texts[row_key], {})[column] = changed_at
-    return out
-
-
 def detect_conflicts(
     conn: Connection,
     changes: ChangeSet,
@@ -145,8 +109,15 @@ def detect_conflicts(
     settings: SyncSettings,
     replica_rows: Any = None,
     prefetched: Prefetched | None = None,
+    checked_out_at: str | None = None,
 ) -> list[Detected]:
-    """Classify every change (§5 table). `replica_rows(table, key)` returns a replica row (orphans)."""
+    """Classify every change (§5 table).
+
+    `replica_rows` is no longer read: a parent an orphan needs is re-created from the master's tombstone of
+    it (engine/tombstones.py), never from the replica's row. `checked_out_at`, with master change capture
+    on, makes every field the master changed after the checkout a master change, whatever base the
+    replica's log claims (the log is in the worker's hands).
+    """
     by_table: dict[str, list[RowChange]] = defaultdict(list)
     for change in changes.changes:
         by_table[change.table].append(change)
@@ -164,9 +135,18 @@ def detect_conflicts(
     for table, table_changes in by_table.items():
         info = infos[table]
         module = settings.module_of(table)
-        known_keys, known_rows = (prefetched or {}).get(table, (set(), {}))
+        known_keys, known_rows, known_times = (prefetched or {}).get(table, (set(), {}, {}))
         masters = dict(known_rows)
         masters.update(fetch_rows_by_key(conn, info, [c.key for c in table_changes if c.key not in known_keys]))
+        after_checkout: dict[tuple[Any, ...], frozenset[str]] = {}
+        if checked_out_at is not None and settings.master_change_capture:
+            times = dict(known_times)
+            times.update(
+                fetch_master_times(
+                    conn, info, [c.key for c in table_changes if c.op != "insert" and c.key not in known_keys]
+                )
+            )
+            after_checkout = changed_after_checkout(times, info, checked_out_at)
         natural = settings.table(table).natural_key or []
         natural_hits: dict[tuple[Any, ...], dict[str, Any]] = {}
         if natural:
@@ -176,11 +156,14 @@ def detect_conflicts(
                 if c.op == "insert" and all(c.local[n] is not None for n in natural)  # type: ignore[index]
             ]
             natural_hits = fetch_rows_by_key(conn, info, wanted, natural)
-        detected = [_classify(c, module, info, masters.get(c.key), natural, natural_hits) for c in table_changes]
-        _find_orphans(conn, detected, info, infos, local_inserts, replica_rows)
+        detected = [
+            _classify(c, module, info, masters.get(c.key), natural, natural_hits, after_checkout.get(c.key, NONE))
+            for c in table_changes
+        ]
+        _find_orphans(conn, detected, info, infos, local_inserts)
         _find_referenced_deletes(conn, detected, info, references.get(table, []), let_go)
-        detected, new_records = _release_natural_keys(detected, info, masters, natural, natural_hits)
-        _find_orphans(conn, new_records, info, infos, local_inserts, replica_rows)
+        detected, new_records = _release_natural_keys(detected, info, masters, natural, natural_hits, after_checkout)
+        _find_orphans(conn, new_records, info, infos, local_inserts)
         conflicting = [d for d in detected if d.action == "conflict"]
         times = fetch_master_times(conn, info, [d.target_key or d.change.key for d in conflicting])
         for d in conflicting:
@@ -210,8 +193,10 @@ def _classify(
     master: dict[str, Any] | None,
     natural: list[str],
     natural_hits: dict[tuple[Any, ...], dict[str, Any]],
+    clocked: frozenset[str] = NONE,
     released: frozenset[tuple[Any, ...]] = frozenset(),
 ) -> Detected:
+    """`clocked`: the fields the master's clock shows changed after the checkout (checked, not believed)."""
     base, local = change.base, change.local
     if change.op == "update":
         assert base is not None and local is not None
@@ -219,7 +204,7 @@ def _classify(
             return Detected(
                 change, module, "conflict", None, kind="update_delete", fields=_diff(change.changed, base, local, None)
             )
-        master_changed = {c for c in info.columns if master[c] != base[c]}
+        master_changed = {c for c in info.columns if master[c] != base[c] or c in clocked}
         conflict = [c for c in change.changed if c in master_changed and master[c] != local[c]]
         apply = [c for c in change.changed if c not in conflict and master[c] != local[c]]
         if conflict:
@@ -239,7 +224,7 @@ def _classify(
         assert base is not None
         if master is None:
             return Detected(change, module, "skip", None, note="deleted on both sides")
-        master_changed = [c for c in info.columns if master[c] != base[c]]
+        master_changed = [c for c in info.columns if master[c] != base[c] or c in clocked]
         if master_changed:
             return Detected(
                 change,
@@ -287,6 +272,7 @@ def _release_natural_keys(
     masters: dict[tuple[Any, ...], dict[str, Any]],
     natural: list[str],
     natural_hits: dict[tuple[Any, ...], dict[str, Any]],
+    after_checkout: dict[tuple[Any, ...], frozenset[str]],
 ) -> tuple[list[Detected], list[Detected]]:
     """A new local row whose natural key a master row holds that the replica deletes, or gives another
     natural key, is a new record, not a duplicate of that row: the load frees the key first. Only where
@@ -309,7 +295,8 @@ def _release_natural_keys(
     out, again = [], []
     for d in detected:
         if d.kind == "duplicate" and d.target_key in released:
-            d = _classify(d.change, d.module, info, masters.get(d.change.key), natural, natural_hits, released)
+            clocked = after_checkout.get(d.change.key, NONE)
+            d = _classify(d.change, d.module, info, masters.get(d.change.key), natural, natural_hits, clocked, released)
             again.append(d)
         out.append(d)
     return out, again
@@ -321,7 +308,6 @@ def _find_orphans(
     info: TableInfo,
     infos: dict[str, TableInfo],
     local_inserts: set[tuple[str, tuple[Any, ...]]],
-    replica_rows: Any,
 ) -> None:
     """Inserts (and updates of a reference) pointing at a parent the master no longer has.
 
@@ -356,34 +342,34 @@ def _find_orphans(
             parent_info = TableInfo(info.table.metadata.tables[fk.parent_table], fk.parent_columns, False)
         present = fetch_rows_by_key(conn, parent_info, [k for _, k in candidates], fk.parent_columns)
         missing = [k for _, k in candidates if k not in present]
-        deleted_at = (
-            fetch_master_times(conn, parent_info, missing) if tuple(parent_info.pk) == fk.parent_columns else {}
-        )
+        by_key = tuple(parent_info.pk) == fk.parent_columns
+        deleted_at = fetch_master_times(conn, parent_info, missing) if by_key else {}
+        # The parent is brought back only from the master's own image of it, never from the replica's row.
+        tombstones = latest_tombstones(conn, parent_info, missing) if by_key and fk.parent_table in infos else {}
         for d, parent_key in candidates:
             if parent_key in present:
                 continue
-            parent_row = (
-                replica_rows(fk.parent_table, dict(zip(fk.parent_columns, parent_key, strict=True)))
-                if replica_rows and fk.parent_table in infos
-                else None
-            )
-            parent = {
+            tombstone = tombstones.get(parent_key)
+            parent: dict[str, Any] = {
                 "parent_table": fk.parent_table,
                 "parent_key": dict(zip(fk.parent_columns, parent_key, strict=True)),
-                "parent_row": parent_row,
+                "parent_row": tombstone.row if tombstone else None,
                 "parent_deleted_at": deleted_at.get(parent_key, {}).get("*"),
             }
+            if tombstone is not None:
+                parent.update(
+                    parent_source=SOURCE_TOMBSTONE,
+                    parent_deleted_at=tombstone.deleted_at,
+                    parent_deleted_by=tombstone.deleted_by,
+                )
+            else:
+                parent["parent_missing"] = NO_TOMBSTONE_REASON
             if d.kind == "update_delete" or d.kind in DECIDED_WRITES:
                 d.detail = {**d.detail, **parent}
                 continue
             d.action, d.kind = "conflict", "orphan"
             d.fields = _diff(fk.columns, d.change.base, d.change.local, d.master)
-            d.detail = {
-                "parent_table": fk.parent_table,
-                "parent_key": dict(zip(fk.parent_columns, parent_key, strict=True)),
-                "parent_row": parent_row,
-                "parent_deleted_at": deleted_at.get(parent_key, {}).get("*"),
-            }
+            d.detail = parent
             d.apply_fields = d.apply_fields if d.change.op == "update" else []
 
 
@@ -480,9 +466,9 @@ def verify_bases(
         info = infos[table]
         keys = [c.key for c in table_changes]
         masters = fetch_rows_by_key(conn, info, keys)
-        if seen is not None:
-            seen[table] = (set(keys), masters)
         times = fetch_master_times(conn, info, keys)
+        if seen is not None:
+            seen[table] = (set(keys), masters, times)
         done += len(keys)
         report("verify", done, total)
         for change in table_changes:

@@ -231,7 +231,8 @@ def _decided_parent(
 
 
 def _recreate_parent(plan: Plan, change_id: int, d: Detected, infos: dict[str, TableInfo]) -> None:
-    """Insert the parent the master deleted, from the replica's row, once however many rows need it."""
+    """Insert the parent the master deleted, once however many rows need it, from the master's tombstone of
+    it: detection put that image in `detail['parent_row']` (engine/tombstones.py), never the replica's row."""
     parent_table = d.detail["parent_table"]
     key = infos[parent_table].key_of(d.detail["parent_row"])
     if (parent_table, key) in plan.recreated:

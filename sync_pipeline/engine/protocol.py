@@ -61,7 +61,8 @@ OUTCOMES: dict[str, dict[str, str]] = {
     },
     "orphan": {
         "master": "the local row was dropped: its parent is deleted on the master",
-        "local": "the parent was re-created from its base values, then the local row written",
+        "local": "the parent was re-created from the master's tombstone of it (its values when the master "
+        "deleted it), then the local row written",
     },
 }
 

@@ -9,6 +9,11 @@ forever, and there is one small row per checkout.
 The master's field clock (`sync_field_clock`) is purged too, but only below the oldest checkout of a
 replica that can still sync: detection needs a field's master change time only for changes made
 after the replica's checkout, so older clock rows can no longer decide anything.
+
+Tombstones (`sync_tombstone`, the images of rows the master deleted) are purged once older than the
+window, whatever replica is still out: they are copies of deleted data, kept no longer than the
+retention promises. An orphan whose parent's tombstone is gone can no longer re-create the parent
+(engine/tombstones.py says what happens then).
 """
 
 from __future__ import annotations
@@ -25,7 +30,15 @@ from sync_pipeline.engine.session import OPEN_STATUSES
 BATCH = 500
 CLOSED_STATUSES = ("done", "failed")
 # Deleted children first, so that foreign keys hold at every step.
-PURGED_TABLES = ("sync_decision", "sync_conflict", "sync_applied", "sync_change", "sync_session", "sync_field_clock")
+PURGED_TABLES = (
+    "sync_decision",
+    "sync_conflict",
+    "sync_applied",
+    "sync_change",
+    "sync_session",
+    "sync_field_clock",
+    "sync_tombstone",
+)
 
 
 def cutoff(days: int, now: dt.datetime | None = None) -> str:
@@ -96,4 +109,12 @@ def purge_sync_history(
             ).scalar_one()
         else:
             counts["sync_field_clock"] = conn.execute(sa.delete(clock).where(old_clock)).rowcount
+        tombstone = store.sync_tombstone
+        old_tombstone = tombstone.c.deleted_at < before
+        if dry_run:
+            counts["sync_tombstone"] = conn.execute(
+                sa.select(sa.func.count()).select_from(tombstone).where(old_tombstone)
+            ).scalar_one()
+        else:
+            counts["sync_tombstone"] = conn.execute(sa.delete(tombstone).where(old_tombstone)).rowcount
     return counts

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from sync_pipeline.engine import store
+from sync_pipeline.engine.clock import checkout_time
 from sync_pipeline.engine.detect import Detected, FieldDiff, Prefetched, detect_conflicts, verify_bases
 from sync_pipeline.engine.errors import (
     AlreadyDecidedError,
@@ -227,7 +228,10 @@ def _start_session(
                 verify_bases(conn, changes, replica.infos, replica.manifest.checked_out_at, seen)
         if detect:
             with engine.connect() as conn:
-                detected = detect_conflicts(conn, changes, replica.infos, replica.settings, replica.row, seen)
+                checked_out_at = checkout_time(conn, replica.manifest.replica_id)
+                detected = detect_conflicts(
+                    conn, changes, replica.infos, replica.settings, replica.row, seen, checked_out_at
+                )
     except BaseException:
         unfreeze(replica)
         raise
@@ -369,7 +373,8 @@ def detect_session(
     records = load_changes(engine, ctx, change_ids)
     changes = ChangeSet([_change_from_record(r, ctx.infos[r["table_name"]]) for r in records])
     with engine.connect() as conn:
-        detected = detect_conflicts(conn, changes, ctx.infos, ctx.settings, replica_row)
+        checked_out_at = checkout_time(conn, ctx.replica_id)
+        detected = detect_conflicts(conn, changes, ctx.infos, ctx.settings, replica_row, None, checked_out_at)
     ctx.cached_detected = detected if change_ids is None else None
     now = store.now_iso()
     updates, conflicts = _detection_rows(ctx.session_id, detected, ctx.infos, ctx.settings, now)
@@ -995,7 +1000,10 @@ def dry_run(engine: Engine, replica_path: str | Path) -> SyncResult:
         changes = extract_changes(replica.conn, replica.infos)
         canonicalize_local_values(engine, changes, replica.infos)
         with engine.connect() as conn:
-            detected = detect_conflicts(conn, changes, replica.infos, replica.settings, replica.row)
+            checked_out_at = checkout_time(conn, replica.manifest.replica_id)
+            detected = detect_conflicts(
+                conn, changes, replica.infos, replica.settings, replica.row, None, checked_out_at
+            )
     finally:
         replica.close()
     modules: dict[str, Counter[str]] = defaultdict(Counter)

@@ -142,6 +142,17 @@ sync_web_session = sa.Table(
     sa.Column("created_at", sa.String(32), nullable=False),
     sa.Column("seen_at", sa.String(32), nullable=False),
     sa.Column("expires_at", sa.String(32), nullable=False),  # the absolute end, however active
+# Written by the master's change-capture triggers: the image of each row the master deletes (every
+# column, as JSON), when and, where the database knows it, by whom. An orphan decided 'local' re-creates
+# its parent from here (engine/tombstones.py); retention purges images older than its window.
+sync_tombstone = sa.Table(
+    "sync_tombstone",
+    metadata,
+    sa.Column("table_name", sa.String(200), primary_key=True),
+    sa.Column("row_key", sa.Text, primary_key=True),  # rendered as the field clock renders it
+    sa.Column("deleted_at", sa.String(32), primary_key=True),
+    sa.Column("row_image", sa.Text, nullable=False),  # JSON object: column -> value
+    sa.Column("deleted_by", sa.Text),  # JSON (PostgreSQL: current_user, session_user, application_name)
 )
 
 SYNC_TABLES = frozenset(metadata.tables)

@@ -11,6 +11,7 @@ import jinja2
 
 from sync_pipeline.engine.protocol import Protocol
 from sync_pipeline.reports import formatting
+from sync_pipeline.reports import markdown as md
 
 FORMATS = ("json", "md", "html", "pdf")
 TEXT_FORMATS = ("json", "md", "html")
@@ -26,8 +27,8 @@ def render_json(protocol: Protocol) -> str:
 
 
 def _cell(text: Any) -> str:
-    # A pipe or a line break would end the Markdown table cell.
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    # Every cell is literal text: replica values must not become links, images or HTML (reports/markdown.py).
+    return md.cell(text)
 
 
 def _row(*cells: Any) -> str:
@@ -40,19 +41,20 @@ def render_markdown(protocol: Protocol, max_conflicts: int | None = None) -> str
     both), saying how many more the full protocol files hold."""
     f = formatting
     p = protocol
+    t = md.text  # every value written into the Markdown goes through it (or md.code / md.fenced)
     lines = [
-        f"# Sync protocol — {p.replica.owner}",
+        f"# Sync protocol — {t(p.replica.owner)}",
         "",
-        f"**{f.STATE_LABELS.get(p.state, p.state)}:** {p.notice}",
+        f"**{t(f.STATE_LABELS.get(p.state, p.state))}:** {t(p.notice)}",
         "",
-        f"- **Replica:** `{p.replica.id}` ({p.replica.owner}), modules {', '.join(p.replica.modules)}",
-        f"- **Checked out:** {f.time(p.replica.checked_out_at)}",
-        f"- **Session:** `{p.session.id}` ({p.session.status})",
-        f"- **Sync:** {f.time(p.session.started_at)} → {f.time(p.session.finished_at)}"
-        f" ({f.duration(p.session.duration_seconds)})",
-        f"- **Decided by:** {f.counts(p.deciders['people']) if p.deciders['people'] else 'no person'}",
-        f"- **Rules applied:** {f.counts(p.deciders['rules'])}",
-        f"- **Dagster run:** {f'`{p.session.dagster_run_id}`' if p.session.dagster_run_id else f.EMPTY}",
+        f"- **Replica:** {md.code(p.replica.id)} ({t(p.replica.owner)}), modules {t(', '.join(p.replica.modules))}",
+        f"- **Checked out:** {t(f.time(p.replica.checked_out_at))}",
+        f"- **Session:** {md.code(p.session.id)} ({t(p.session.status)})",
+        f"- **Sync:** {t(f.time(p.session.started_at))} → {t(f.time(p.session.finished_at))}"
+        f" ({t(f.duration(p.session.duration_seconds))})",
+        f"- **Decided by:** {t(f.counts(p.deciders['people'])) if p.deciders['people'] else 'no person'}",
+        f"- **Rules applied:** {t(f.counts(p.deciders['rules']))}",
+        f"- **Dagster run:** {md.code(p.session.dagster_run_id) if p.session.dagster_run_id else f.EMPTY}",
         "",
         "## Per module",
         "",
@@ -88,7 +90,7 @@ def render_markdown(protocol: Protocol, max_conflicts: int | None = None) -> str
             )
         )
     for m in p.modules:
-        lines += ["", f"## Conflicts — {m.name} ({m.conflicts_total})", ""]
+        lines += ["", f"## Conflicts — {t(m.name)} ({m.conflicts_total})", ""]
         own = p.conflicts_of(m.name)
         if not own:
             lines.append("No conflicts.")
@@ -117,20 +119,36 @@ def render_markdown(protocol: Protocol, max_conflicts: int | None = None) -> str
                         f.time(fd.decided_at if fd else c.decided_at),
                     )
                 )
-            lines.append(_row("", "", "", "", f"*{c.outcome}*", "", "", "", "", "", ""))
+            lines.append(_row("", "", "", "", c.outcome, "", "", "", "", "", ""))
+            if c.kind == "orphan" and c.detail.get("parent_table"):
+                lines.append(_row("", "", "", "", _orphan_parent(c.detail), "", "", "", "", "", ""))
         if len(shown) < len(own):
             lines += ["", f"… and {len(own) - len(shown)} more conflict(s): see the HTML, PDF or JSON protocol."]
         if m.remapped:
             lines += ["", "Keys remapped:", ""]
-            lines += [f"- {r.table} {f.key(r.local_key)} → {f.key(r.master_key)} ({r.reason})" for r in m.remapped]
+            lines += [
+                f"- {t(r.table)} {t(f.key(r.local_key))} → {t(f.key(r.master_key))} ({t(r.reason)})" for r in m.remapped
+            ]
         if m.dropped:
             lines += ["", "Rows not written:", ""]
-            lines += [f"- {d.table} {f.key(d.key)}: {d.reason}" for d in m.dropped]
-    lines += ["", "## Settings in force", "", "```yaml", p.settings.yaml.rstrip(), "```", ""]
+            lines += [f"- {t(d.table)} {t(f.key(d.key))}: {t(d.reason)}" for d in m.dropped]
+    lines += ["", "## Settings in force", "", *md.fenced(p.settings.yaml.rstrip(), "yaml"), ""]
     if p.session.error:
-        lines += ["## Error", "", "```text", p.session.error.rstrip(), "```", ""]
-    lines.append(f"_Generated {f.time(p.generated_at)} · protocol format {p.protocol_version}_")
+        lines += ["## Error", "", *md.fenced(p.session.error.rstrip()), ""]
+    lines.append(f"_Generated {t(f.time(p.generated_at))} · protocol format {t(p.protocol_version)}_")
     return "\n".join(lines) + "\n"
+
+
+def _orphan_parent(detail: dict[str, Any]) -> str:
+    """Where an orphan's parent would come back from: the master's tombstone of it, or nowhere."""
+    parent = f"parent {detail['parent_table']} {formatting.key(detail.get('parent_key'))}"
+    if detail.get("parent_source") == "tombstone":
+        who = f" by {detail['parent_deleted_by']}" if detail.get("parent_deleted_by") else ""
+        when = formatting.time(detail.get("parent_deleted_at"))
+        return f"{parent}: re-created from the master's tombstone (deleted {when}{who})"
+    if detail.get("parent_missing"):
+        return f"{parent}: {detail['parent_missing']}"
+    return parent
 
 
 # ------------------------------------------------------------------------------------------------

@@ -8,10 +8,9 @@ from __future__ import annotations
 import sqlite3
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.engine import Connection
 
-from sync_pipeline.engine.capture.base import MasterCapture, sql_string, trigger_name
+from sync_pipeline.engine.capture.base import MasterCapture, quote_identifier, sql_string, trigger_name
 from sync_pipeline.engine.column_types import carrier_of
 from sync_pipeline.engine.schema import KEY_SEPARATOR, TableInfo
 
@@ -19,13 +18,11 @@ NOW = "strftime('%Y-%m-%dT%H:%M:%f', 'now')"
 LOG_TABLE = "_sync_log"
 JSON_ARGS_PER_CALL = 60  # SQLite limits a function to 127 arguments (2 per column)
 
-
-_PREPARER = sqlite_dialect().identifier_preparer
 AnyConnection = Connection | sqlite3.Connection
 
 
 def _q(conn: AnyConnection, name: str) -> str:
-    return _PREPARER.quote(name)
+    return quote_identifier(name)
 
 
 def _exec(conn: AnyConnection, sql: str) -> None:
@@ -48,6 +45,16 @@ def _clock_upsert(table: str, key_sql: str, column_sql: str, where: str = "") ->
     )
 
 
+def _tombstone_insert(conn: AnyConnection, info: TableInfo) -> str:
+    # SQLite knows no user: who deleted the row stays unknown (NULL).
+    return (
+        "INSERT INTO sync_tombstone (table_name, row_key, deleted_at, row_image, deleted_by) "
+        f"VALUES ({sql_string(info.name)}, {_key_sql(conn, info, 'OLD')}, {NOW}, "
+        f"{_json_object_sql(conn, info, 'OLD')}, NULL) "
+        "ON CONFLICT (table_name, row_key, deleted_at) DO UPDATE SET row_image = excluded.row_image;"
+    )
+
+
 class SQLiteMasterCapture(MasterCapture):
     def now(self, conn: Connection) -> str:
         return conn.execute(sa.select(sa.func.strftime("%Y-%m-%dT%H:%M:%f", "now"))).scalar_one()
@@ -66,7 +73,8 @@ class SQLiteMasterCapture(MasterCapture):
         )
         conn.exec_driver_sql(
             f"CREATE TRIGGER {_q(conn, dele)} AFTER DELETE ON {table} BEGIN "
-            f"{_clock_upsert(info.name, _key_sql(conn, info, 'OLD'), star)} END"
+            f"{_clock_upsert(info.name, _key_sql(conn, info, 'OLD'), star)} "
+            f"{_tombstone_insert(conn, info)} END"
         )
         per_column = " ".join(
             _clock_upsert(
@@ -107,16 +115,17 @@ def _json_object_sql(conn: AnyConnection, info: TableInfo, ref: str) -> str:
 
     columns = list(info.table.columns)
     chunks = [columns[i : i + JSON_ARGS_PER_CALL] for i in range(0, len(columns), JSON_ARGS_PER_CALL)]
-    sql = "json_object(" + ", ".join(f"{sql_string(c.name)}, {value(c)}" for c in chunks[0]) + ")"
-    for chunk in chunks[1:]:
-        # json_set keeps JSON nulls (json_patch would drop them).
-        pairs = ", ".join(f"{sql_string('$.' + _json_path_key(c.name))}, {value(c)}" for c in chunk)
-        sql = f"json_set({sql}, {pairs})"
-    return sql
-
-
-def _json_path_key(name: str) -> str:
-    return '"' + name.replace('"', '\\"') + '"'
+    objects = ["json_object(" + ", ".join(f"{sql_string(c.name)}, {value(c)}" for c in chunk) + ")" for chunk in chunks]
+    if len(objects) == 1:
+        return objects[0]
+    # Chunks are joined as text: `{a..}` + `{b..}` -> `{a.., b..}`. Neither json_set (a JSON path cannot
+    # name a key holding a double quote: such a column was silently left out) nor json_patch (it drops
+    # nulls) can merge them. A json_object's text always ends in `}` after a scalar, and starts with `{"`,
+    # so trimming one brace from each side is exact.
+    inner = [f"rtrim({objects[0]}, '}}')"]
+    inner += [f"trim({o}, '{{}}')" for o in objects[1:-1]]
+    inner.append(f"ltrim({objects[-1]}, '{{')")
+    return " || ',' || ".join(inner)
 
 
 def _json_key_sql(conn: AnyConnection, info: TableInfo, ref: str) -> str:
