@@ -30,11 +30,11 @@ from sync_pipeline.engine.manifest import (
 )
 from sync_pipeline.engine.replica_guard import (
     READ_SECONDS,
+    VERIFY_SECONDS,
     arm,
     check_log_size,
     check_manifest_table,
     check_structure,
-    guard,
     refused,
 )
 from sync_pipeline.engine.schema import TableInfo, normalize_row, reflect_tables
@@ -289,8 +289,11 @@ def retire(replica_path: str | Path, replica_tables: list[str], when: str, *, ma
 
 
 def set_replica_frozen_file(conn: sqlite3.Connection, tables: list[str], message: str | None, status: str) -> None:
-    guard(conn)
-    conn.execute("BEGIN IMMEDIATE")
+    arm(conn, VERIFY_SECONDS)  # a write of the product's own, to a verified table: its own budget
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        raise refused(None, exc) from None
     try:
         # Nothing of the file's own may run on the write below (checked again under the write lock).
         check_manifest_table(conn, "the replica")
@@ -305,6 +308,11 @@ def set_replica_frozen_file(conn: sqlite3.Connection, tables: list[str], message
         set_manifest_status(conn, status)
         checkpoint("freeze")
         conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        conn.execute("ROLLBACK")
+        raise refused(None, exc) from None
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+    finally:
+        arm(conn, READ_SECONDS)

@@ -71,7 +71,7 @@ def refused(file: Path | str | None, exc: sqlite3.Error) -> ReplicaError:
         )
     if "too big" in text:
         return ReplicaError(
-            f"replica {file} holds a value larger than {MAX_VALUE_BYTES // (1024 * 1024)} MiB",
+            f"replica {file} holds a value larger than {MAX_VALUE_BYTES:,} bytes",
             "a replica's values are the master's; shorten the value locally or check out a new replica",
         )
     return ReplicaError(f"replica {file} cannot be read ({text})", DAMAGED_FIX)
@@ -136,6 +136,8 @@ def check_structure(conn: sqlite3.Connection, file: Path | str, infos: dict[str,
                 problems.append(f"trigger '{name}' was changed")
         elif kind == "index" and sql is None and name.startswith("sqlite_autoindex_"):
             continue  # SQLite's own index of a key
+        elif kind == "table" and name in ("sqlite_stat1", "sqlite_stat4"):
+            continue  # statistics of ANALYZE (an application's `PRAGMA optimize`): read by the planner only
         else:
             problems.append(_describe(obj))
     missing = [n for n in [*infos, LOG_TABLE, *log_triggers] if n not in seen]
