@@ -532,3 +532,29 @@ def test_reads_are_bounded(
         monkeypatch.setattr(replica_module, "READ_SECONDS", 0.0)
         message = "time budget"
     _assert_refused(master_url, engine, replica, message)
+
+
+def test_a_write_cut_off_by_a_crash_is_rolled_back_before_the_read_only_checks(tmp_path: Path) -> None:
+    """A hot journal (a writer killed after its changes spilled into the file) cannot be read read-only:
+    it is rolled back first, and the replica syncs with what was committed."""
+    import subprocess
+    import sys
+
+    engine = make_master(f"sqlite:///{tmp_path / 'm.db'}")
+    replica = _edited_replica(engine, tmp_path)
+    writer = (
+        "import os, sqlite3, sys\n"
+        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "c.execute('PRAGMA cache_size = 1')\n"
+        "c.execute('BEGIN IMMEDIATE')\n"
+        "for i in range(2000):\n"
+        "    c.execute('INSERT INTO child (id, parent_id, label) VALUES (?, 1, ?)', (1000 + i, 'x' * 500))\n"
+        "os._exit(9)\n"
+    )
+    subprocess.run([sys.executable, "-c", writer, str(replica)], check=False)
+    assert Path(f"{replica}-journal").exists()
+    result = run_sync(engine, replica)
+    assert result.status == "done"
+    with engine.connect() as m:
+        assert m.execute(sa.select(P.c.city).where(P.c.id == 1)).scalar_one() == "Local"
+        assert m.execute(sa.select(sa.func.count()).select_from(C)).scalar_one() == 10

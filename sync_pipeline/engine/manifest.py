@@ -117,7 +117,18 @@ def open_replica_file(path: str | Path, *, writable: bool = False) -> sqlite3.Co
     conn = sqlite3.connect(uri, uri=True, isolation_level=None)
     try:
         guard(conn)
-        conn.execute("PRAGMA schema_version").fetchone()
+        try:
+            conn.execute("PRAGMA schema_version").fetchone()
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorname", "") != "SQLITE_READONLY_ROLLBACK":
+                raise
+            # A write to the file was cut off (a crash while freezing): only a writer may roll its journal
+            # back. Rolling back copies pages; none of the file's SQL runs. Then read-only again.
+            conn.close()
+            _roll_back_hot_journal(file)
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+            guard(conn)
+            conn.execute("PRAGMA schema_version").fetchone()
         check_manifest_table(conn, file)
     except sqlite3.DatabaseError as exc:
         conn.close()
@@ -126,6 +137,15 @@ def open_replica_file(path: str | Path, *, writable: bool = False) -> sqlite3.Co
         conn.close()
         raise
     return conn
+
+
+def _roll_back_hot_journal(file: Path) -> None:
+    writer = sqlite3.connect(f"{file.resolve().as_uri()}?mode=rw", uri=True, isolation_level=None)
+    try:
+        guard(writer)
+        writer.execute("PRAGMA schema_version").fetchone()
+    finally:
+        writer.close()
 
 
 _TEXT_FIELDS = ("replica_id", "owner", "master_id", "checked_out_at", "settings", "signature", "status")
