@@ -36,6 +36,7 @@ from sync_pipeline.engine.replica_guard import (
     check_manifest_table,
     check_structure,
     refused,
+    shown,
 )
 from sync_pipeline.engine.schema import TableInfo, normalize_row, reflect_tables
 from sync_pipeline.engine.signing_key import require_signing_key
@@ -90,7 +91,7 @@ def open_replica(engine: Engine, path: str | Path, *, allow_retired: bool = Fals
         meta = store.read_meta(engine)
         if manifest.master_id != meta["master_id"]:
             raise ReplicaError(
-                f"replica {file} was checked out from another master (master id {manifest.master_id}, "
+                f"replica {file} was checked out from another master (master id {shown(manifest.master_id)}, "
                 f"this master is {meta['master_id']})",
                 "sync it against the master it came from (--master / SYNC_MASTER_URL)",
             )
@@ -114,7 +115,7 @@ def open_replica(engine: Engine, path: str | Path, *, allow_retired: bool = Fals
             ).first()
         if record is None:
             raise ReplicaError(
-                f"replica {manifest.replica_id} is not registered on this master",
+                f"replica {shown(manifest.replica_id)} is not registered on this master",
                 "check out a new replica from this master",
             )
         _check_against_record(file, manifest, record)
@@ -154,15 +155,14 @@ def _check_against_record(file: Path, manifest: Manifest, record: Any) -> None:
     signed it (the signing key may have leaked: it must not widen anyone's rights)."""
     differences = []
     if manifest.owner != record["owner"]:
-        differences.append(f"owner ({manifest.owner!r} in the file, {record['owner']!r} on the master)")
+        differences.append(f"owner ('{shown(manifest.owner)}' in the file, '{record['owner']}' on the master)")
     recorded_modules = json.loads(record["modules"])
     if manifest.modules != recorded_modules:
-        differences.append(
-            f"modules ({', '.join(manifest.modules)} in the file, {', '.join(recorded_modules)} on the master)"
-        )
+        in_file = shown(", ".join(manifest.modules), 200)
+        differences.append(f"modules ({in_file} in the file, {', '.join(recorded_modules)} on the master)")
     if manifest.checked_out_at != record["checked_out_at"]:
         differences.append(
-            f"checkout time ({manifest.checked_out_at} in the file, {record['checked_out_at']} on the master)"
+            f"checkout time ({shown(manifest.checked_out_at)} in the file, {record['checked_out_at']} on the master)"
         )
     if manifest.settings != record["settings"]:
         differences.append("settings (modules, policies or tables differ from those frozen at checkout)")

@@ -183,21 +183,28 @@ def _problems_of_module_table(
         columns = conn.execute("SELECT name, hidden FROM pragma_table_xinfo(?)", (name,)).fetchall()
     except sqlite3.Error as exc:
         raise refused(file, exc) from None
-    problems = [f"column '{name}.{c}' is computed" for c, hidden in columns if hidden]
+    problems = [f"column '{name}.{shown(c)}' is computed" for c, hidden in columns if hidden]
     names = [c for c, _hidden in columns]
     if sorted(names) != sorted(info.columns):
-        problems.append(f"table '{name}' has columns {', '.join(names)}, not the master's {', '.join(info.columns)}")
+        problems.append(
+            f"table '{name}' has columns {shown(', '.join(names), 200)}, not the master's {', '.join(info.columns)}"
+        )
     return problems
 
 
 def _describe(obj: tuple[str, str, str, str | None]) -> str:
     kind, name, table, sql = obj
-    where = f" on '{table}'" if kind in ("trigger", "index") else ""
-    return f"unexpected {kind} '{name}'{where} ({_first_words(sql)})"
+    where = f" on '{shown(table)}'" if kind in ("trigger", "index") else ""
+    return f"unexpected {shown(kind)} '{shown(name)}'{where} ({_first_words(sql)})"
 
 
 def _first_words(sql: str | None, limit: int = 60) -> str:
-    text = " ".join((sql or "").split())
+    return shown(" ".join((sql or "").split()), limit)
+
+
+def shown(text: str, limit: int = 60) -> str:
+    """Text from the file as a message may show it: printable characters only (no terminal escapes), short."""
+    text = "".join(ch if ch.isprintable() else "?" for ch in text[: limit + 1])
     return text if len(text) <= limit else text[:limit] + "…"
 
 
