@@ -179,9 +179,9 @@ class DemoPaths:
 
 def prepare_demo(home: Path, owner: str, force: bool = False) -> DemoPaths:
     """Build the demo master, initialise it, and check out a replica for `owner`."""
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "replicas").mkdir(exist_ok=True)
-    (home / "inbox").mkdir(exist_ok=True)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)  # private: master, replicas and inbox hold company data
+    (home / "replicas").mkdir(mode=0o700, exist_ok=True)
+    (home / "inbox").mkdir(mode=0o700, exist_ok=True)
     slug = "".join(ch if ch.isalnum() else "-" for ch in owner.lower()).strip("-") or "owner"
     paths = DemoPaths(home, home / "master.db", home / "demo-settings.yaml", home / "replicas" / f"demo-{slug}.db")
     if paths.master.exists() and not force and not _is_demo_master(paths.master):

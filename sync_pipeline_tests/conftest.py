@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from sync_pipeline.engine.signing_key import drop_key_store
+
 PG_URL = os.environ.get("SYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -89,6 +91,7 @@ def fresh_master_url(backend: str, folder: Path, prefix: str = "t") -> Iterator[
     finally:
         with admin.begin() as conn:
             conn.execute(sa.schema.DropSchema(schema, cascade=True))
+            drop_key_store(conn, schema)  # the master's signing key lives in a schema of its own
         admin.dispose()
 
 

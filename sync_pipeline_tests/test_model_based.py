@@ -50,6 +50,7 @@ from sync_pipeline.engine.master import connect_master, init_master
 from sync_pipeline.engine.queries import list_conflicts
 from sync_pipeline.engine.schema import reflect_tables
 from sync_pipeline.engine.session import decide, run_sync
+from sync_pipeline.engine.signing_key import drop_key_store
 from sync_pipeline.settings import parse_settings
 from sync_pipeline_tests.conftest import PG_URL, require_postgres
 from sync_pipeline_tests.helpers import TABLES, make_master, make_replica, replica_engine
@@ -984,11 +985,13 @@ def postgresql_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bac
             old.unlink()
         with admin.begin() as conn:  # one schema for every example: its tables dropped and made anew
             conn.execute(sa.schema.DropSchema(schema, cascade=True, if_exists=True))
+            drop_key_store(conn, schema)
             conn.execute(sa.schema.CreateSchema(schema))
 
     yield Backend("postgresql", url.render_as_string(hide_password=False), folder, reset)
     with admin.begin() as conn:
         conn.execute(sa.schema.DropSchema(schema, cascade=True, if_exists=True))
+        drop_key_store(conn, schema)
     admin.dispose()
 
 

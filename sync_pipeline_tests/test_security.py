@@ -30,6 +30,7 @@ from sync_pipeline.cli import main
 from sync_pipeline.engine import store
 from sync_pipeline.engine.master import init_master
 from sync_pipeline.engine.session import run_sync
+from sync_pipeline.engine.signing_key import require_signing_key
 from sync_pipeline.settings import parse_settings
 from sync_pipeline_tests.helpers import (
     TABLES,
@@ -198,7 +199,7 @@ PASSWORD = "correct horse battery staple 42"
 
 
 def _signing_key(engine: sa.Engine) -> str:
-    return store.read_meta(engine)["signing_key"]
+    return require_signing_key(engine, store.read_meta(engine)["master_id"])
 
 
 def _texts_of_folder(folder: Path, skip: set[Path]) -> Iterator[tuple[Path, bytes]]:

@@ -126,7 +126,13 @@ def open_for_sync(engine: Engine, path: str) -> OpenReplica | None:
     replica.close()
     if replica.manifest.status == "retired":
         raise already_synchronised(replica.path, replica.manifest, replica.record)
-    retire(replica.path, replica.manifest.tables, replica.record["retired_at"])
+    retire(
+        replica.path,
+        replica.manifest.tables,
+        replica.record["retired_at"],
+        master=engine,
+        replica_id=replica.manifest.replica_id,
+    )
     return None
 
 
@@ -138,7 +144,13 @@ def finish_retirement(engine: Engine, path: str | None) -> bool:
     replica.close()
     if replica.record["status"] != "retired" or replica.manifest.status == "retired":
         return False
-    retire(replica.path, replica.manifest.tables, replica.record["retired_at"])
+    retire(
+        replica.path,
+        replica.manifest.tables,
+        replica.record["retired_at"],
+        master=engine,
+        replica_id=replica.manifest.replica_id,
+    )
     return True
 
 
@@ -351,7 +363,13 @@ def master_load(context: dg.AssetExecutionContext, master: MasterDatabase) -> It
             )
             return
         checkpoint("retire")  # the crash-safety tests aim here, as at the same point of run_sync
-        retire(replica.path, replica.manifest.tables, store.now_iso())
+        retire(
+            replica.path,
+            replica.manifest.tables,
+            store.now_iso(),
+            master=engine,
+            replica_id=replica.manifest.replica_id,
+        )
         after = table_row_counts(engine, ctx.infos)
         counts = counts_of(engine, ctx.session_id)
     yield dg.MaterializeResult(

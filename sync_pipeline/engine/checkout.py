@@ -25,8 +25,9 @@ from sync_pipeline.engine.capture.sqlite import install_replica_log
 from sync_pipeline.engine.column_types import carrier_of, replica_type
 from sync_pipeline.engine.errors import BadInputError, ReplicaError
 from sync_pipeline.engine.manifest import Manifest, schema_snapshot, write_manifest
-from sync_pipeline.engine.master import master_settings
+from sync_pipeline.engine.master import create_private_file, master_settings
 from sync_pipeline.engine.schema import TableInfo, dumps, fk_order, reflect_tables
+from sync_pipeline.engine.signing_key import require_signing_key
 
 CHUNK_ROWS = 10_000
 
@@ -122,12 +123,13 @@ def checkout(
         settings=settings.source_text,
         schema=schema_snapshot(infos),
     )
-    manifest.sign(meta["signing_key"])
+    manifest.sign(require_signing_key(engine, meta["master_id"]))
 
     partial = path.with_name(f".{path.name}.partial")
     partial.unlink(missing_ok=True)
     rows: dict[str, int] = {}
     try:
+        create_private_file(partial)  # a replica holds company data: only its owner reads it (0600)
         replica = sqlite3.connect(partial, isolation_level=None)
         try:
             replica.execute("PRAGMA journal_mode = OFF")

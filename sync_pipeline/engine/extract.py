@@ -19,6 +19,7 @@ from sync_pipeline.engine.column_types import TextRejected, carrier_of, dialect_
 from sync_pipeline.engine.errors import ReplicaError
 from sync_pipeline.engine.faults import armed, checkpoint
 from sync_pipeline.engine.progress import report
+from sync_pipeline.engine.replica_guard import refused
 from sync_pipeline.engine.schema import TableInfo, ValueRejected, fk_order, normalize, normalizer
 
 Op = Literal["insert", "update", "delete"]
@@ -73,18 +74,14 @@ def _log_entries(replica: sqlite3.Connection) -> Iterator[tuple[int, str, str, s
         )
         yield from cursor
     except sqlite3.DatabaseError as exc:
-        raise ReplicaError(
-            f"the replica's change log cannot be read ({exc})", "the replica was damaged; use an intact copy"
-        ) from None
+        raise refused(None, exc) from None
 
 
 def _log_length(replica: sqlite3.Connection) -> int:
     try:
         return int(replica.execute("SELECT count(*) FROM _sync_log").fetchone()[0])
     except sqlite3.DatabaseError as exc:
-        raise ReplicaError(
-            f"the replica's change log cannot be read ({exc})", "the replica was damaged; use an intact copy"
-        ) from None
+        raise refused(None, exc) from None
 
 
 def _decode(text: str | None, info: TableInfo, where: str, column_set: frozenset[str]) -> dict[str, Any] | None:
@@ -92,12 +89,13 @@ def _decode(text: str | None, info: TableInfo, where: str, column_set: frozenset
         return None
     try:
         raw = json.loads(text)
-    except ValueError:
+    except (ValueError, TypeError, RecursionError):
         raise ReplicaError(
-            f"{where}: the change log holds values that are not JSON",
+            f"{where}: the change log holds values that are not JSON (or nested too deeply)",
             "the replica was edited by hand; check out a new replica",
         ) from None
-    if not isinstance(raw, dict):
+    # The log's triggers write one object of plain values per row: anything nested was written by hand.
+    if not isinstance(raw, dict) or any(isinstance(v, (dict, list)) for v in raw.values()):
         raise ReplicaError(f"{where}: the change log holds a malformed row", "check out a new replica")
     if not column_set.issuperset(raw):
         unknown = set(raw) - column_set
@@ -216,9 +214,9 @@ def extract_changes(replica: sqlite3.Connection, infos: dict[str, TableInfo]) ->
 def _key_values(row_key: str, info: TableInfo, where: str) -> list[Any]:
     try:
         values = json.loads(row_key)
-    except ValueError:
+    except (ValueError, TypeError, RecursionError):
         values = None
-    if not isinstance(values, list) or len(values) != len(info.pk):
+    if not isinstance(values, list) or len(values) != len(info.pk) or any(isinstance(v, (dict, list)) for v in values):
         raise ReplicaError(f"{where}: malformed key in the change log", "check out a new replica")
     try:
         return [normalize(v, info.table.columns[c]) for c, v in zip(info.pk, values, strict=True)]

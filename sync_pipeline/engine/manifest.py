@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +16,15 @@ from typing import Any
 import sqlalchemy as sa
 
 from sync_pipeline.engine.errors import ReplicaError
+from sync_pipeline.engine.replica_guard import (
+    MANIFEST_TABLE_SQL,
+    MAX_MANIFEST_ENTRIES,
+    check_manifest_table,
+    guard,
+    refused,
+)
 from sync_pipeline.engine.schema import TableInfo
 
-MANIFEST_TABLE = "_sync_manifest"
 SIGNED_FIELDS = ("replica_id", "owner", "modules", "master_id", "checked_out_at", "settings", "schema")
 
 
@@ -80,7 +87,7 @@ def schema_hash(schema: dict[str, Any]) -> str:
 
 
 def write_manifest(conn: sqlite3.Connection, manifest: Manifest) -> None:
-    conn.execute("CREATE TABLE IF NOT EXISTS _sync_manifest (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    conn.execute(MANIFEST_TABLE_SQL)
     values = {name: getattr(manifest, name) for name in (*SIGNED_FIELDS, "signature", "status")}
     conn.executemany(
         "INSERT OR REPLACE INTO _sync_manifest (key, value) VALUES (?, ?)",
@@ -88,8 +95,12 @@ def write_manifest(conn: sqlite3.Connection, manifest: Manifest) -> None:
     )
 
 
-def open_replica_file(path: str | Path) -> sqlite3.Connection:
-    """Open a replica, refusing what is missing, not SQLite, or not a replica."""
+def open_replica_file(path: str | Path, *, writable: bool = False) -> sqlite3.Connection:
+    """Open a replica, refusing what is missing, not SQLite, or not a replica.
+
+    Read-only unless `writable` (a sync opens it writable only once every check passed), and bounded
+    (`replica_guard.guard`); the manifest table is checked before anything is read from it.
+    """
     file = Path(path)
     if not file.exists():
         raise ReplicaError(f"replica {file} does not exist", "check the path given with --replica")
@@ -102,34 +113,89 @@ def open_replica_file(path: str | Path) -> sqlite3.Connection:
             f"{file} is not a SQLite database, so it cannot be a replica",
             "pass the file that `sync-pipeline checkout` created",
         )
-    conn = sqlite3.connect(f"file:{file}?mode=rw", uri=True, isolation_level=None)
+    uri = f"{file.resolve().as_uri()}?mode={'rw' if writable else 'ro'}"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None)
     try:
-        conn.execute("PRAGMA schema_version").fetchone()
-        found = conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?", (MANIFEST_TABLE,)
-        ).fetchone()
+        guard(conn)
+        try:
+            conn.execute("PRAGMA schema_version").fetchone()
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorname", "") != "SQLITE_READONLY_ROLLBACK":
+                raise
+            # A write to the file was cut off (a crash while freezing): only a writer may roll its journal
+            # back. Rolling back copies pages; none of the file's SQL runs. Then read-only again.
+            conn.close()
+            _roll_back_hot_journal(file)
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+            guard(conn)
+            conn.execute("PRAGMA schema_version").fetchone()
+        check_manifest_table(conn, file)
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise ReplicaError(f"{file} is damaged or truncated ({exc})", "use an intact copy of the replica") from None
-    if not found:
+    except BaseException:
         conn.close()
-        raise ReplicaError(
-            f"{file} is a SQLite database but not a replica (it has no {MANIFEST_TABLE} table)",
-            "pass the file that `sync-pipeline checkout` created",
-        )
+        raise
     return conn
 
 
-def read_manifest(conn: sqlite3.Connection, path: str | Path) -> Manifest:
+def _roll_back_hot_journal(file: Path) -> None:
+    writer = sqlite3.connect(f"{file.resolve().as_uri()}?mode=rw", uri=True, isolation_level=None)
     try:
-        raw = dict(conn.execute("SELECT key, value FROM _sync_manifest").fetchall())
-        values = {k: json.loads(v) for k, v in raw.items()}
-        return Manifest(**{k: values[k] for k in (*SIGNED_FIELDS, "signature", "status")})
-    except (KeyError, TypeError, ValueError, sqlite3.DatabaseError) as exc:
+        guard(writer)
+        writer.execute("PRAGMA schema_version").fetchone()
+    finally:
+        writer.close()
+
+
+_TEXT_FIELDS = ("replica_id", "owner", "master_id", "checked_out_at", "settings", "signature", "status")
+
+
+def read_manifest(conn: sqlite3.Connection, path: str | Path) -> Manifest:
+    """The manifest, every field of the type checkout wrote (a hostile one is refused, never half-used)."""
+    try:
+        raw = conn.execute("SELECT key, value FROM _sync_manifest LIMIT ?", (MAX_MANIFEST_ENTRIES + 1,)).fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise refused(path, exc) from None
+    try:
+        if len(raw) > MAX_MANIFEST_ENTRIES:
+            raise ValueError(f"more than {MAX_MANIFEST_ENTRIES} entries")
+        values = {k: json.loads(v) for k, v in raw if k in (*SIGNED_FIELDS, "signature", "status")}
+        manifest = Manifest(**{k: values[k] for k in (*SIGNED_FIELDS, "signature", "status")})
+        _check_types(manifest)
+    except (KeyError, TypeError, ValueError, RecursionError) as exc:
+        problem = "nested too deeply" if isinstance(exc, RecursionError) else repr(exc)
         raise ReplicaError(
-            f"the manifest of replica {path} is incomplete or unreadable ({exc!r})",
+            f"the manifest of replica {path} is incomplete or unreadable ({problem})",
             "the replica was damaged or edited; check out a new replica",
         ) from None
+    return manifest
+
+
+def _check_types(manifest: Manifest) -> None:
+    for name in _TEXT_FIELDS:
+        if not isinstance(getattr(manifest, name), str):
+            raise ValueError(f"{name} is not text")
+    if not re.fullmatch(r"[0-9a-f]{64}", manifest.signature):
+        raise ValueError("the signature is not 64 hexadecimal digits")
+    if manifest.status not in ("open", "frozen", "retired"):
+        raise ValueError(f"unknown status {manifest.status[:40]!r}")
+    if not isinstance(manifest.modules, list) or not all(isinstance(m, str) for m in manifest.modules):
+        raise ValueError("modules is not a list of names")
+    tables = manifest.schema.get("tables") if isinstance(manifest.schema, dict) else None
+    if not isinstance(tables, dict) or set(manifest.schema) != {"tables"}:
+        raise ValueError("schema is not a table list")
+    for name, table in tables.items():
+        if not (
+            isinstance(table, dict)
+            and set(table) == {"pk", "generated_pk", "columns"}
+            and isinstance(table["pk"], list)
+            and all(isinstance(c, str) for c in table["pk"])
+            and isinstance(table["generated_pk"], bool)
+            and isinstance(table["columns"], dict)
+            and all(isinstance(t, str) for t in table["columns"].values())
+        ):
+            raise ValueError(f"schema of table {name[:60]!r} is malformed")
 
 
 def set_manifest_status(conn: sqlite3.Connection, status: str) -> None:

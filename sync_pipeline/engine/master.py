@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -14,14 +15,28 @@ from sync_pipeline.engine.capture import capture_for
 from sync_pipeline.engine.column_types import refuse_uncarried_columns
 from sync_pipeline.engine.errors import BadInputError
 from sync_pipeline.engine.schema import TableInfo, reflect_tables
+from sync_pipeline.engine.signing_key import read_signing_key, store_signing_key
 from sync_pipeline.settings import SyncSettings, parse_settings
 
 DEFAULT_HOME = Path.home() / ".sync_pipeline"
 
 
 def sync_home() -> Path:
-    """Where the embedded default master, replicas and inbox live (`SYNC_HOME`, else ~/.sync_pipeline)."""
-    return Path(os.environ.get("SYNC_HOME", str(DEFAULT_HOME))).expanduser()
+    """Where the embedded default master, replicas and inbox live (`SYNC_HOME`, else ~/.sync_pipeline).
+
+    Created 0700 when missing: it holds the master (and its signing key), replicas and the inbox, which
+    no other user of the machine may read or drop files into.
+    """
+    home = Path(os.environ.get("SYNC_HOME", str(DEFAULT_HOME))).expanduser()
+    if not home.exists():
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return home
+
+
+def create_private_file(path: Path) -> None:
+    """Create an empty file only its owner can read (0600), whatever the umask; an existing file is kept."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def default_master_url() -> str:
@@ -46,6 +61,10 @@ def connect_master(url: str | None = None, *, must_exist: bool = True) -> Engine
                 f"the master database file {database} does not exist",
                 "check --master / SYNC_MASTER_URL, or run `sync-pipeline init-master` first",
             )
+        if database not in ("", ":memory:") and Path(database).parent.is_dir():
+            # A new master file holds the signing key: 0600 from the start (SQLite gives its journals the
+            # same mode).
+            create_private_file(Path(database))
         # hide_parameters: an operator's SQL log must never show the signing key or row values.
         engine = sa.create_engine(parsed, connect_args={"timeout": 30}, hide_parameters=True)
 
@@ -117,11 +136,16 @@ def init_master(engine: Engine, settings: SyncSettings) -> dict[str, TableInfo]:
     with engine.begin() as conn:
         store.create_sync_tables(conn)
         existing = {row.key: row.value for row in conn.execute(sa.select(store.sync_meta))}
+        master_id = existing.get("master_id") or store.new_id()
+        # The key moves out of sync_meta (readable by reporting roles) into its own store; it is kept
+        # when the master already has one, so replicas checked out before stay valid.
+        key = (existing.get("master_id") and read_signing_key(conn, master_id)) or existing.get("signing_key")
+        store_signing_key(conn, master_id, key or store.new_signing_key())
+        conn.execute(sa.delete(store.sync_meta).where(store.sync_meta.c.key == "signing_key"))
         store.write_meta(
             conn,
             {
-                "master_id": existing.get("master_id") or store.new_id(),
-                "signing_key": existing.get("signing_key") or store.new_signing_key(),
+                "master_id": master_id,
                 "settings": settings.source_text,
                 "settings_source": settings.source_path,
                 "initialised_at": existing.get("initialised_at") or store.now_iso(),

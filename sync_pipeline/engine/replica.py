@@ -28,7 +28,18 @@ from sync_pipeline.engine.manifest import (
     schema_snapshot,
     set_manifest_status,
 )
+from sync_pipeline.engine.replica_guard import (
+    READ_SECONDS,
+    VERIFY_SECONDS,
+    arm,
+    check_log_size,
+    check_manifest_table,
+    check_structure,
+    refused,
+    shown,
+)
 from sync_pipeline.engine.schema import TableInfo, normalize_row, reflect_tables
+from sync_pipeline.engine.signing_key import require_signing_key
 from sync_pipeline.settings import SyncSettings, parse_settings
 
 
@@ -54,8 +65,11 @@ class OpenReplica:
             .compile(dialect=sa.dialects.sqlite.dialect(paramstyle="qmark"), compile_kwargs={})
         )
         params = [compiled.params[name] for name in compiled.positiontup or []]
-        cursor = self.conn.execute(str(compiled), [sqlite_value(p) for p in params])
-        found = cursor.fetchone()
+        try:
+            cursor = self.conn.execute(str(compiled), [sqlite_value(p) for p in params])
+            found = cursor.fetchone()
+        except sqlite3.Error as exc:
+            raise refused(self.path, exc) from None
         if found is None:
             return None
         names = [d[0] for d in cursor.description]
@@ -63,6 +77,13 @@ class OpenReplica:
 
 
 def open_replica(engine: Engine, path: str | Path, *, allow_retired: bool = False) -> OpenReplica:
+    """The replica, verified: its structure, its manifest against the master's record, the master's schema.
+
+    The file is read-only until every check passed; what the sync uses (modules, settings, owner, checkout
+    time, schema) is the master's record of the checkout, and a manifest that disagrees is refused even
+    when its signature is valid. With `allow_retired`, a replica whose load committed but whose file was
+    not retired yet is returned (to finish that); once the master recorded the file's retirement, never.
+    """
     file = Path(path)
     conn = open_replica_file(file)
     try:
@@ -70,11 +91,11 @@ def open_replica(engine: Engine, path: str | Path, *, allow_retired: bool = Fals
         meta = store.read_meta(engine)
         if manifest.master_id != meta["master_id"]:
             raise ReplicaError(
-                f"replica {file} was checked out from another master (master id {manifest.master_id}, "
+                f"replica {file} was checked out from another master (master id {shown(manifest.master_id)}, "
                 f"this master is {meta['master_id']})",
                 "sync it against the master it came from (--master / SYNC_MASTER_URL)",
             )
-        if not manifest.signature_valid(meta["signing_key"]):
+        if not manifest.signature_valid(require_signing_key(engine, meta["master_id"])):
             raise ReplicaError(
                 f"the manifest of replica {file} does not match its signature: it was edited after checkout",
                 "a tampered replica is never loaded; check out a new replica",
@@ -87,20 +108,72 @@ def open_replica(engine: Engine, path: str | Path, *, allow_retired: bool = Fals
                 .mappings()
                 .first()
             )
+            done = mconn.execute(
+                sa.select(store.sync_session.c.session_id).where(
+                    store.sync_session.c.replica_id == manifest.replica_id, store.sync_session.c.status == "done"
+                )
+            ).first()
         if record is None:
             raise ReplicaError(
-                f"replica {manifest.replica_id} is not registered on this master",
+                f"replica {shown(manifest.replica_id)} is not registered on this master",
                 "check out a new replica from this master",
             )
-        if record["status"] == "retired" and not allow_retired:
+        _check_against_record(file, manifest, record)
+        if (record["status"] == "retired" or done is not None) and (
+            not allow_retired or record["file_retired_at"] is not None or record["status"] != "retired"
+        ):
             raise already_synchronised(file, manifest, record)
-        settings = parse_settings(manifest.settings, f"<settings frozen in replica {file.name}>")
+        settings = parse_settings(record["settings"], f"<settings of replica {manifest.replica_id} on the master>")
         _check_settings_unchanged(engine, settings, manifest)
         infos = _reflect_checked(engine, manifest)
-        return OpenReplica(file, conn, manifest, settings, infos, dict(record))
+        check_structure(conn, file, infos)
+        check_log_size(conn, file)
+        version = _identity(conn, file)
+    finally:
+        conn.close()
+    # Verified: from now on the sync may write (freeze, retire), on a fresh connection to the same file.
+    conn = open_replica_file(file, writable=True)
+    try:
+        if _identity(conn, file) != version:
+            raise ReplicaError(
+                f"replica {file} changed while it was being verified", "let whatever writes to it finish; sync again"
+            )
+        arm(conn, READ_SECONDS)
     except BaseException:
         conn.close()
         raise
+    return OpenReplica(file, conn, manifest, settings, infos, dict(record))
+
+
+def _identity(conn: sqlite3.Connection, file: Path) -> tuple[int, int, int]:
+    stat = file.stat()
+    return stat.st_dev, stat.st_ino, int(conn.execute("PRAGMA schema_version").fetchone()[0])
+
+
+def _check_against_record(file: Path, manifest: Manifest, record: Any) -> None:
+    """The master's record of the checkout decides; a manifest that says otherwise is refused, whoever
+    signed it (the signing key may have leaked: it must not widen anyone's rights)."""
+    differences = []
+    if manifest.owner != record["owner"]:
+        differences.append(f"owner ('{shown(manifest.owner)}' in the file, '{record['owner']}' on the master)")
+    recorded_modules = json.loads(record["modules"])
+    if manifest.modules != recorded_modules:
+        in_file = shown(", ".join(manifest.modules), 200)
+        differences.append(f"modules ({in_file} in the file, {', '.join(recorded_modules)} on the master)")
+    if manifest.checked_out_at != record["checked_out_at"]:
+        differences.append(
+            f"checkout time ({shown(manifest.checked_out_at)} in the file, {record['checked_out_at']} on the master)"
+        )
+    if manifest.settings != record["settings"]:
+        differences.append("settings (modules, policies or tables differ from those frozen at checkout)")
+    if manifest.schema_hash != record["schema_hash"]:
+        differences.append("schema fingerprint (tables, keys or column types)")
+    if differences:
+        raise ReplicaError(
+            f"the manifest of replica {file} disagrees with the master's record of its checkout: "
+            + "; ".join(differences),
+            "a replica is synchronised under what the master recorded at checkout; check out a new replica",
+        )
 
 
 def _check_settings_unchanged(engine: Engine, frozen: SyncSettings, manifest: Manifest) -> None:
@@ -183,7 +256,7 @@ def unfreeze_file(replica_path: str | Path) -> None:
     if not file.is_file():
         return
     try:
-        conn = open_replica_file(file)
+        conn = open_replica_file(file, writable=True)
     except ReplicaError:
         return
     try:
@@ -194,18 +267,36 @@ def unfreeze_file(replica_path: str | Path) -> None:
         conn.close()
 
 
-def retire(replica_path: str | Path, replica_tables: list[str], when: str) -> None:
-    conn = sqlite3.connect(replica_path, isolation_level=None)
+def retire(replica_path: str | Path, replica_tables: list[str], when: str, *, master: Engine, replica_id: str) -> None:
+    """Retire the file of a replica whose load committed, then record that on the master: from then on the
+    master refuses the replica whatever its file says (a copy kept from before, a status edited back)."""
+    conn = open_replica_file(replica_path, writable=True)
     try:
         message = f"this replica was synchronised and retired at {when}; check out a new replica to keep working"
         set_replica_frozen_file(conn, replica_tables, message, "retired")
     finally:
         conn.close()
+    with master.begin() as mconn:
+        mconn.execute(
+            sa.update(store.sync_replica)
+            .where(
+                store.sync_replica.c.replica_id == replica_id,
+                store.sync_replica.c.status == "retired",
+                store.sync_replica.c.file_retired_at.is_(None),
+            )
+            .values(file_retired_at=store.now_iso())
+        )
 
 
 def set_replica_frozen_file(conn: sqlite3.Connection, tables: list[str], message: str | None, status: str) -> None:
-    conn.execute("BEGIN IMMEDIATE")
+    arm(conn, VERIFY_SECONDS)  # a write of the product's own, to a verified table: its own budget
     try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        raise refused(None, exc) from None
+    try:
+        # Nothing of the file's own may run on the write below (checked again under the write lock).
+        check_manifest_table(conn, "the replica")
         current = conn.execute("SELECT value FROM _sync_manifest WHERE key = 'status'").fetchone()
         if current is not None and json.loads(current[0]) == "retired" and status != "retired":
             # Another process synchronised this replica meanwhile: a retirement is never undone.
@@ -217,6 +308,11 @@ def set_replica_frozen_file(conn: sqlite3.Connection, tables: list[str], message
         set_manifest_status(conn, status)
         checkpoint("freeze")
         conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        conn.execute("ROLLBACK")
+        raise refused(None, exc) from None
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+    finally:
+        arm(conn, READ_SECONDS)

@@ -928,7 +928,13 @@ def run_sync(engine: Engine, replica_path: str | Path, progress: Progress | None
             raise already_synchronised(replica.path, replica.manifest, replica.record)
         # The load committed, but the process ended before the file was retired: finish that only.
         done = last_session_of(engine, replica_id)
-        retire(replica.path, replica.manifest.tables, replica.record["retired_at"])
+        retire(
+            replica.path,
+            replica.manifest.tables,
+            replica.record["retired_at"],
+            master=engine,
+            replica_id=replica.manifest.replica_id,
+        )
         return SyncResult(done, replica_id, "done", counts_of(engine, done) if done else {}, {}, "synchronised")
     try:
         existing = open_session_of(engine, replica_id)
@@ -989,7 +995,9 @@ def run_sync(engine: Engine, replica_path: str | Path, progress: Progress | None
     finally:
         replica.close()
     checkpoint("retire")
-    retire(replica.path, replica.manifest.tables, store.now_iso())
+    retire(
+        replica.path, replica.manifest.tables, store.now_iso(), master=engine, replica_id=replica.manifest.replica_id
+    )
     return SyncResult(session_id, replica_id, "done", counts_of(engine, session_id), {}, "synchronised")
 
 

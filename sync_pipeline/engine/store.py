@@ -37,6 +37,9 @@ sync_replica = sa.Table(
     sa.Column("settings", sa.Text, nullable=False),  # YAML frozen at checkout
     sa.Column("schema_hash", sa.String(64), nullable=False),
     sa.Column("retired_at", sa.String(32)),
+    # When the replica *file* was retired after the load: from then on the master refuses the replica
+    # whatever its file says (a copy kept from before, a manifest status edited back to "open").
+    sa.Column("file_retired_at", sa.String(32)),
 )
 
 sync_session = sa.Table(
@@ -142,6 +145,8 @@ sync_web_session = sa.Table(
     sa.Column("created_at", sa.String(32), nullable=False),
     sa.Column("seen_at", sa.String(32), nullable=False),
     sa.Column("expires_at", sa.String(32), nullable=False),  # the absolute end, however active
+)
+
 # Written by the master's change-capture triggers: the image of each row the master deletes (every
 # column, as JSON), when and, where the database knows it, by whom. An orphan decided 'local' re-creates
 # its parent from here (engine/tombstones.py); retention purges images older than its window.
@@ -155,7 +160,7 @@ sync_tombstone = sa.Table(
     sa.Column("deleted_by", sa.Text),  # JSON (PostgreSQL: current_user, session_user, application_name)
 )
 
-SYNC_TABLES = frozenset(metadata.tables)
+SYNC_TABLES = frozenset(metadata.tables) | {"sync_signing_key"}  # the key's table: engine/signing_key.py
 
 
 def now_iso() -> str:
@@ -168,6 +173,22 @@ def new_id() -> str:
 
 def create_sync_tables(conn: Connection) -> None:
     metadata.create_all(conn)
+    _add_missing_columns(conn)
+
+
+def _add_missing_columns(conn: Connection) -> None:
+    """A master initialised by an older version gets the nullable columns added since (init-master again)."""
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
+    inspector = sa.inspect(conn)
+    operations = None
+    for table in metadata.sorted_tables:
+        existing = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in existing and column.nullable:
+                operations = operations or Operations(MigrationContext.configure(conn))
+                operations.add_column(table.name, sa.Column(column.name, column.type, nullable=True))
 
 
 def read_meta(bind: Engine | Connection) -> dict[str, str]:

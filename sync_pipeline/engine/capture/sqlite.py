@@ -21,7 +21,10 @@ JSON_ARGS_PER_CALL = 60  # SQLite limits a function to 127 arguments (2 per colu
 AnyConnection = Connection | sqlite3.Connection
 
 
-def _q(conn: AnyConnection, name: str) -> str:
+FROZEN_OPS = ("INSERT", "UPDATE", "DELETE")
+
+
+def _q(conn: AnyConnection | None, name: str) -> str:
     return quote_identifier(name)
 
 
@@ -104,7 +107,7 @@ class SQLiteMasterCapture(MasterCapture):
 # ----------------------------------------------------------------------------------------------
 
 
-def _json_object_sql(conn: AnyConnection, info: TableInfo, ref: str) -> str:
+def _json_object_sql(conn: AnyConnection | None, info: TableInfo, ref: str) -> str:
     """json_object of every column of a row, chunked under SQLite's argument limit; blobs as hex."""
 
     def value(column: sa.Column) -> str:
@@ -128,43 +131,62 @@ def _json_object_sql(conn: AnyConnection, info: TableInfo, ref: str) -> str:
     return " || ',' || ".join(inner)
 
 
-def _json_key_sql(conn: AnyConnection, info: TableInfo, ref: str) -> str:
+def _json_key_sql(conn: AnyConnection | None, info: TableInfo, ref: str) -> str:
     return "json_array(" + ", ".join(f"{ref}.{_q(conn, c)}" for c in info.pk) + ")"
+
+
+LOG_TABLE_SQL = (
+    f"CREATE TABLE {LOG_TABLE} ("
+    "seq INTEGER PRIMARY KEY AUTOINCREMENT, table_name TEXT NOT NULL, op TEXT NOT NULL, "
+    "row_key TEXT NOT NULL, old_values TEXT, new_values TEXT, changed_at TEXT NOT NULL)"
+)
 
 
 def install_replica_log(conn: AnyConnection, infos: list[TableInfo]) -> None:
     """The change log and the triggers that fill it, on every replica table."""
-    _exec(
-        conn,
-        f"CREATE TABLE IF NOT EXISTS {LOG_TABLE} ("
-        "seq INTEGER PRIMARY KEY AUTOINCREMENT, table_name TEXT NOT NULL, op TEXT NOT NULL, "
-        "row_key TEXT NOT NULL, old_values TEXT, new_values TEXT, changed_at TEXT NOT NULL)",
-    )
+    _exec(conn, LOG_TABLE_SQL.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1))
     for info in infos:
-        table = _q(conn, info.name)
-        name = sql_string(info.name)
-        same_key = " AND ".join(f"OLD.{_q(conn, c)} IS NEW.{_q(conn, c)}" for c in info.pk)
-        new_obj, old_obj = _json_object_sql(conn, info, "NEW"), _json_object_sql(conn, info, "OLD")
-        new_key, old_key = _json_key_sql(conn, info, "NEW"), _json_key_sql(conn, info, "OLD")
-        insert_log = f"INSERT INTO {LOG_TABLE} (table_name, op, row_key, old_values, new_values, changed_at) VALUES"
-        statements = {
-            "_ins": f"AFTER INSERT ON {table} BEGIN {insert_log} ({name}, 'I', {new_key}, NULL, {new_obj}, {NOW}); END",
-            "_del": f"AFTER DELETE ON {table} BEGIN {insert_log} ({name}, 'D', {old_key}, {old_obj}, NULL, {NOW}); END",
-            "_upd": (
-                f"AFTER UPDATE ON {table} WHEN {same_key} BEGIN "
-                f"{insert_log} ({name}, 'U', {new_key}, {old_obj}, {new_obj}, {NOW}); END"
-            ),
-            # A changed primary key is the old row deleted and a new row inserted.
-            "_rekey": (
-                f"AFTER UPDATE ON {table} WHEN NOT ({same_key}) BEGIN "
-                f"{insert_log} ({name}, 'D', {old_key}, {old_obj}, NULL, {NOW}); "
-                f"{insert_log} ({name}, 'I', {new_key}, NULL, {new_obj}, {NOW}); END"
-            ),
-        }
-        for suffix, body in statements.items():
-            trigger = _q(conn, trigger_name("_sync_log", info.name, suffix))
-            _exec(conn, f"DROP TRIGGER IF EXISTS {trigger}")
-            _exec(conn, f"CREATE TRIGGER {trigger} {body}")
+        for trigger, sql in replica_log_triggers(conn, info).items():
+            _exec(conn, f"DROP TRIGGER IF EXISTS {_q(conn, trigger)}")
+            _exec(conn, sql)
+
+
+def replica_log_triggers(conn: AnyConnection | None, info: TableInfo) -> dict[str, str]:
+    """Name -> exact CREATE TRIGGER text of the change-log triggers of one table (as SQLite stores it:
+    a sync compares a replica's triggers with these, character for character)."""
+    table = _q(conn, info.name)
+    name = sql_string(info.name)
+    same_key = " AND ".join(f"OLD.{_q(conn, c)} IS NEW.{_q(conn, c)}" for c in info.pk)
+    new_obj, old_obj = _json_object_sql(conn, info, "NEW"), _json_object_sql(conn, info, "OLD")
+    new_key, old_key = _json_key_sql(conn, info, "NEW"), _json_key_sql(conn, info, "OLD")
+    insert_log = f"INSERT INTO {LOG_TABLE} (table_name, op, row_key, old_values, new_values, changed_at) VALUES"
+    statements = {
+        "_ins": f"AFTER INSERT ON {table} BEGIN {insert_log} ({name}, 'I', {new_key}, NULL, {new_obj}, {NOW}); END",
+        "_del": f"AFTER DELETE ON {table} BEGIN {insert_log} ({name}, 'D', {old_key}, {old_obj}, NULL, {NOW}); END",
+        "_upd": (
+            f"AFTER UPDATE ON {table} WHEN {same_key} BEGIN "
+            f"{insert_log} ({name}, 'U', {new_key}, {old_obj}, {new_obj}, {NOW}); END"
+        ),
+        # A changed primary key is the old row deleted and a new row inserted.
+        "_rekey": (
+            f"AFTER UPDATE ON {table} WHEN NOT ({same_key}) BEGIN "
+            f"{insert_log} ({name}, 'D', {old_key}, {old_obj}, NULL, {NOW}); "
+            f"{insert_log} ({name}, 'I', {new_key}, NULL, {new_obj}, {NOW}); END"
+        ),
+    }
+    out = {}
+    for suffix, body in statements.items():
+        trigger = trigger_name("_sync_log", info.name, suffix)
+        out[trigger] = f"CREATE TRIGGER {_q(conn, trigger)} {body}"
+    return out
+
+
+def frozen_trigger_sql(table: str, op: str) -> tuple[str, str, str]:
+    """(name, text before the message, text after it) of a freeze trigger: its message is a SQL string
+    literal between the two."""
+    trigger = trigger_name("_sync_frozen", table, "_" + op.lower())
+    before = f"CREATE TRIGGER {_q(None, trigger)} BEFORE {op} ON {_q(None, table)} BEGIN SELECT RAISE(ABORT, "
+    return trigger, before, "); END"
 
 
 def set_replica_frozen(conn: AnyConnection, tables: list[str], message: str | None) -> None:
@@ -173,12 +195,8 @@ def set_replica_frozen(conn: AnyConnection, tables: list[str], message: str | No
     Installed only while frozen, so normal local writes pay nothing for it.
     """
     for table in tables:
-        for op in ("INSERT", "UPDATE", "DELETE"):
-            trigger = _q(conn, trigger_name("_sync_frozen", table, "_" + op.lower()))
-            _exec(conn, f"DROP TRIGGER IF EXISTS {trigger}")
+        for op in FROZEN_OPS:
+            trigger, before, after = frozen_trigger_sql(table, op)
+            _exec(conn, f"DROP TRIGGER IF EXISTS {_q(conn, trigger)}")
             if message is not None:
-                _exec(
-                    conn,
-                    f"CREATE TRIGGER {trigger} BEFORE {op} ON {_q(conn, table)} "
-                    f"BEGIN SELECT RAISE(ABORT, {sql_string(message)}); END",
-                )
+                _exec(conn, before + sql_string(message) + after)
