@@ -104,20 +104,36 @@ def _decision_history(conn: Connection, conflict_ids: list[int]) -> dict[int, li
     return out
 
 
-def _target_keys(conn: Connection, session_id: str, change_ids: list[int]) -> dict[int, dict[str, Any]]:
-    """Where detection pointed a change (the master's row of a duplicate)."""
+@dataclass
+class ChangeRows:
+    """The rows detection compared for one change: at checkout, on the replica, on the master (None: no row)."""
+
+    base: dict[str, Any] | None
+    local: dict[str, Any] | None
+    master: dict[str, Any] | None
+    target_key: dict[str, Any] | None  # the master's row of a duplicate
+
+    @property
+    def no_row(self) -> list[str]:
+        """The sides (base, local, master) that have no row."""
+        return [
+            name for name, row in (("base", self.base), ("local", self.local), ("master", self.master)) if row is None
+        ]
+
+
+def change_rows(conn: Connection, session_id: str, change_ids: Iterable[int]) -> dict[int, ChangeRows]:
+    """The compared rows of some changes of a session, by change id (stored as JSON in `sync_change`)."""
     c = store.sync_change
-    out: dict[int, dict[str, Any]] = {}
-    for start in range(0, len(change_ids), BATCH):
+    wanted = sorted(set(change_ids))
+    out: dict[int, ChangeRows] = {}
+    for start in range(0, len(wanted), BATCH):
         rows = conn.execute(
-            sa.select(c.c.change_id, c.c.target_key).where(
-                c.c.session_id == session_id,
-                c.c.change_id.in_(change_ids[start : start + BATCH]),
-                c.c.target_key.is_not(None),
+            sa.select(c.c.change_id, c.c.base, c.c.local, c.c.master, c.c.target_key).where(
+                c.c.session_id == session_id, c.c.change_id.in_(wanted[start : start + BATCH])
             )
         )
-        for change_id, target in rows:
-            out[change_id] = json.loads(target)
+        for change_id, base, local, master, target in rows:
+            out[change_id] = ChangeRows(store.loads(base), store.loads(local), store.loads(master), store.loads(target))
     return out
 
 
@@ -176,13 +192,13 @@ def read_conflicts(
     by_session: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in conflict_rows:
         by_session[row["session_id"]].append(row)
-    targets: dict[tuple[str, int], dict[str, Any]] = {}
+    compared: dict[tuple[str, int], ChangeRows] = {}
     applied: dict[str, dict[tuple[str, str], list[dict[str, Any]]]] = {}
     remaps: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
     dropped: dict[str, dict[tuple[str, str], str]] = {}
     for session_id, rows in by_session.items():
-        for change_id, target in _target_keys(conn, session_id, [r["change_id"] for r in rows]).items():
-            targets[(session_id, change_id)] = target
+        for change_id, found in change_rows(conn, session_id, [r["change_id"] for r in rows]).items():
+            compared[(session_id, change_id)] = found
         facts = sessions[session_id]
         if facts.status == "done":
             applied[session_id] = _applied_rows(conn, session_id, {r["table_name"] for r in rows})
@@ -202,15 +218,23 @@ def read_conflicts(
         current = current_decision(decisions, names)
         covering = _covering_decisions(decisions, names)
         take = _take_of(row["status"], names, current)
+        rows_of = compared.get((session_id, row["change_id"]))
         # The master row this conflict ends up in: a remapped local key (the load's key map, which also
         # maps a duplicate to the master's record), else detection's target, else the key itself.
         master_key = (
             remaps.get(session_id, {}).get((row["table_name"], canonical_key(key)))
-            or targets.get((session_id, row["change_id"]))
+            or (rows_of.target_key if rows_of else None)
             or key
         )
         writes = applied.get(session_id, {}).get((row["table_name"], canonical_key(master_key)), [])
         last_write = writes[-1] if writes else None
+        no_row = rows_of.no_row if rows_of else []
+        if loaded:
+            kept_absent = "master" in no_row if last_write is None else last_write["op"] == "delete"
+        else:
+            kept_absent = take in no_row  # the decision takes a side that has no row
+        if kept_absent:
+            no_row = [*no_row, "kept"]
         fields = []
         for raw in raw_fields:
             chosen = current.fields.get(raw["name"])
@@ -274,6 +298,7 @@ def read_conflicts(
                     for d in decisions
                 ],
                 detail=json.loads(row["detail"] or "{}"),
+                no_row=no_row,
             )
         )
     return out

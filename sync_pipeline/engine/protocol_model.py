@@ -7,7 +7,7 @@ reads the conflicts in it (also for the conflict history).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 PROTOCOL_VERSION = 1
@@ -100,6 +100,8 @@ class ConflictRecord:
     fields: list[FieldOutcome]
     history: list[DecisionRecord]
     detail: dict[str, Any]
+    # The sides (base, local, master, kept) that have no row: their field values are null without being NULL.
+    no_row: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -338,6 +338,7 @@ class ReviewApp:
             "seen": conflict["latest_decision_id"],
             "field_errors": {},
             "typed": {},
+            **data.decision_context(self.engine, conflict, person.account.may_decide),
         }
 
     async def conflict_page(self, request: Request) -> Response:
