@@ -158,7 +158,9 @@ def conflicts_show(
     conflict = data.get_conflict(engine, conflict_id)
     if account is not None:
         account.check_allowed(conflict["module"], "see")
-    settled = data.settled_by_policy(engine, conflict["session"], account.may_decide if account else None)
+    settled = data.settled_by_policy(
+        engine, conflict["session"], account.may_decide if account else None, exclude=conflict_id
+    )
     if as_json:
         conflict["settled"] = {"conflicts": settled.items, "total": settled.total}
         click.echo(json.dumps(conflict, indent=2, ensure_ascii=False))
@@ -181,7 +183,7 @@ def _print_conflict(conflict: dict[str, Any], settled: Any) -> None:
     if matched:
         click.echo(
             f"  matches the master row ({data.key_text(matched['key'] or {})})"
-            + (f" by its natural key ({data.key_text(matched['natural_key'])})" if matched["natural_key"] else "")
+            + (f" by its natural key ({fmt.key(matched['natural_key'])})" if matched["natural_key"] else "")
             + ": "
             + ", ".join(f"{name}={fmt.value(value)}" for name, value in matched["row"].items())
         )
@@ -212,10 +214,11 @@ def _print_conflict(conflict: dict[str, Any], settled: Any) -> None:
         for item in settled.items:
             click.echo(
                 f"    #{item['id']} {item['module']}/{item['table']} ({data.key_text(item['key'])}) {item['kind']}"
-                f"  policy {item['policy']}  (sync-pipeline conflicts show --id {item['id']})"
+                f"  policy {item['policy']}"
             )
         if settled.more:
-            click.echo(f"    … and {settled.more} more (sync-pipeline conflicts list --session {conflict['session']})")
+            click.echo(f"    … and {settled.more} more (conflicts list --session {conflict['session']})")
+        click.echo("    (see one with: conflicts show --id N)")
     else:
         click.echo("  settled by policies in this session: none")
 

@@ -304,13 +304,18 @@ class SettledConflicts:
 
 
 def settled_by_policy(
-    engine: Engine, session_id: str, may_see: Callable[[str], bool] | None = None, limit: int = SETTLED_SHOWN
+    engine: Engine,
+    session_id: str,
+    may_see: Callable[[str], bool] | None = None,
+    limit: int = SETTLED_SHOWN,
+    exclude: int | None = None,
 ) -> SettledConflicts:
-    """The session's conflicts of non-manual modules and tables (those a person may see), oldest first."""
+    """The session's conflicts of non-manual modules and tables (those a person may see, but `exclude`),
+    oldest first."""
     c = store.sync_conflict
     query = (
         sa.select(c.c.conflict_id, c.c.module, c.c.table_name, c.c.row_key, c.c.kind, c.c.policy, c.c.status)
-        .where(c.c.session_id == session_id, c.c.policy != MANUAL)
+        .where(c.c.session_id == session_id, c.c.policy != MANUAL, c.c.conflict_id != (exclude or 0))
         .order_by(c.c.conflict_id)
     )
     items: list[dict[str, Any]] = []
@@ -339,7 +344,7 @@ def decision_context(engine: Engine, conflict: dict[str, Any], may_see: Callable
     """What the conflict page shows around the compared fields: the conflicts policies settled in the same
     session, and the notation of values (reports.formatting)."""
     return {
-        "settled": settled_by_policy(engine, conflict["session"], may_see),
+        "settled": settled_by_policy(engine, conflict["session"], may_see, exclude=conflict["id"]),
         "notation": formatting,
     }
 
