@@ -153,24 +153,25 @@ def next_steps(
     engine: Engine, session_id: str, pending: Mapping[str, int], replica_path: str | Path, master_url: str | None
 ) -> list[str]:
     """Commands that decide the pending conflicts and finish the sync, each working as printed."""
-    run = program() + master_args(master_url)
+    run, master = program(), master_args(master_url)
     decider = decider_for(pending)
     by = f"--by {shlex.quote(decider.name)}"
     session = shlex.quote(session_id)
     lines = [f"# {decider.note}"] if decider.note else []
     lines += decider.setup
-    lines.append(f"{run} conflicts list --session {session} --status pending {by}")
+    lines.append(f"{run} conflicts list{master} --session {session} --status pending {by}")
     firsts = first_pending(engine, session_id)
     for module in sorted(pending):
         if module in firsts:
-            lines.append(f"{run} conflicts show --id {firsts[module]} {by}")
-            lines.append(f"{run} conflicts resolve --id {firsts[module]} --take local {by}   # one (or --take master)")
+            one = f"--id {firsts[module]}"
+            lines.append(f"{run} conflicts show{master} {one} {by}")
+            lines.append(f"{run} conflicts resolve{master} {one} --take local {by}   # one (or --take master)")
     for module in sorted(pending):
         lines.append(
-            f"{run} conflicts resolve --session {session} --module {shlex.quote(module)} --take local {by}"
+            f"{run} conflicts resolve{master} --session {session} --module {shlex.quote(module)} --take local {by}"
             f"   # all of {module} (or --take master)"
         )
-    lines.append(f"{run} sync --replica {shlex.quote(str(replica_path))}")
+    lines.append(f"{run} sync{master} --replica {shlex.quote(str(replica_path))}")
     return lines
 
 
@@ -189,8 +190,8 @@ def protocol_note(session_id: str | None, status: str, master_url: str | None) -
     written = [fmt for fmt in ("json", "md", "html", "pdf") if (folder / protocol_file_name(session_id, fmt)).is_file()]
     if written:
         return [f"protocol written to {folder}/: " + ", ".join(protocol_file_name(session_id, f) for f in written)]
-    run = program() + master_args(master_url)
-    return [f"protocol: {run} protocol --session {shlex.quote(session_id)} --format html --out protocol.html"]
+    run = f"{program()} protocol{master_args(master_url)}"
+    return [f"protocol: {run} --session {shlex.quote(session_id)} --format html --out protocol.html"]
 
 
 def print_sync_result(engine: Engine, result: Any, as_json: bool, replica_path: str, master_url: str | None) -> None:

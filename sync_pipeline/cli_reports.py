@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import click
@@ -43,8 +44,7 @@ def protocol_command(master_url: str | None, session_id: str, fmt: str, out_path
     from sync_pipeline.engine.protocol import build_protocol
     from sync_pipeline.reports import render
 
-    stdout = click.get_binary_stream("stdout")
-    if fmt == "pdf" and out_path is None and stdout.isatty():
+    if fmt == "pdf" and out_path is None and sys.stdout.isatty():
         # Refused before touching the master: binary PDF on a terminal helps no one.
         raise BadInputError("a PDF cannot be printed to the terminal", "add --out FILE.pdf, or redirect: > FILE.pdf")
     target = None if out_path is None else _checked_target(Path(out_path).expanduser())
@@ -52,8 +52,9 @@ def protocol_command(master_url: str | None, session_id: str, fmt: str, out_path
     content = render(protocol, fmt)
     if target is None:
         if isinstance(content, bytes):
-            stdout.write(content)
-            stdout.flush()
+            sys.stdout.flush()
+            sys.stdout.buffer.write(content)
+            sys.stdout.buffer.flush()
         else:
             click.echo(content, nl=False)
         return
