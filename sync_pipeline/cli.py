@@ -113,7 +113,7 @@ def sync_command(
             result = materialize_sync(master_url, replica_path)
     from sync_pipeline.cli_output import print_sync_result
 
-    print_sync_result(engine, result, as_json, replica_path, master_url)
+    print_sync_result(engine, result, as_json, replica_path, master_url, without_dagster)
     if result.status == "waiting":
         sys.exit(EXIT_WAITING)
     if result.status == "failed":

@@ -150,7 +150,12 @@ def first_pending(engine: Engine, session_id: str) -> dict[str, int]:
 
 
 def next_steps(
-    engine: Engine, session_id: str, pending: Mapping[str, int], replica_path: str | Path, master_url: str | None
+    engine: Engine,
+    session_id: str,
+    pending: Mapping[str, int],
+    replica_path: str | Path,
+    master_url: str | None,
+    sync_options: str = "",
 ) -> list[str]:
     """Commands that decide the pending conflicts and finish the sync, each working as printed."""
     run, master = program(), master_args(master_url)
@@ -171,7 +176,7 @@ def next_steps(
             f"{run} conflicts resolve{master} --session {session} --module {shlex.quote(module)} --take local {by}"
             f"   # all of {module} (or --take master)"
         )
-    lines.append(f"{run} sync{master} --replica {shlex.quote(str(replica_path))}")
+    lines.append(f"{run} sync{master}{sync_options} --replica {shlex.quote(str(replica_path))}")
     return lines
 
 
@@ -194,7 +199,9 @@ def protocol_note(session_id: str | None, status: str, master_url: str | None) -
     return [f"protocol: {run} --session {shlex.quote(session_id)} --format html --out protocol.html"]
 
 
-def print_sync_result(engine: Engine, result: Any, as_json: bool, replica_path: str, master_url: str | None) -> None:
+def print_sync_result(
+    engine: Engine, result: Any, as_json: bool, replica_path: str, master_url: str | None, without_dagster: bool = False
+) -> None:
     if as_json:
         click.echo(json.dumps(result.as_json(), indent=2, ensure_ascii=False))
         return
@@ -205,7 +212,8 @@ def print_sync_result(engine: Engine, result: Any, as_json: bool, replica_path: 
     if result.status == "waiting" and result.session_id:
         click.echo("pending decisions: " + ", ".join(f"{m} {n}" for m, n in sorted(result.pending.items())))
         click.echo("next:")
-        for line in next_steps(engine, result.session_id, result.pending, replica_path, master_url):
+        options = " --without-dagster" if without_dagster else ""
+        for line in next_steps(engine, result.session_id, result.pending, replica_path, master_url, options):
             click.echo(f"  {line}")
 
 
