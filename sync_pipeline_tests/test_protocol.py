@@ -244,6 +244,19 @@ def test_json_protocol_equals_what_the_master_holds(demo: DemoSession) -> None:
     assert ("activity", by_kind["orphan"]["key"]["id"]) in [(d["table"], d["key"]["id"]) for d in dropped]
 
 
+def test_sync_counts_every_remapped_key_the_protocol_lists(demo: DemoSession) -> None:
+    """One count, one truth: `sync` (its counts) and the protocol say the same number of remapped keys,
+    duplicates (the local key names the master's record) included."""
+    from sync_pipeline.engine.session import counts_of
+
+    protocol = build_protocol(demo.engine, demo.session_id)
+    counts = counts_of(demo.engine, demo.session_id)
+    listed = {m.name: len(m.remapped) for m in protocol.modules if m.remapped}
+    assert {"duplicate", "key_taken"} <= {r.reason for m in protocol.modules for r in m.remapped}
+    assert {m: c["remapped"] for m, c in counts.items() if c.get("remapped")} == listed
+    assert sum(listed.values()) == protocol.totals.remapped
+
+
 # ------------------------------------------------------------------------------------------------
 # HTML, Markdown, PDF, PNG
 # ------------------------------------------------------------------------------------------------
