@@ -278,9 +278,10 @@ def test_html_and_markdown_contain_every_module_and_conflict(demo: DemoSession) 
         assert esc(formatting.key(conflict.key)) in page
         assert f"| {conflict.id} | {conflict.table} |" in markdown
         for field in conflict.fields:
-            for shown in (field.local, field.master, field.kept):
-                assert esc(formatting.value(shown)) in page, (conflict.id, field.name, shown)
-                assert formatting.value(shown).replace("|", "\\|") in markdown
+            for side, shown in (("local", field.local), ("master", field.master), ("kept", field.kept)):
+                text = formatting.side(conflict.no_row, side, shown)
+                assert esc(text) in page, (conflict.id, field.name, shown)
+                assert text.replace("|", "\\|") in markdown
             assert field.decided_by is None or esc(field.decided_by) in page
     assert EDITED_PHONE in page and OWNER in page and protocol.replica.id in page
     # The Dagster asset caps the Markdown; the cap says how many more the files hold.
@@ -362,11 +363,23 @@ def test_protocol_command_in_every_format(demo: DemoSession, tmp_path: Path) -> 
 
 
 def test_protocol_command_refuses_pdf_to_the_terminal_and_unknown_sessions(demo: DemoSession) -> None:
+    import os
+    import pty
+    import sys
+
     runner = CliRunner()
-    to_terminal = runner.invoke(
-        main, ["protocol", "--master", demo.url, "--session", demo.session_id, "--format", "pdf"]
-    )
-    assert to_terminal.exit_code == 2 and "--out" in to_terminal.output
+    # A real terminal on stdout (a pty): the PDF is refused before the master is read.
+    terminal, screen = pty.openpty()
+    try:
+        to_terminal = subprocess.run(
+            [sys.executable, "-m", "sync_pipeline.cli", "protocol", "--master", demo.url,
+             "--session", demo.session_id, "--format", "pdf"],
+            stdout=screen, stderr=subprocess.PIPE, text=True, check=False, timeout=300,
+        )  # fmt: skip
+    finally:
+        os.close(screen)
+        os.close(terminal)
+    assert to_terminal.returncode == 2 and "--out" in to_terminal.stderr
     unknown = runner.invoke(main, ["protocol", "--master", demo.url, "--session", "no-such-session"])
     assert unknown.exit_code == 2 and "does not exist" in unknown.output
     with pytest.raises(ConflictNotFoundError):
