@@ -91,12 +91,32 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def master_args(master_url: str | None) -> str:
-    """` --master URL` when the commands would not find the master by themselves."""
+    """` --master URL` when the commands would not find the master by themselves.
+
+    A URL with a password is never printed: the commands read it from `$SYNC_MASTER_URL` instead, and
+    `master_setup` says to set it."""
     from sync_pipeline.engine.master import default_master_url
 
     if master_url is None or master_url in (os.environ.get("SYNC_MASTER_URL"), default_master_url()):
         return ""
+    if _password_of(master_url):
+        return ' --master "$SYNC_MASTER_URL"'
     return f" --master {shlex.quote(master_url)}"
+
+
+def master_setup(master_url: str | None) -> list[str]:
+    """The comment to print before commands that take the master from `$SYNC_MASTER_URL`."""
+    if not master_args(master_url).endswith('"$SYNC_MASTER_URL"'):
+        return []
+    hidden = sa.engine.make_url(master_url or "").render_as_string(hide_password=True)
+    return [f"# first: export SYNC_MASTER_URL='{hidden}'  (with the database password in place of ***)"]
+
+
+def _password_of(url: str) -> str | None:
+    try:
+        return sa.engine.make_url(url).password  # type: ignore[return-value]
+    except sa.exc.ArgumentError:
+        return None
 
 
 @dataclass
@@ -162,7 +182,8 @@ def next_steps(
     decider = decider_for(pending)
     by = f"--by {shlex.quote(decider.name)}"
     session = shlex.quote(session_id)
-    lines = [f"# {decider.note}"] if decider.note else []
+    lines = master_setup(master_url)
+    lines += [f"# {decider.note}"] if decider.note else []
     lines += decider.setup
     lines.append(f"{run} conflicts list{master} --session {session} --status pending {by}")
     firsts = first_pending(engine, session_id)
@@ -195,8 +216,8 @@ def protocol_note(session_id: str | None, status: str, master_url: str | None) -
     written = [fmt for fmt in ("json", "md", "html", "pdf") if (folder / protocol_file_name(session_id, fmt)).is_file()]
     if written:
         return [f"protocol written to {folder}/: " + ", ".join(protocol_file_name(session_id, f) for f in written)]
-    run = f"{program()} protocol{master_args(master_url)}"
-    return [f"protocol: {run} --session {shlex.quote(session_id)} --format html --out protocol.html"]
+    run = f"{program()} protocol{master_args(master_url)} --session {shlex.quote(session_id)}"
+    return [*master_setup(master_url), f"protocol: {run} --format html --out protocol.html"]
 
 
 def print_sync_result(

@@ -350,3 +350,17 @@ def test_protocol_files_are_named_after_a_sync(master_url: str, tmp_path: Path) 
     (note,) = protocol_note(session.group(1), "done", master_url)
     assert note.startswith(f"protocol written to {default_protocol_folder()}/")
     assert all(path.name in note for path in written.values())
+
+
+def test_a_master_password_is_never_printed_in_next_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sync_pipeline.cli_output import master_args, master_setup
+
+    url = "postgresql+psycopg://sync:Pa55-w0rd-never-shown@db.example/master"
+    monkeypatch.delenv("SYNC_MASTER_URL", raising=False)
+    assert master_args(url) == ' --master "$SYNC_MASTER_URL"'
+    (comment,) = master_setup(url)
+    assert comment.startswith("# first: export SYNC_MASTER_URL='postgresql+psycopg://sync:***@db.example/master'")
+    assert "Pa55" not in comment
+    monkeypatch.setenv("SYNC_MASTER_URL", url)  # the commands find it by themselves
+    assert master_args(url) == "" and master_setup(url) == []
+    assert master_args("sqlite:////tmp/m.db") == " --master sqlite:////tmp/m.db"
