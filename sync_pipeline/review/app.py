@@ -121,6 +121,7 @@ class ReviewApp:
         self.dagster_ui_url = dagster_ui_url
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.globals.update(kind_help=data.KIND_HELP, key_text=data.key_text, short=_short_time)
+        self.templates.env.globals.update(notation=data.formatting)  # NULL / (no row) / — (reports.formatting)
         self.templates.env.filters["short"] = _short_time
         self._hints: dict[str, dict[str, data.ColumnHint]] = {}
 

@@ -342,11 +342,8 @@ def settled_by_policy(
 
 def decision_context(engine: Engine, conflict: dict[str, Any], may_see: Callable[[str], bool]) -> dict[str, Any]:
     """What the conflict page shows around the compared fields: the conflicts policies settled in the same
-    session, and the notation of values (reports.formatting)."""
-    return {
-        "settled": settled_by_policy(engine, conflict["session"], may_see, exclude=conflict["id"]),
-        "notation": formatting,
-    }
+    session."""
+    return {"settled": settled_by_policy(engine, conflict["session"], may_see, exclude=conflict["id"])}
 
 
 def identity_text(conflict: dict[str, Any]) -> str:
