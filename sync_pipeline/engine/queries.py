@@ -98,8 +98,11 @@ def _matched(rows: ChangeRows | None, natural: list[str]) -> dict[str, Any] | No
     }
 
 
-def list_conflicts(engine: Engine, session_id: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
-    """Conflicts as `{id, session, module, table, key, kind, fields, status, decision, policy}`."""
+def list_conflicts(
+    engine: Engine, session_id: str | None = None, status: str | None = None, conflict_id: int | None = None
+) -> list[dict[str, Any]]:
+    """Conflicts as `{id, session, module, table, key, kind, fields, status, decision, policy, identity,
+    no_row, matched, …}`; `conflict_id` picks one."""
     store.read_meta(engine)
     c, s, r = store.sync_conflict, store.sync_session, store.sync_replica
     query = (
@@ -112,6 +115,8 @@ def list_conflicts(engine: Engine, session_id: str | None = None, status: str | 
         query = query.where(c.c.session_id == session_id)
     if status:
         query = query.where(c.c.status == status)
+    if conflict_id is not None:
+        query = query.where(c.c.conflict_id == conflict_id)
     with engine.connect() as conn:
         conflicts = [dict(r) for r in conn.execute(query).mappings()]
         history: dict[int, list[dict[str, Any]]] = {}

@@ -182,7 +182,7 @@ def get_conflict(engine: Engine, conflict_id: int) -> dict[str, Any]:
     """One conflict in the public JSON shape (`conflicts list --json`), plus `latest_decision_id`."""
     store.read_meta(engine)
     session_id = conflict_session(engine, conflict_id)
-    for item in list_conflicts(engine, session_id):
+    for item in list_conflicts(engine, session_id, conflict_id=conflict_id):
         if item["id"] == conflict_id:
             item["latest_decision_id"] = latest_decision_id(engine, conflict_id)
             return item
