@@ -181,6 +181,8 @@ def test_conflict_page_shows_identity_matched_row_settled_links_and_the_notation
             gone = client.get(f"/conflicts/{context.gone}").text
             assert ">NULL</span>" in gone and ">(no row)</span>" in gone
             assert ">no such row<" not in gone and ">row deleted<" not in gone and ">empty<" not in gone
+            session = client.get(f"/sessions/{context.session_id}").text
+            assert '<div class="small muted identity">name=Local Five, email=p5@example.com</div>' in session
             history = client.get("/history").text
             cells = re.search(rf'<tr data-conflict="{context.gone}">(.*?)</tr>', history, re.S)
             assert cells and "<td>NULL</td>" in cells.group(1) and "<td>(no row)</td>" in cells.group(1)
