@@ -9,7 +9,6 @@ import json
 import sys
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -77,29 +76,6 @@ def checkout_command(master_url: str | None, replica_path: str, owner: str, modu
     )
 
 
-def _print_result(result: Any, as_json: bool, replica_path: str) -> None:
-    if as_json:
-        click.echo(json.dumps(result.as_json(), indent=2, ensure_ascii=False))
-        return
-    click.echo(f"session {result.session_id or '-'}: {result.status} ({result.message})")
-    for module, counts in sorted(result.modules.items()):
-        shown = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-        click.echo(f"  {module}: {shown}")
-    if result.status == "waiting":
-        click.echo("pending decisions:")
-        for module, count in sorted(result.pending.items()):
-            click.echo(f"  {module}: {count} conflict(s)")
-        click.echo("next:")
-        click.echo(f"  sync-pipeline conflicts list --session {result.session_id} --status pending")
-        click.echo("  sync-pipeline conflicts resolve --id ID --take local|master --by YOUR_NAME")
-        for module in sorted(result.pending):
-            click.echo(
-                f"  sync-pipeline conflicts resolve --session {result.session_id} --module {module} "
-                "--take local|master --by YOUR_NAME"
-            )
-        click.echo(f"  sync-pipeline sync --replica {replica_path}")
-
-
 @main.command("sync")
 @master_option
 @click.option("--replica", "replica_path", required=True, type=click.Path(dir_okay=False), help="The replica file.")
@@ -138,7 +114,9 @@ def sync_command(
             if say:
                 say(f"running the sync_detect / sync_apply jobs (run history: {dagster_home_in_use()})")
             result = materialize_sync(master_url, replica_path)
-    _print_result(result, as_json, replica_path)
+    from sync_pipeline.cli_output import print_sync_result
+
+    print_sync_result(engine, result, as_json, replica_path, master_url, without_dagster)
     if result.status == "waiting":
         sys.exit(EXIT_WAITING)
     if result.status == "failed":
@@ -157,13 +135,9 @@ def replicas_command(master_url: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(items, indent=2, ensure_ascii=False))
         return
-    if not items:
-        click.echo("no replicas")
-    for item in items:
-        click.echo(
-            f"{item['replica_id']}  {item['status']:<8} {item['owner']:<20} {','.join(item['modules']):<20} "
-            f"since {item['checked_out_at']}  {item['path'] or ''}"
-        )
+    from sync_pipeline.cli_output import print_replicas
+
+    print_replicas(items)
 
 
 @main.command("demo")
@@ -192,36 +166,13 @@ def demo_command(home: str | None, owner: str, force: bool) -> None:
     click.echo("edits made on both sides; synchronising …")
     with sync_progress():
         result = materialize_sync(paths.master_url, str(paths.replica))
-    master_flag = "" if home is None and _is_default(paths.master_url) else f" --master {paths.master_url}"
-    click.echo("")
-    click.echo(f"session {result.session_id}: {result.status}")
-    for module, counts in sorted(result.modules.items()):
-        click.echo(f"  {module}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    if result.pending:
-        click.echo("")
-        click.echo("waiting for decisions: " + ", ".join(f"{m} {n}" for m, n in sorted(result.pending.items())))
-        click.echo("next, decide them and finish the sync:")
-        click.echo(f"  sync-pipeline conflicts list{master_flag} --session {result.session_id} --status pending")
-        click.echo(f'  sync-pipeline conflicts resolve{master_flag} --id ID --take local --by "Your Name"   # one')
-        for module in sorted(result.pending):
-            click.echo(
-                f"  sync-pipeline conflicts resolve{master_flag} --session {result.session_id} "
-                f'--module {module} --take local --by "Your Name"   # all of {module}'
-            )
-        click.echo(f"  sync-pipeline sync{master_flag} --replica {paths.replica}")
-        click.echo("or decide them in the browser (see docs/review.md):")
-        click.echo('  sync-pipeline accounts add --name "Your Name" --modules crm')
-        click.echo("  sync-pipeline serve")
+    from sync_pipeline.cli_output import dagster_ui_command, print_demo_result
+
+    print_demo_result(engine, result, paths.replica, paths.master_url)
     click.echo("")
     click.echo("watch it in the Dagster UI (the demo replica is a partition with its runs):")
-    click.echo(f"  DAGSTER_HOME={dagster_home_in_use()} dagster dev -w workspace.yaml")
+    click.echo(f"  {dagster_ui_command(dagster_home_in_use())}")
     sys.exit(EXIT_DONE)
-
-
-def _is_default(url: str) -> bool:
-    from sync_pipeline.engine.master import default_master_url
-
-    return url == default_master_url()
 
 
 main.add_command(conflicts_group)

@@ -100,6 +100,7 @@ def conflicts_list(
 ) -> None:
     """The conflicts of the master's sessions, with their decisions and history."""
     from sync_pipeline.engine.queries import list_conflicts
+    from sync_pipeline.reports import formatting as fmt
     from sync_pipeline.review import data
 
     account = identify(accounts_path, by, token, required=False)
@@ -118,12 +119,16 @@ def conflicts_list(
         click.echo("no conflicts")
         return
     for item in items:
+        identity = data.identity_text(item)
         click.echo(
             f"#{item['id']} [{item['status']}] {item['module']}/{item['table']} ({data.key_text(item['key'])}) "
-            f"{item['kind']}  session {item['session']}"
+            f"{item['kind']}  session {item['session']}" + (f"\n    row: {identity}" if identity else "")
         )
         for f in item["fields"]:
-            click.echo(f"    {f['name']}: base={f['base']!r} local={f['local']!r} master={f['master']!r}")
+            sides = " ".join(
+                f"{name}={fmt.side(item['no_row'], name, f[name])}" for name in ("base", "local", "master")
+            )
+            click.echo(f"    {f['name']}: {sides}")
         decision = item["decision"]
         if decision:
             click.echo(f"    decided by {decision['by'] or 'policy ' + decision['rule']} at {decision['at']}")
@@ -149,16 +154,22 @@ def conflicts_show(
     from sync_pipeline.review import data
 
     account = identify(accounts_path, by, token, required=False)
-    conflict = data.get_conflict(open_master(master_url), conflict_id)
+    engine = open_master(master_url)
+    conflict = data.get_conflict(engine, conflict_id)
     if account is not None:
         account.check_allowed(conflict["module"], "see")
+    settled = data.settled_by_policy(
+        engine, conflict["session"], account.may_decide if account else None, exclude=conflict_id
+    )
     if as_json:
+        conflict["settled"] = {"conflicts": settled.items, "total": settled.total}
         click.echo(json.dumps(conflict, indent=2, ensure_ascii=False))
         return
-    _print_conflict(conflict)
+    _print_conflict(conflict, settled)
 
 
-def _print_conflict(conflict: dict[str, Any]) -> None:
+def _print_conflict(conflict: dict[str, Any], settled: Any) -> None:
+    from sync_pipeline.reports import formatting as fmt
     from sync_pipeline.review import data
 
     help_text = data.KIND_HELP.get(conflict["kind"], {})
@@ -166,6 +177,16 @@ def _print_conflict(conflict: dict[str, Any]) -> None:
         f"conflict #{conflict['id']} [{conflict['status']}] {conflict['kind']}: {help_text.get('title', '')}\n"
         f"  {conflict['module']}/{conflict['table']} ({data.key_text(conflict['key'])})  session {conflict['session']}"
     )
+    if conflict.get("identity"):
+        click.echo(f"  row: {data.identity_text(conflict)}")
+    matched = conflict.get("matched")
+    if matched:
+        click.echo(
+            f"  matches the master row ({data.key_text(matched['key'] or {})})"
+            + (f" by its natural key ({fmt.key(matched['natural_key'])})" if matched["natural_key"] else "")
+            + ": "
+            + ", ".join(f"{name}={fmt.value(value)}" for name, value in matched["row"].items())
+        )
     if help_text:
         click.echo(f"  {help_text['what']}")
         click.echo(f"  --take local:  {help_text['local']}")
@@ -175,21 +196,31 @@ def _print_conflict(conflict: dict[str, Any]) -> None:
     click.echo(f"  {'field':<{width}}  {'base':<20} {'local':<20} {'master':<20} decision")
     for f in conflict["fields"]:
         choice = current.get(f["name"])
-        shown = "-" if choice is None else choice["take"] + (f" {choice['value']!r}" if "value" in choice else "")
-        click.echo(
-            f"  {f['name']:<{width}}  {_cell(f['base']):<20} {_cell(f['local']):<20} {_cell(f['master']):<20} {shown}"
+        shown = (
+            fmt.NO_VALUE
+            if choice is None
+            else choice["take"] + (f" {fmt.value(choice['value'])}" if "value" in choice else "")
         )
+        cells = [fmt.short(fmt.side(conflict["no_row"], side, f[side]), 20) for side in ("base", "local", "master")]
+        click.echo(f"  {f['name']:<{width}}  {cells[0]:<20} {cells[1]:<20} {cells[2]:<20} {shown}")
     history = (conflict["decision"] or {}).get("history") or []
-    click.echo("  history:" if history else "  history: no decision yet")
+    click.echo("  history:" if history else f"  history: {fmt.NO_VALUE} (no decision yet)")
     for h in history:
         target = f"field {h['field']}" if h["field"] else "row"
-        value = f" {h['value']!r}" if h["take"] == "value" else ""
+        value = f" {fmt.value(h['value'])}" if h["take"] == "value" else ""
         click.echo(f"    {h['at']}  {data.decider(h)}: {target} -> {h['take']}{value}")
-
-
-def _cell(value: Any) -> str:
-    text = "∅" if value is None else str(value)
-    return text if len(text) <= 20 else text[:19] + "…"
+    if settled.total:
+        click.echo(f"  settled by policies in this session ({settled.total}):")
+        for item in settled.items:
+            click.echo(
+                f"    #{item['id']} {item['module']}/{item['table']} ({data.key_text(item['key'])}) {item['kind']}"
+                f"  policy {item['policy']}"
+            )
+        if settled.more:
+            click.echo(f"    … and {settled.more} more (conflicts list --session {conflict['session']})")
+        click.echo("    (see one with: conflicts show --id N)")
+    else:
+        click.echo("  settled by policies in this session: none")
 
 
 @conflicts_group.command("resolve")

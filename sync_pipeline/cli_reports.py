@@ -3,12 +3,15 @@ conflict history and retention.
 
 `sync_pipeline/cli.py` registers them on the `sync-pipeline` group.
 
-Exit codes as everywhere: 0 done; 2 bad input or usage (unknown session, pdf to a terminal); 1 failure.
+Exit codes as everywhere: 0 done; 2 bad input or usage (unknown session, pdf to a terminal, --out a symlink);
+1 failure.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import click
@@ -28,30 +31,64 @@ from sync_pipeline.engine.errors import BadInputError
     show_default=True,
     help="Markdown, printable HTML, PDF (A4) or the documented JSON.",
 )
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Write to FILE (pdf needs it).")
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write to FILE (replaced atomically; a symlink is refused). Default: standard output.",
+)
 @handles_errors
 def protocol_command(master_url: str | None, session_id: str, fmt: str, out_path: str | None) -> None:
     """The protocol of a session: per module what was written, every conflict and who decided it."""
     from sync_pipeline.engine.protocol import build_protocol
     from sync_pipeline.reports import render
 
-    if fmt == "pdf" and out_path is None:
+    if fmt == "pdf" and out_path is None and sys.stdout.isatty():
         # Refused before touching the master: binary PDF on a terminal helps no one.
-        raise BadInputError("a PDF cannot be printed to the terminal", "add --out FILE.pdf")
+        raise BadInputError("a PDF cannot be printed to the terminal", "add --out FILE.pdf, or redirect: > FILE.pdf")
+    target = None if out_path is None else _checked_target(Path(out_path).expanduser())
     protocol = build_protocol(open_master(master_url), session_id)
     content = render(protocol, fmt)
-    if out_path is None:
-        assert isinstance(content, str)
-        click.echo(content, nl=False)
+    if target is None:
+        if isinstance(content, bytes):
+            sys.stdout.flush()
+            sys.stdout.buffer.write(content)
+            sys.stdout.buffer.flush()
+        else:
+            click.echo(content, nl=False)
         return
-    target = Path(out_path).expanduser()
-    if not target.parent.exists():
-        raise BadInputError(f"folder {target.parent} does not exist", "create it, or choose another --out")
-    if isinstance(content, bytes):
-        target.write_bytes(content)
-    else:
-        target.write_text(content, encoding="utf-8")
+    _write_out(target, content)
     click.echo(f"protocol of session {session_id} ({protocol.state}) written to {target}", err=True)
+
+
+def _checked_target(target: Path) -> Path:
+    """Where --out may write: an existing folder, and not a symlink (someone may have planted it to make
+    us overwrite the file it points at)."""
+    if target.is_symlink():
+        raise BadInputError(
+            f"{target} is a symbolic link (to {os.readlink(target)}); the protocol is not written through links",
+            "choose another --out, or remove the link if it is yours",
+        )
+    if not target.parent.is_dir():
+        raise BadInputError(f"folder {target.parent} does not exist", "create it, or choose another --out")
+    if target.exists() and not target.is_file():
+        raise BadInputError(f"{target} exists and is not a regular file", "choose another --out")
+    return target
+
+
+def _write_out(target: Path, content: str | bytes) -> None:
+    from sync_pipeline.reports.files import write_atomically
+
+    try:
+        write_atomically(target, content)
+    except PermissionError as exc:
+        # E.g. a file of another user in a sticky folder such as /tmp: rename may not replace it.
+        raise BadInputError(f"cannot write {target}: {exc.strerror}", "choose another --out") from None
+    except FileExistsError:  # the random temporary name was taken in between: someone is racing us
+        raise BadInputError(
+            f"cannot write {target}: a temporary file appeared", "retry, or choose another --out"
+        ) from None
 
 
 @click.command("history")
@@ -79,8 +116,10 @@ def history_command(master_url: str | None, days: int, as_json: bool) -> None:
         )
         for fd in c.fields:
             click.echo(
-                f"    {fd.name}: local {f.value(fd.local)} | master {f.value(fd.master)} | "
-                f"kept {f.value(fd.kept) if fd.take else 'pending'}  — {f.decider(fd.rule, fd.decided_by)}"
+                f"    {fd.name}: local {f.side(c.no_row, 'local', fd.local)} | "
+                f"master {f.side(c.no_row, 'master', fd.master)} | "
+                f"kept {f.side(c.no_row, 'kept', fd.kept) if fd.take else 'pending'}  "
+                f"— {f.decider(fd.rule, fd.decided_by)}"
             )
         click.echo(f"    {c.outcome}")
 

@@ -32,6 +32,8 @@ class TableSettings(BaseModel):
     policy: Policy | None = None
     natural_key: list[str] | None = None
     modified_column: str | None = None
+    # The columns that tell a person which row a conflict is about (review page, `conflicts show`).
+    display: list[str] | None = None
     expectations: list[Expectation] = Field(default_factory=list)
 
     @field_validator("expectations", mode="before")
@@ -224,3 +226,9 @@ def _check_internal_consistency(settings: SyncSettings) -> None:
                     "a table belongs to exactly one module: remove it from one of them",
                 )
             seen[table] = module_name
+            if module.tables[table].display == []:
+                raise settings.error(
+                    ("modules", module_name, "tables", table, "display"),
+                    "display lists no column",
+                    "name the columns that identify a row (e.g. display: [name, email]), or remove the key",
+                )

@@ -91,7 +91,7 @@ def test_whole_cycle_through_the_cli(master_url: str, tmp_path: Path) -> None:
         == 0
     )
     code, output = run("sync", "--master", master_url, "--replica", str(replica))
-    assert code == 3 and "core: 3 conflict(s)" in output  # one field of the first is still open
+    assert code == 3 and "pending decisions: core 3" in output  # one field of the first is still open
     code, output = run(
         "conflicts",
         "resolve",

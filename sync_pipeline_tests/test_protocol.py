@@ -245,6 +245,19 @@ def test_json_protocol_equals_what_the_master_holds(demo: DemoSession) -> None:
     assert ("activity", by_kind["orphan"]["key"]["id"]) in [(d["table"], d["key"]["id"]) for d in dropped]
 
 
+def test_sync_counts_every_remapped_key_the_protocol_lists(demo: DemoSession) -> None:
+    """One count, one truth: `sync` (its counts) and the protocol say the same number of remapped keys,
+    duplicates (the local key names the master's record) included."""
+    from sync_pipeline.engine.session import counts_of
+
+    protocol = build_protocol(demo.engine, demo.session_id)
+    counts = counts_of(demo.engine, demo.session_id)
+    listed = {m.name: len(m.remapped) for m in protocol.modules if m.remapped}
+    assert {"duplicate", "key_taken"} <= {r.reason for m in protocol.modules for r in m.remapped}
+    assert {m: c["remapped"] for m, c in counts.items() if c.get("remapped")} == listed
+    assert sum(listed.values()) == protocol.totals.remapped
+
+
 # ------------------------------------------------------------------------------------------------
 # HTML, Markdown, PDF, PNG
 # ------------------------------------------------------------------------------------------------
@@ -266,9 +279,10 @@ def test_html_and_markdown_contain_every_module_and_conflict(demo: DemoSession) 
         assert esc(formatting.key(conflict.key)) in page
         assert f"| {conflict.id} | {md.cell(conflict.table)} |" in markdown
         for field in conflict.fields:
-            for shown in (field.local, field.master, field.kept):
-                assert esc(formatting.value(shown)) in page, (conflict.id, field.name, shown)
-                assert md.cell(formatting.value(shown)) in markdown
+            for side, shown in (("local", field.local), ("master", field.master), ("kept", field.kept)):
+                text = formatting.side(conflict.no_row, side, shown)
+                assert esc(text) in page, (conflict.id, field.name, shown)
+                assert md.cell(text) in markdown
             assert field.decided_by is None or esc(field.decided_by) in page
     assert EDITED_PHONE in page and OWNER in page and protocol.replica.id in page
     # The Dagster asset caps the Markdown; the cap says how many more the files hold.
@@ -350,11 +364,23 @@ def test_protocol_command_in_every_format(demo: DemoSession, tmp_path: Path) -> 
 
 
 def test_protocol_command_refuses_pdf_to_the_terminal_and_unknown_sessions(demo: DemoSession) -> None:
+    import os
+    import pty
+    import sys
+
     runner = CliRunner()
-    to_terminal = runner.invoke(
-        main, ["protocol", "--master", demo.url, "--session", demo.session_id, "--format", "pdf"]
-    )
-    assert to_terminal.exit_code == 2 and "--out" in to_terminal.output
+    # A real terminal on stdout (a pty): the PDF is refused before the master is read.
+    terminal, screen = pty.openpty()
+    try:
+        to_terminal = subprocess.run(
+            [sys.executable, "-m", "sync_pipeline.cli", "protocol", "--master", demo.url,
+             "--session", demo.session_id, "--format", "pdf"],
+            stdout=screen, stderr=subprocess.PIPE, text=True, check=False, timeout=300,
+        )  # fmt: skip
+    finally:
+        os.close(screen)
+        os.close(terminal)
+    assert to_terminal.returncode == 2 and "--out" in to_terminal.stderr
     unknown = runner.invoke(main, ["protocol", "--master", demo.url, "--session", "no-such-session"])
     assert unknown.exit_code == 2 and "does not exist" in unknown.output
     with pytest.raises(ConflictNotFoundError):

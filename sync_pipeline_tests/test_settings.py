@@ -93,6 +93,11 @@ def _schema_engine(tmp_path: Path) -> sa.Engine:
             "column 'changed' does not exist",
         ),
         ("master_change_capture: false\n" + settings_yaml("newest_wins"), 4, "newest_wins needs change times"),
+        (
+            settings_yaml("manual").replace("child: {", "child: {display: [label, colour],"),
+            6,
+            "column 'colour' does not exist in table 'child'",
+        ),
     ],
 )
 def test_errors_against_the_master_schema(tmp_path: Path, text: str, line: int, message: str) -> None:
@@ -100,6 +105,16 @@ def test_errors_against_the_master_schema(tmp_path: Path, text: str, line: int, 
     with pytest.raises(SettingsError, match=message) as raised:
         check_settings_against_schema(settings, _schema_engine(tmp_path))
     assert raised.value.line == line
+
+
+def test_display_names_columns_of_the_table(tmp_path: Path) -> None:
+    text = settings_yaml("manual").replace("child: {", "child: {display: [label, amount],")
+    settings = parse_settings(text, "s.yaml")
+    check_settings_against_schema(settings, _schema_engine(tmp_path))
+    assert settings.table("child").display == ["label", "amount"]
+    with pytest.raises(SettingsError, match="display lists no column") as raised:
+        parse_settings(settings_yaml("manual").replace("child: {", "child: {display: [],"), "s.yaml")
+    assert raised.value.line == 6
 
 
 def test_newest_wins_with_modified_column_needs_no_capture(tmp_path: Path) -> None:

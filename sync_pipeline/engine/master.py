@@ -110,9 +110,13 @@ def check_settings_against_schema(settings: SyncSettings, bind: Engine | Connect
                     f"table '{table_name}' has no primary key",
                     "add a primary key to the table; rows are matched by it",
                 )
-            for column in [*(table.natural_key or []), *([table.modified_column] if table.modified_column else [])]:
+            named = [
+                *(("natural_key", c) for c in table.natural_key or []),
+                *(("modified_column", c) for c in [table.modified_column] if c),
+                *(("display", c) for c in table.display or []),
+            ]
+            for key, column in named:
                 if column not in info.table.columns:
-                    key = "natural_key" if column in (table.natural_key or []) else "modified_column"
                     raise settings.error(
                         (*where, key),
                         f"column '{column}' does not exist in table '{table_name}'",

@@ -819,8 +819,9 @@ def _summary(conn: Connection, ctx: SessionContext, result: Any) -> dict[str, An
     modules: dict[str, Counter[str]] = {m: Counter() for m in ctx.settings.modules}
     for a in result.applied:
         modules[ctx.settings.module_of(a.table)][f"{a.op}s" if a.source != "remap" else "inserts"] += 1
-        if a.source == "remap":
-            modules[ctx.settings.module_of(a.table)]["remapped"] += 1
+    # Every local key that names another master row: new keys and duplicates alike (the protocol's list).
+    for table, _key in result.key_map:
+        modules[ctx.settings.module_of(table)]["remapped"] += 1
     for _change_id, table, _key, _why in result.dropped:
         modules[ctx.settings.module_of(table)]["dropped"] += 1
     for conflict in _conflicts(conn, ctx.session_id):

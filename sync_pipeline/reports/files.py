@@ -22,9 +22,13 @@ def protocol_file_name(session_id: str, fmt: str) -> str:
     return f"sync-protocol-{session_id}.{fmt}"
 
 
-def _write_atomically(path: Path, content: str | bytes) -> None:
-    # A reader (a browser, the Dagster UI link) never sees a half-written protocol, and a re-run replaces it.
-    # open(..., "xb") rather than mkstemp: the file gets the umask's usual permissions, not 0600.
+def write_atomically(path: Path, content: str | bytes) -> None:
+    """Write a temporary file next to `path`, then rename it over `path`.
+
+    A reader (a browser, the Dagster UI link) never sees a half-written protocol, and a re-run replaces
+    it. The rename replaces a symlink at `path` rather than writing through it, and `open(..., "xb")`
+    never follows one either. "xb" rather than mkstemp: the file gets the umask's usual permissions.
+    """
     data = content.encode("utf-8") if isinstance(content, str) else content
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
@@ -41,7 +45,7 @@ def write_protocol(protocol: Protocol, folder: Path, formats: tuple[str, ...] = 
     written: dict[str, Path] = {}
     for fmt in formats:
         path = folder / protocol_file_name(protocol.session.id, fmt)
-        _write_atomically(path, render(protocol, fmt))
+        write_atomically(path, render(protocol, fmt))
         written[fmt] = path
     return written
 

@@ -1,6 +1,16 @@
-"""How values, keys, times and deciders read in the human formats (Markdown, HTML, PDF).
+"""How values, keys, times and deciders read in the human formats: the protocol (Markdown, HTML, PDF),
+`conflicts list|show`, `history` and the review page.
 
-JSON keeps the raw values; these helpers exist so that Markdown and HTML say the same thing the same way.
+JSON keeps the raw values; these helpers exist so that every human format says the same thing the same way.
+
+One notation for the three kinds of "nothing" (docs/protocol.md, "Reading values"):
+
+- `NULL`      the row exists and the field holds SQL NULL;
+- `(no row)`  there is no row on that side (not yet inserted, deleted, or gone after the sync);
+- `—`         nothing to show: no decision yet, no time recorded, not applicable.
+
+Text that reads like one of these marks (or is empty, or has leading/trailing spaces) is shown quoted as
+JSON, so that the text `"NULL"` is never mistaken for a NULL.
 """
 
 from __future__ import annotations
@@ -8,10 +18,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-EMPTY = "—"
+NULL = "NULL"
+NO_ROW = "(no row)"
+NO_VALUE = "—"
+EMPTY = NO_VALUE  # the older name, kept for the renderers
+MARKS = (NULL, NO_ROW, NO_VALUE)
+SIDES = ("base", "local", "master", "kept")
 ISO_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?$")
 
 STATE_LABELS = {
@@ -25,10 +40,12 @@ STATE_LABELS = {
 TAKE_LABELS = {"local": "local", "master": "master", "value": "edited value", "mixed": "field by field"}
 
 
-def value(item: Any) -> str:
-    """A stored value as a person reads it; None (no value, or no row) is a dash."""
+def value(item: Any, row_exists: bool = True) -> str:
+    """A stored value as a person reads it: `NULL` for SQL NULL, `(no row)` when the side has no row."""
+    if not row_exists:
+        return NO_ROW
     if item is None:
-        return EMPTY
+        return NULL
     if isinstance(item, bool):
         return "true" if item else "false"
     if isinstance(item, (dict, list)):
@@ -37,7 +54,24 @@ def value(item: Any) -> str:
     if ISO_TIMESTAMP.match(text):
         # Timestamps are stored as ISO strings; a space reads better and lets a narrow cell wrap there.
         return text.replace("T", " ", 1)
-    return text if text != "" else "(empty text)"
+    if text in MARKS or text.strip() != text or text == "" or text.startswith('"'):
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+def side(no_row: Iterable[str], name: str, item: Any) -> str:
+    """One side (base, local, master, kept) of a conflict's field; `no_row` lists the sides without a row."""
+    return value(item, name not in no_row)
+
+
+def optional(item: Any) -> str:
+    """A value that may simply be missing (not a stored field): `—` when there is none."""
+    return NO_VALUE if item is None else value(item)
+
+
+def short(text: str, width: int) -> str:
+    """`text` cut to `width` characters with an ellipsis (for fixed-width terminal columns)."""
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def key(item: Mapping[str, Any] | None) -> str:

@@ -111,10 +111,10 @@ def render_markdown(protocol: Protocol, max_conflicts: int | None = None) -> str
                         shown_key if first else "",
                         c.kind if first else "",
                         fd.name if fd else "(row)",
-                        f.value(fd.base) if fd else "",
-                        f.value(fd.local) if fd else "",
-                        f.value(fd.master) if fd else "",
-                        ("pending" if fd.take is None else f.value(fd.kept)) if fd else "",
+                        f.side(c.no_row, "base", fd.base) if fd else "",
+                        f.side(c.no_row, "local", fd.local) if fd else "",
+                        f.side(c.no_row, "master", fd.master) if fd else "",
+                        ("pending" if fd.take is None else f.side(c.no_row, "kept", fd.kept)) if fd else "",
                         f.decider(fd.rule, fd.decided_by) if fd else f.decider(c.rule, c.decided_by),
                         f.time(fd.decided_at if fd else c.decided_at),
                     )
@@ -170,6 +170,7 @@ def _jinja() -> jinja2.Environment:
         )
         _environment.filters.update(
             value=formatting.value,
+            optional=formatting.optional,
             key=formatting.key,
             time=formatting.time,
             date=formatting.date,
@@ -177,7 +178,9 @@ def _jinja() -> jinja2.Environment:
             counts=formatting.counts,
             take=formatting.take,
         )
-        _environment.globals.update(decider=formatting.decider, state_labels=formatting.STATE_LABELS)
+        _environment.globals.update(
+            decider=formatting.decider, side=formatting.side, state_labels=formatting.STATE_LABELS
+        )
     return _environment
 
 

@@ -120,6 +120,7 @@ class ReviewApp:
         self.dagster_ui_url = dagster_ui_url
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.globals.update(kind_help=data.KIND_HELP, key_text=data.key_text, short=_short_time)
+        self.templates.env.globals.update(notation=data.formatting)  # NULL / (no row) / — (reports.formatting)
         self.templates.env.filters["short"] = _short_time
         self._hints: dict[str, dict[str, data.ColumnHint]] = {}
         master.on_reopen(self._hints.clear)
@@ -317,6 +318,7 @@ class ReviewApp:
             "seen": conflict["latest_decision_id"],
             "field_errors": {},
             "typed": {},
+            **data.decision_context(self.engine, conflict, person.account.may_decide),
         }
 
     async def conflict_page(self, request: Request) -> Response:

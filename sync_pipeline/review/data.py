@@ -8,7 +8,7 @@ are written by `engine.session.decide` / `decide_module` only.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,7 @@ from sync_pipeline.engine.queries import list_conflicts
 from sync_pipeline.engine.resolve import FIELD_KINDS, VALUE_KINDS
 from sync_pipeline.engine.schema import reflect_tables
 from sync_pipeline.engine.session import DECIDABLE_STATUSES
+from sync_pipeline.reports import formatting
 
 MANUAL = "manual"
 
@@ -61,7 +62,7 @@ KIND_HELP: dict[str, dict[str, str]] = {
     "orphan": {
         "title": "New row whose parent the master deleted",
         "what": "The laptop created or re-pointed a row to a parent row that was deleted in the master.",
-        "local": "re-create the parent from its values at checkout, then insert the row",
+        "local": "re-create the parent from the master's record of it when deleted (its tombstone), then insert the row",
         "master": "drop the local row",
     },
 }
@@ -182,7 +183,7 @@ def get_conflict(engine: Engine, conflict_id: int) -> dict[str, Any]:
     """One conflict in the public JSON shape (`conflicts list --json`), plus `latest_decision_id`."""
     store.read_meta(engine)
     session_id = conflict_session(engine, conflict_id)
-    for item in list_conflicts(engine, session_id):
+    for item in list_conflicts(engine, session_id, conflict_id=conflict_id):
         if item["id"] == conflict_id:
             item["latest_decision_id"] = latest_decision_id(engine, conflict_id)
             return item
@@ -281,3 +282,67 @@ def per_field(conflict: dict[str, Any]) -> bool:
 
 def key_text(key: dict[str, Any]) -> str:
     return ", ".join(f"{k}={json.dumps(v, ensure_ascii=False) if isinstance(v, str) else v}" for k, v in key.items())
+
+
+# A session may have thousands of conflicts its policies settled; a conflict's page links the first ones.
+SETTLED_SHOWN = 50
+
+
+@dataclass
+class SettledConflicts:
+    """Conflicts of a session that a policy (not a person) settled: the context of a manual decision."""
+
+    items: list[dict[str, Any]]
+    total: int
+
+    @property
+    def more(self) -> int:
+        return self.total - len(self.items)
+
+
+def settled_by_policy(
+    engine: Engine,
+    session_id: str,
+    may_see: Callable[[str], bool] | None = None,
+    limit: int = SETTLED_SHOWN,
+    exclude: int | None = None,
+) -> SettledConflicts:
+    """The session's conflicts of non-manual modules and tables (those a person may see, but `exclude`),
+    oldest first."""
+    c = store.sync_conflict
+    query = (
+        sa.select(c.c.conflict_id, c.c.module, c.c.table_name, c.c.row_key, c.c.kind, c.c.policy, c.c.status)
+        .where(c.c.session_id == session_id, c.c.policy != MANUAL, c.c.conflict_id != (exclude or 0))
+        .order_by(c.c.conflict_id)
+    )
+    items: list[dict[str, Any]] = []
+    total = 0
+    with engine.connect() as conn:
+        for row in conn.execute(query):
+            if may_see is not None and not may_see(row.module):
+                continue
+            total += 1
+            if len(items) < limit:
+                items.append(
+                    {
+                        "id": row.conflict_id,
+                        "module": row.module,
+                        "table": row.table_name,
+                        "key": json.loads(row.row_key),
+                        "kind": row.kind,
+                        "policy": row.policy,
+                        "status": row.status,
+                    }
+                )
+    return SettledConflicts(items, total)
+
+
+def decision_context(engine: Engine, conflict: dict[str, Any], may_see: Callable[[str], bool]) -> dict[str, Any]:
+    """What the conflict page shows around the compared fields: the conflicts policies settled in the same
+    session."""
+    return {"settled": settled_by_policy(engine, conflict["session"], may_see, exclude=conflict["id"])}
+
+
+def identity_text(conflict: dict[str, Any]) -> str:
+    """The row's identifying fields in one line (`name=Ada Lovelace, email=ada@example.com`)."""
+    return formatting.key(conflict.get("identity") or {}) if conflict.get("identity") else ""
