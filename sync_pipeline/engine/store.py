@@ -37,6 +37,8 @@ sync_replica = sa.Table(
     sa.Column("settings", sa.Text, nullable=False),  # YAML frozen at checkout
     sa.Column("schema_hash", sa.String(64), nullable=False),
     sa.Column("retired_at", sa.String(32)),
+    # The Dagster partition key a person recognises (owner + short id), set by the Dagster shell.
+    sa.Column("partition_key", sa.String(80), unique=True),
 )
 
 sync_session = sa.Table(
@@ -52,6 +54,8 @@ sync_session = sa.Table(
     sa.Column("dagster_run_id", sa.String(64)),
     sa.Column("summary", sa.Text),  # JSON: counts per module and kind
     sa.Column("error", sa.Text),
+    # The load (session:decision version#attempt) that one launcher claimed: CLI and sensor never both run it.
+    sa.Column("apply_claim", sa.String(100)),
 )
 
 sync_change = sa.Table(
