@@ -69,7 +69,7 @@ def private_folder(folder: Path) -> Path:
 def reject(file: Path, inbox: Path, reason: str) -> Path:
     """Move a file of ours to `rejected/` with its reason beside it."""
     folder = private_folder(inbox / REJECTED_FOLDER)
-    target = folder / f"{uuid.uuid4().hex[:8]}-{file.name}"
+    target = folder / file.name  # a spool name, unique already
     os.rename(file, target)
     (folder / f"{target.name}.reason.txt").write_text(reason + "\n", encoding="utf-8")
     return target

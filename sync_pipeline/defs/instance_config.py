@@ -43,6 +43,18 @@ def write_configured_instance_config() -> bool:
     if not home.is_dir():
         return False
     try:
-        return write_instance_config(home)
+        written = write_instance_config(home)
+        if written:
+            mark_newsletter_seen(home)
+        return written
     except OSError:
         return False  # a read-only instance folder: Dagster's own warning says enough
+
+
+def mark_newsletter_seen(home: Path) -> None:
+    """Record the UI's newsletter dialog as seen, as the UI does when it is dismissed: the webserver read
+    its dagster.yaml before the code location loaded, but asks for this file on every page load."""
+    seen = home / ".nux" / "nux.yaml"
+    if not seen.exists():
+        seen.parent.mkdir(exist_ok=True)
+        seen.write_text("seen: 1\n", encoding="utf-8")

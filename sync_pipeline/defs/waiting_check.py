@@ -6,8 +6,6 @@ conflicts and the run stays a success (the check does not block); the asset's ch
 yellow until the decisions are made and the load runs.
 """
 
-from __future__ import annotations
-
 import dagster as dg
 
 from sync_pipeline.defs.assets import pending_summary, require_session
