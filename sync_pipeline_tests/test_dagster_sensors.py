@@ -1,7 +1,6 @@
 """Sensors evaluated for real against a Dagster instance and a master: approval_sensor launches one load
 per decision version; replica_sensor turns inbox files into partitions and skips junk."""
 
-import json
 import os
 import shutil
 import time

@@ -230,9 +230,7 @@ def test_inbox_refuses_another_users_file(master_url: str, tmp_path: Path, insta
     assert planted.exists() and open_session_of(demo.engine, demo.replica_id) is None
 
 
-def test_inbox_refuses_a_spool_planted_as_a_link(
-    master_url: str, tmp_path: Path, instance: dg.DagsterInstance
-) -> None:
+def test_inbox_refuses_a_spool_planted_as_a_link(master_url: str, tmp_path: Path, instance: dg.DagsterInstance) -> None:
     demo = build_demo(master_url, tmp_path / "replicas", AUTOMATIC_SETTINGS)
     inbox = tmp_path / "inbox"
     inbox.mkdir()
