@@ -1,11 +1,13 @@
-"""Take the screenshot of the sync asset graph in docs/asset_graph.png.
+"""Take the screenshots of the Dagster UI in docs/: the sync asset graph (docs/asset_graph.png), the
+`overview` group, the sync_detect job, the Runs list and the checks of `resolutions` (docs/dagster-*.png).
 
 Builds the demo (master, replica, edits on both sides) in a throw-away SYNC_HOME, synchronises it
-through the Dagster graph (detect, a person's decisions, apply) into a throw-away DAGSTER_HOME, starts
-dagster-webserver on a free loopback port, and photographs the `sync` asset group with headless
-Chromium from Debian's `chromium` package (installed with apt-get when missing and running as root).
+through the Dagster graph (detect, a person's decisions, apply) into a throw-away, empty DAGSTER_HOME
+(the code writes its dagster.yaml, as for a new user), starts dagster-webserver on a free loopback
+port, and photographs each page with headless Chromium from Debian's `chromium` package (installed
+with apt-get when missing and running as root).
 
-    .venv/bin/python scripts/screenshot_asset_graph.py [--out docs/asset_graph.png]
+    .venv/bin/python scripts/screenshot_asset_graph.py [--out-dir docs]
 """
 
 from __future__ import annotations
@@ -24,13 +26,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
-GROUP_URL = "/locations/sync_pipeline.definitions/asset-groups/sync"
-INSTANCE_YAML = """\
-telemetry:
-  enabled: false
-nux:
-  enabled: false   # no "join the community" dialog over the graph
-"""
+LOCATION = "/locations/sync_pipeline.definitions"
+# (file in docs/, page, width, height)
+PAGES = [
+    ("asset_graph.png", f"{LOCATION}/asset-groups/sync", 1900, 560),
+    ("dagster-overview.png", f"{LOCATION}/asset-groups/overview", 1400, 480),
+    ("dagster-detect-job.png", f"{LOCATION}/jobs/sync_detect", 1600, 520),
+    ("dagster-runs.png", "/runs", 1900, 520),
+    ("dagster-waiting-check.png", "/assets/resolutions?view=checks", 1600, 700),
+]
 
 
 def free_port() -> int:
@@ -110,16 +114,13 @@ def screenshot(chromium: str, url: str, out: Path, profile: Path, width: int, he
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "asset_graph.png")
-    parser.add_argument("--width", type=int, default=1900)
-    parser.add_argument("--height", type=int, default=560)
+    parser.add_argument("--out-dir", type=Path, default=REPO / "docs")
     args = parser.parse_args()
     chromium = ensure_chromium()
     with tempfile.TemporaryDirectory(prefix="sync_screenshot_") as scratch:
         root = Path(scratch)
         sync_home, dagster_home = root / "sync_home", root / "dagster_home"
-        dagster_home.mkdir()
-        (dagster_home / "dagster.yaml").write_text(INSTANCE_YAML, encoding="utf-8")
+        dagster_home.mkdir()  # empty: `sync` writes its dagster.yaml (telemetry and the newsletter off)
         os.environ.update({"SYNC_HOME": str(sync_home), "DAGSTER_HOME": str(dagster_home)})
         os.environ.pop("SYNC_MASTER_URL", None)
         build_demo_history(sync_home)
@@ -135,14 +136,10 @@ def main() -> None:
         )
         try:
             wait_for_webserver(port, server)
-            screenshot(
-                chromium,
-                f"http://127.0.0.1:{port}{GROUP_URL}",
-                args.out.resolve(),
-                root / "chromium",
-                args.width,
-                args.height,
-            )
+            for name, page, width, height in PAGES:
+                out = (args.out_dir / name).resolve()
+                screenshot(chromium, f"http://127.0.0.1:{port}{page}", out, root / "chromium", width, height)
+                print(f"wrote {out}")
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             try:
@@ -150,7 +147,6 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
                 server.wait()
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
