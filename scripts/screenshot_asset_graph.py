@@ -22,18 +22,23 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 LOCATION = "/locations/sync_pipeline.definitions"
-# (file in docs/, page, width, height)
-PAGES = [
+# (file in docs/, page, width, height): while the demo session waits for a person...
+WAITING_PAGES = [
+    ("dagster-runs.png", "/runs", 1900, 420),
+    ("dagster-waiting-check.png", "/assets/resolutions?view=checks&checkDetail=no_manual_decisions_pending", 1600, 820),
+]
+# ...and after the decisions and the load.
+DONE_PAGES = [
     ("asset_graph.png", f"{LOCATION}/asset-groups/sync", 1900, 560),
-    ("dagster-overview.png", f"{LOCATION}/asset-groups/overview", 1400, 480),
     ("dagster-detect-job.png", f"{LOCATION}/jobs/sync_detect", 1600, 520),
-    ("dagster-runs.png", "/runs", 1900, 520),
-    ("dagster-waiting-check.png", "/assets/resolutions?view=checks", 1600, 700),
+    ("dagster-overview.png", "/assets/offline_replicas", 1600, 760),
 ]
 
 
@@ -52,27 +57,69 @@ def ensure_chromium() -> str:
     return CHROMIUM
 
 
-def build_demo_history(sync_home: Path) -> None:
-    """The demo synchronised through the graph: one replica, its detect run, decisions, its apply run."""
+def sync_until_waiting(sync_home: Path) -> tuple[str, Path, str]:
+    """The demo's detect run: (master URL, replica, session id) of a session waiting for a person."""
     from sync_pipeline.dagster_run import materialize_sync
     from sync_pipeline.demo import make_demo_edits, prepare_demo
     from sync_pipeline.engine.master import connect_master
-    from sync_pipeline.engine.session import decide_module
 
     paths = prepare_demo(sync_home, "Alex Field")
     engine = connect_master(paths.master_url)
     try:
         make_demo_edits(engine, paths.replica)
-        waiting = materialize_sync(paths.master_url, str(paths.replica))
-        if waiting.status != "waiting" or waiting.session_id is None:
-            sys.exit(f"the demo sync should wait for decisions, but it is {waiting.status}: {waiting.message}")
-        for module in waiting.pending:
-            decide_module(engine, waiting.session_id, module, "local", "Demo Reviewer")
-        done = materialize_sync(paths.master_url, str(paths.replica))
-        if done.status != "done":
-            sys.exit(f"the demo sync did not finish: {done.status}: {done.message}")
     finally:
         engine.dispose()
+    waiting = materialize_sync(paths.master_url, str(paths.replica))
+    if waiting.status != "waiting" or waiting.session_id is None:
+        sys.exit(f"the demo sync should wait for decisions, but it is {waiting.status}: {waiting.message}")
+    return paths.master_url, paths.replica, waiting.session_id
+
+
+def decide_and_finish(master_url: str, replica: Path, session_id: str) -> None:
+    """A reviewer's decisions, the load, and a refreshed `offline_replicas` table."""
+    import dagster as dg
+
+    from sync_pipeline.dagster_run import materialize_sync
+    from sync_pipeline.defs.overview import offline_replicas
+    from sync_pipeline.defs.resources import MasterDatabase
+    from sync_pipeline.engine.master import connect_master
+    from sync_pipeline.engine.session import decide_module, pending_of
+
+    engine = connect_master(master_url)
+    try:
+        for module in pending_of(engine, session_id):
+            decide_module(engine, session_id, module, "local", "Demo Reviewer")
+    finally:
+        engine.dispose()
+    done = materialize_sync(master_url, str(replica))
+    if done.status != "done":
+        sys.exit(f"the demo sync did not finish: {done.status}: {done.message}")
+    with dg.DagsterInstance.get() as instance:
+        dg.materialize([offline_replicas], instance=instance, resources={"master": MasterDatabase()})
+
+
+@contextmanager
+def webserver() -> Iterator[int]:
+    port = free_port()
+    command = shutil.which("dagster-webserver", path=str(Path(sys.executable).parent)) or "dagster-webserver"
+    server = subprocess.Popen(
+        [command, "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=REPO,
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for_webserver(port, server)
+        yield port
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
 
 
 def wait_for_webserver(port: int, server: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
@@ -123,30 +170,15 @@ def main() -> None:
         dagster_home.mkdir()  # empty: `sync` writes its dagster.yaml (telemetry and the newsletter off)
         os.environ.update({"SYNC_HOME": str(sync_home), "DAGSTER_HOME": str(dagster_home)})
         os.environ.pop("SYNC_MASTER_URL", None)
-        build_demo_history(sync_home)
-        port = free_port()
-        webserver = shutil.which("dagster-webserver", path=str(Path(sys.executable).parent)) or "dagster-webserver"
-        server = subprocess.Popen(
-            [webserver, "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=REPO,
-            env=os.environ.copy(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
-            wait_for_webserver(port, server)
-            for name, page, width, height in PAGES:
-                out = (args.out_dir / name).resolve()
-                screenshot(chromium, f"http://127.0.0.1:{port}{page}", out, root / "chromium", width, height)
-                print(f"wrote {out}")
-        finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+        waiting = sync_until_waiting(sync_home)
+        for pages in (WAITING_PAGES, DONE_PAGES):
+            if pages is DONE_PAGES:
+                decide_and_finish(*waiting)
+            with webserver() as port:
+                for name, page, width, height in pages:
+                    out = (args.out_dir / name).resolve()
+                    screenshot(chromium, f"http://127.0.0.1:{port}{page}", out, root / "chromium", width, height)
+                    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
