@@ -57,6 +57,19 @@ def _load_cursor(cursor: str | None) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+_IN_PROGRESS = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def _runs_in_progress(instance: dg.DagsterInstance, partition_key: str) -> bool:
+    runs = dg.RunsFilter(tags={"dagster/partition": partition_key}, statuses=_IN_PROGRESS)
+    return bool(instance.get_run_records(runs, limit=1))
+
+
 def _partition_requests(
     context: dg.SensorEvaluationContext, out: list[str], stale: set[str]
 ) -> list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest]:
@@ -64,7 +77,8 @@ def _partition_requests(
     and protocols stay readable). Keys this master does not know are left alone."""
     known = set(context.instance.get_dynamic_partitions(REPLICAS_PARTITION_NAME))
     new = [key for key in dict.fromkeys(out) if key not in known]
-    gone = sorted((known & stale) - set(out))
+    # A load that retired its replica may still be writing the protocol under that partition: wait for it.
+    gone = sorted(key for key in (known & stale) - set(out) if not _runs_in_progress(context.instance, key))
     requests: list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] = []
     if new:
         requests.append(replicas_partitions.build_add_request(new))
