@@ -93,7 +93,9 @@ def _without_class(name: str, message: str) -> str:
 
 
 def _failure_message(result: dg.ExecuteInProcessResult) -> str:
-    failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
+    failed_checks = [  # a WARN (pending decisions) does not fail a run
+        e for e in result.get_asset_check_evaluations() if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR
+    ]
     if failed_checks:
         return "; ".join(
             f"blocking check {e.asset_key.to_user_string()}:{e.check_name} failed"
