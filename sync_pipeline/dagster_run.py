@@ -19,23 +19,15 @@ from sqlalchemy.engine import Engine
 
 from sync_pipeline.definitions import build_definitions
 from sync_pipeline.defs.assets import latest_session, open_for_sync
+from sync_pipeline.defs.instance_config import write_instance_config
 from sync_pipeline.defs.jobs import APPLY_JOB_NAME, DETECT_JOB_NAME
-from sync_pipeline.defs.partitions import REPLICAS_PARTITION_NAME
-from sync_pipeline.defs.sensors import APPLY_KEY_TAG, SESSION_TAG, apply_key
+from sync_pipeline.defs.partitions import ensure_partition
+from sync_pipeline.defs.run_keys import APPLY_KEY_TAG, DETECT_KEY_TAG, SESSION_TAG, claim_cli_apply, detect_key
 from sync_pipeline.engine import errors
 from sync_pipeline.engine.errors import BadInputError
 from sync_pipeline.engine.master import connect_master, sync_home
 from sync_pipeline.engine.replica import open_replica
 from sync_pipeline.engine.session import SyncResult, counts_of, last_session_of, pending_of
-
-DAGSTER_YAML = """\
-# Dagster instance of sync_pipeline: run history, event logs and schedules in SQLite files here.
-# Start the UI on it with:  DAGSTER_HOME={home} dagster dev -w workspace.yaml
-telemetry:
-  enabled: false
-nux:
-  enabled: false
-"""
 
 
 def default_dagster_home() -> Path:
@@ -54,13 +46,12 @@ def sync_instance() -> Iterator[dg.DagsterInstance]:
     """The persistent Dagster instance: $DAGSTER_HOME, else $SYNC_HOME/dagster_home."""
     if os.environ.get("DAGSTER_HOME"):
         Path(os.environ["DAGSTER_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
+        write_instance_config(Path(os.environ["DAGSTER_HOME"]).expanduser())
         instance = dg.DagsterInstance.get()
     else:
         home = default_dagster_home()
         home.mkdir(parents=True, exist_ok=True)
-        config = home / "dagster.yaml"
-        if not config.exists():
-            config.write_text(DAGSTER_YAML.format(home=home), encoding="utf-8")
+        write_instance_config(home)
         instance = dg.DagsterInstance.from_config(str(home))
     try:
         yield instance
@@ -102,7 +93,9 @@ def _without_class(name: str, message: str) -> str:
 
 
 def _failure_message(result: dg.ExecuteInProcessResult) -> str:
-    failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
+    failed_checks = [  # a WARN (pending decisions) does not fail a run
+        e for e in result.get_asset_check_evaluations() if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR
+    ]
     if failed_checks:
         return "; ".join(
             f"blocking check {e.asset_key.to_user_string()}:{e.check_name} failed"
@@ -192,15 +185,14 @@ def materialize_sync(
         resolved_path = str(replica.path.resolve())
         replica.close()
         with _instance_or(instance) as dagster:
-            if not dagster.has_dynamic_partition(REPLICAS_PARTITION_NAME, replica_id):
-                dagster.add_dynamic_partitions(REPLICAS_PARTITION_NAME, [replica_id])
+            partition = ensure_partition(engine, dagster, replica_id)
             detect = _run_job(
                 DETECT_JOB_NAME,
                 master_url,
                 dagster,
-                replica_id,
+                partition,
                 {"ops": {"local_changes": {"config": {"replica_path": resolved_path}}}},
-                {"sync/replica_file": resolved_path},
+                {"sync/replica_file": resolved_path, DETECT_KEY_TAG: detect_key(replica_id)},
             )
             if not detect.success:
                 return _failed(detect, engine, replica_id)
@@ -210,10 +202,13 @@ def materialize_sync(
             # `loading`: an earlier load stopped half-way (nothing was committed); loading again is safe.
             load_attempted = session["status"] in ("ready", "loading")
             if load_attempted:
-                # Tagged like approval_sensor's runs, so the sensor does not launch this load again.
-                key = apply_key(session_id, session["decision_version"])
+                # Claimed on the master and tagged like approval_sensor's runs: only one of them loads.
+                key = claim_cli_apply(engine, dagster, session_id, session["decision_version"])
+                if key is None:
+                    message = "approval_sensor launched the load of this decision version: see its run in Dagster"
+                    return SyncResult(session_id, replica_id, "waiting", counts_of(engine, session_id), {}, message)
                 apply = _run_job(
-                    APPLY_JOB_NAME, master_url, dagster, replica_id, tags={SESSION_TAG: session_id, APPLY_KEY_TAG: key}
+                    APPLY_JOB_NAME, master_url, dagster, partition, tags={SESSION_TAG: session_id, APPLY_KEY_TAG: key}
                 )
                 if not apply.success:
                     return _failed(apply, engine, replica_id)

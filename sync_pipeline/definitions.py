@@ -10,10 +10,12 @@ import dagster as dg
 
 from sync_pipeline.defs.assets import sync_assets
 from sync_pipeline.defs.checks import sync_checks
+from sync_pipeline.defs.instance_config import write_configured_instance_config
 from sync_pipeline.defs.jobs import sync_jobs
 from sync_pipeline.defs.overview import offline_replicas, purge_schedule, sync_purge
 from sync_pipeline.defs.resources import MasterDatabase, SyncInbox, SyncSettingsResource
 from sync_pipeline.defs.sensors import sync_sensors
+from sync_pipeline.defs.waiting_check import no_manual_decisions_pending
 
 
 def build_definitions(master_url: str | None = None) -> dg.Definitions:
@@ -22,7 +24,7 @@ def build_definitions(master_url: str | None = None) -> dg.Definitions:
     the job snapshots of every run, so pass URLs with passwords through SYNC_MASTER_URL instead."""
     return dg.Definitions(
         assets=[*sync_assets, offline_replicas],
-        asset_checks=sync_checks,
+        asset_checks=[*sync_checks, no_manual_decisions_pending],
         jobs=[*sync_jobs, sync_purge],
         schedules=[purge_schedule],
         sensors=sync_sensors,
@@ -34,4 +36,5 @@ def build_definitions(master_url: str | None = None) -> dg.Definitions:
     )
 
 
+write_configured_instance_config()  # an empty $DAGSTER_HOME gets its dagster.yaml (no warning, no nux)
 defs = build_definitions()

@@ -24,7 +24,7 @@ from sync_pipeline.dagster_run import materialize_sync
 from sync_pipeline.definitions import build_definitions
 from sync_pipeline.defs.assets import conflicts, local_changes, master_load, resolutions, sync_protocol
 from sync_pipeline.defs.jobs import APPLY_JOB_NAME
-from sync_pipeline.defs.partitions import REPLICAS_PARTITION_NAME
+from sync_pipeline.defs.partitions import REPLICAS_PARTITION_NAME, partition_key_of
 from sync_pipeline.demo import DEMO_SETTINGS, build_master, demo_metadata, make_demo_edits
 from sync_pipeline.engine.checkout import checkout
 from sync_pipeline.engine.errors import BadInputError, ReplicaError
@@ -43,6 +43,11 @@ class Demo:
     engine: Engine
     replica: Path
     replica_id: str
+
+    @property
+    def partition(self) -> str:
+        """The replica's Dagster partition key (owner + short id), as the master names it."""
+        return partition_key_of(self.engine, self.replica_id)
 
 
 def build_demo(
@@ -146,20 +151,20 @@ def test_automatic_sync_runs_the_whole_graph_and_retires_the_replica(
     assert result.replica_id == demo.replica_id
     assert result.pending == {}
     assert result.modules["crm"]["conflicts"] == 5 and result.modules["sales"]["conflicts"] == 4
-    assert instance.has_dynamic_partition(REPLICAS_PARTITION_NAME, demo.replica_id)
+    assert instance.has_dynamic_partition(REPLICAS_PARTITION_NAME, demo.partition)
     for asset in (local_changes, conflicts, resolutions, master_load, sync_protocol):
-        assert demo.replica_id in materialized_partitions(instance, asset), asset.key
+        assert demo.partition in materialized_partitions(instance, asset), asset.key
     runs = instance.get_runs()
     assert sorted(r.job_name for r in runs) == ["sync_apply", "sync_detect"]
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
 
     # Counts are numeric metadata (the UI plots them), next to the session id.
-    detected = latest_metadata(instance, conflicts, demo.replica_id)
+    detected = latest_metadata(instance, conflicts, demo.partition)
     assert detected["session_id"] == result.session_id
     assert detected["crm/update_update"] == 1 and detected["sales/insert_insert"] == 1
-    loaded = latest_metadata(instance, master_load, demo.replica_id)
+    loaded = latest_metadata(instance, master_load, demo.partition)
     assert loaded["rows_after/company"] == loaded["rows_before/company"] + 1
-    protocol = latest_metadata(instance, sync_protocol, demo.replica_id)["protocol"]
+    protocol = latest_metadata(instance, sync_protocol, demo.partition)["protocol"]
     assert result.session_id in protocol and "update_update" in protocol
 
     # local_wins on crm: the field worker's phone number of contact 1 is in the master now.
@@ -186,15 +191,15 @@ def test_manual_sync_waits_without_loading_then_loads_after_decisions(
     assert waiting.pending == {"crm": 5}
     assert business_rows(demo.engine) == before, "the detect run must not touch the master's data"
     assert [r.job_name for r in instance.get_runs()] == ["sync_detect"]
-    assert demo.replica_id not in materialized_partitions(instance, master_load)
-    metadata = latest_metadata(instance, resolutions, demo.replica_id)
+    assert demo.partition not in materialized_partitions(instance, master_load)
+    metadata = latest_metadata(instance, resolutions, demo.partition)
     assert metadata["pending/crm"] == 5 and metadata["pending_total"] == 5
     assert metadata["status"] == "waiting"
 
     # Running the sync again while it waits continues the same session; it still waits.
     again = materialize_sync(master_url, str(demo.replica), instance)
     assert (again.status, again.session_id) == ("waiting", waiting.session_id)
-    assert latest_metadata(instance, local_changes, demo.replica_id)["resumed"] is True
+    assert latest_metadata(instance, local_changes, demo.partition)["resumed"] is True
 
     assert waiting.session_id is not None
     assert decide_module(demo.engine, waiting.session_id, "crm", "master", "Tess Tester") == 5
@@ -219,12 +224,17 @@ def test_apply_run_refuses_to_load_while_conflicts_are_pending(
     apply = (
         build_definitions(master_url)
         .resolve_job_def(APPLY_JOB_NAME)
-        .execute_in_process(instance=instance, partition_key=demo.replica_id, raise_on_error=False)
+        .execute_in_process(instance=instance, partition_key=demo.partition, raise_on_error=False)
     )
 
     assert not apply.success
     failed = [e for e in apply.get_asset_check_evaluations() if not e.passed]
-    assert [e.check_name for e in failed] == ["resolutions_all_decided"]
+    # The blocking gate fails the run; the WARN that decisions are pending only reports it.
+    assert {(e.check_name, e.severity) for e in failed} == {
+        ("resolutions_all_decided", dg.AssetCheckSeverity.ERROR),
+        ("no_manual_decisions_pending", dg.AssetCheckSeverity.WARN),
+    }
+    failed = [e for e in failed if e.severity == dg.AssetCheckSeverity.ERROR]
     assert "crm has 5 undecided conflict(s)" in (failed[0].description or "")
     assert master_load.key not in {e.asset_key for e in apply.get_asset_materialization_events() if e.asset_key}
     assert whole_master(demo.engine) == before, "a failed gate must leave the master byte-for-byte unchanged"
@@ -241,7 +251,7 @@ def test_bad_input_is_refused_before_any_run(master_url: str, tmp_path: Path, in
         materialize_sync(master_url, str(tmp_path / "missing.db"), instance)
 
     assert instance.get_runs() == []
-    assert not instance.has_dynamic_partition(REPLICAS_PARTITION_NAME, demo.replica_id)
+    assert not instance.has_dynamic_partition(REPLICAS_PARTITION_NAME, demo.partition)
 
 
 @pytest.mark.parametrize("fault", ["load_begin", "retire"])

@@ -59,9 +59,9 @@ def test_failing_settings_expectation_blocks_the_chain_and_leaves_the_master_unc
     assert result.status == "failed"
     assert "local_changes_meet_settings_expectations" in result.message
     assert business_rows(demo.engine) == before
-    assert demo.replica_id in materialized_partitions(instance, local_changes)
+    assert demo.partition in materialized_partitions(instance, local_changes)
     for later in (conflicts, master_load):
-        assert demo.replica_id not in materialized_partitions(instance, later), later.key
+        assert demo.partition not in materialized_partitions(instance, later), later.key
     [run] = instance.get_runs()
     evaluation = check_evaluations(instance, run.run_id)["local_changes_meet_settings_expectations"]
     assert not evaluation.passed and evaluation.blocking
@@ -107,11 +107,11 @@ def test_edited_value_breaking_an_expectation_blocks_the_load(
     apply = (
         build_definitions(master_url)
         .resolve_job_def(APPLY_JOB_NAME)
-        .execute_in_process(instance=instance, partition_key=demo.replica_id, raise_on_error=False)
+        .execute_in_process(instance=instance, partition_key=demo.partition, raise_on_error=False)
     )
     assert not apply.success
     assert whole_master(demo.engine) == before
-    assert demo.replica_id not in materialized_partitions(instance, master_load)
+    assert demo.partition not in materialized_partitions(instance, master_load)
     [evaluation] = [e for e in apply.get_asset_check_evaluations() if not e.passed]
     assert evaluation.check_name == "decided_values_match_schema"
     failing = evaluation.metadata["failing_rows"].value

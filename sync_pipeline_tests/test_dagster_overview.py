@@ -45,7 +45,7 @@ def test_sync_protocol_asset_writes_and_links_every_format(
 ) -> None:
     demo = build_demo(master_url, tmp_path / "replicas", AUTOMATIC_SETTINGS)
     result = materialize_sync(master_url, str(demo.replica), instance)
-    metadata = latest_metadata(instance, sync_protocol, demo.replica_id)
+    metadata = latest_metadata(instance, sync_protocol, demo.partition)
     assert metadata["protocol_state"] == "done"
     for fmt in ("json", "md", "html", "pdf"):
         path = Path(metadata[f"protocol_{fmt}"])

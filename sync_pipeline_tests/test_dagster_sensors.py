@@ -1,8 +1,9 @@
 """Sensors evaluated for real against a Dagster instance and a master: approval_sensor launches one load
 per decision version; replica_sensor turns inbox files into partitions and skips junk."""
 
-import json
+import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from sync_pipeline.dagster_run import materialize_sync
 from sync_pipeline.definitions import build_definitions
 from sync_pipeline.defs.jobs import APPLY_JOB_NAME, DETECT_JOB_NAME
-from sync_pipeline.defs.partitions import REPLICAS_PARTITION_NAME
+from sync_pipeline.defs.partitions import REPLICAS_PARTITION_NAME, replica_id_of_partition
 from sync_pipeline.defs.resources import MasterDatabase, SyncInbox, SyncSettingsResource
 from sync_pipeline.defs.sensors import APPLY_KEY_TAG, approval_sensor, replica_sensor
 from sync_pipeline.engine.queries import list_conflicts
@@ -50,6 +51,13 @@ def tick_inbox(instance: dg.DagsterInstance, master_url: str, inbox: Path, curso
     return result
 
 
+def settle(folder: Path) -> None:
+    """Files the sensor takes must not be in the middle of a copy: give them a modification time in the past."""
+    for file in folder.iterdir():
+        if file.is_file() and not file.is_symlink():
+            os.utime(file, (time.time() - 60, time.time() - 60))
+
+
 def launch(instance: dg.DagsterInstance, master_url: str, job_name: str, request: dg.RunRequest) -> None:
     """What the sensor daemon does with a run request: add the partitions, then run the job."""
     run = (
@@ -82,8 +90,10 @@ def test_approval_sensor_makes_replicas_that_are_out_partitions(
 
     assert not result.run_requests
     [partitions] = result.dynamic_partitions_requests
-    assert list(partitions.partition_keys) == [demo.replica_id]
-    instance.add_dynamic_partitions(REPLICAS_PARTITION_NAME, [demo.replica_id])
+    # A key a person recognises: the owner and a short id, stored on the master for the replica.
+    assert list(partitions.partition_keys) == [f"alex-field-{demo.replica_id.replace('-', '')[:8]}"]
+    assert replica_id_of_partition(demo.engine, demo.partition) == demo.replica_id
+    instance.add_dynamic_partitions(REPLICAS_PARTITION_NAME, [demo.partition])
     assert not tick_approval(instance, master_url, result.cursor).dynamic_partitions_requests
 
 
@@ -103,7 +113,7 @@ def test_approval_sensor_launches_one_load_per_decision_version(
 
     [request] = first.run_requests
     assert request.run_key == f"{waiting.session_id}:{version}"
-    assert request.partition_key == demo.replica_id
+    assert request.partition_key == demo.partition
     assert request.tags[APPLY_KEY_TAG] == request.run_key
     # The same tick again launches nothing: the cursor remembers the version.
     assert not tick_approval(instance, master_url, first.cursor).run_requests
@@ -161,25 +171,34 @@ def test_replica_sensor_registers_a_dropped_replica_and_skips_junk(
     inbox.mkdir()
     (inbox / "junk.db").write_bytes(b"not a database at all")
     (inbox / "notes.txt").write_text("not a .db file")
+    settle(inbox)
 
     only_junk = tick_inbox(instance, master_url, inbox, None)
     assert not only_junk.run_requests
     assert "junk.db" in (only_junk.skip_reason.skip_message or "")
     assert "not a SQLite database" in (only_junk.skip_reason.skip_message or "")
+    # Junk is moved out of the way with its reason beside it; other names are left alone.
+    [reason] = (inbox / "rejected").glob("*junk.db.reason.txt")
+    assert "not a SQLite database" in reason.read_text()
+    assert sorted(p.name for p in inbox.iterdir()) == [".spool", "notes.txt", "rejected"]
 
     dropped = inbox / "alex.db"
     shutil.copy2(demo.replica, dropped)
     demo.replica.unlink()
+    assert not tick_inbox(instance, master_url, inbox, only_junk.cursor).run_requests  # maybe still being copied
+    settle(inbox)
     found = tick_inbox(instance, master_url, inbox, only_junk.cursor)
 
     [request] = found.run_requests
-    assert request.partition_key == demo.replica_id
-    assert request.run_config["ops"]["local_changes"]["config"]["replica_path"] == str(dropped.resolve())
+    assert request.partition_key == demo.partition
+    [spooled] = (inbox / ".spool").iterdir()
+    assert spooled.name.endswith("-alex.db") and not dropped.exists()
+    assert request.run_config["ops"]["local_changes"]["config"]["replica_path"] == str(spooled)
+    assert request.tags["sync/inbox_file"] == "alex.db"
     [partitions] = found.dynamic_partitions_requests
     assert partitions.partitions_def_name == REPLICAS_PARTITION_NAME
-    assert list(partitions.partition_keys) == [demo.replica_id]
-    assert sorted(json.loads(found.cursor)["seen"]) == ["alex.db", "junk.db"]
-    # Seen files are not launched twice.
+    assert list(partitions.partition_keys) == [demo.partition]
+    # Taken files are not launched twice.
     assert not tick_inbox(instance, master_url, inbox, found.cursor).run_requests
 
     instance.add_dynamic_partitions(REPLICAS_PARTITION_NAME, list(partitions.partition_keys))
@@ -187,11 +206,14 @@ def test_replica_sensor_registers_a_dropped_replica_and_skips_junk(
     session = open_session_of(demo.engine, demo.replica_id)
     assert session is not None and session["status"] == "ready"
 
-    # Once loaded, the file is retired: a fresh sensor (no cursor) skips it with the reason.
+    # Once loaded, the file is retired: dropped again, it is refused with the reason.
     [load] = tick_approval(instance, master_url, None).run_requests
     launch(instance, master_url, APPLY_JOB_NAME, load)
-    retired = tick_inbox(instance, master_url, inbox, None)
+    shutil.copy2(spooled, inbox / "again.db")
+    settle(inbox)
+    retired = tick_inbox(instance, master_url, inbox, found.cursor)
     assert not retired.run_requests
+    assert "again.db" in (retired.skip_reason.skip_message or "")
     assert "retired" in (retired.skip_reason.skip_message or "")
 
 

@@ -4,8 +4,9 @@
 
 Each asset is a thin call into the engine's session steps. Durable state lives in the master's sync
 tables, so assets pass nothing through Dagster's IO managers: every step finds its session on the
-master by the partition key (the replica id). That is what lets the apply run, launched days after
-the detect run, or from another process, continue where the detect run stopped.
+master by the partition key (owner + short id, which the master maps to the replica id). That is what
+lets the apply run, launched days after the detect run, or from another process, continue where the
+detect run stopped.
 """
 
 from collections.abc import Iterator
@@ -18,10 +19,11 @@ import sqlalchemy as sa
 from pydantic import Field
 from sqlalchemy.engine import Engine
 
-from sync_pipeline.defs.partitions import replicas_partitions
+from sync_pipeline.defs.partitions import replica_id_of_partition, replicas_partitions
 from sync_pipeline.defs.resources import MasterDatabase
+from sync_pipeline.defs.run_keys import STATE_TAG
 from sync_pipeline.engine import store
-from sync_pipeline.engine.errors import BadInputError
+from sync_pipeline.engine.errors import BadInputError, SyncError
 from sync_pipeline.engine.faults import checkpoint
 from sync_pipeline.engine.queries import list_conflicts
 from sync_pipeline.engine.replica import OpenReplica, already_synchronised, open_replica, retire
@@ -39,6 +41,7 @@ from sync_pipeline.engine.session import (
     session_context,
     start_session,
 )
+from sync_pipeline.links import review_session_url
 
 SYNC_GROUP = "sync"
 
@@ -72,11 +75,25 @@ def latest_session(engine: Engine, replica_id: str) -> dict[str, Any] | None:
     return dict(row) if row else None
 
 
-def require_session(engine: Engine, replica_id: str) -> SessionContext:
+def require_replica_id(engine: Engine, partition_key: str) -> str:
+    """The replica a partition names, by the master's own record of partition keys."""
+    replica_id = replica_id_of_partition(engine, partition_key)
+    if replica_id is None:
+        raise dg.Failure(
+            description=f"partition {partition_key} names no replica of this master",
+            metadata={
+                "fix": "check out the replica from this master, or set SYNC_MASTER_URL to the master it came from"
+            },
+        )
+    return replica_id
+
+
+def require_session(engine: Engine, partition_key: str) -> SessionContext:
+    replica_id = require_replica_id(engine, partition_key)
     session = latest_session(engine, replica_id)
     if session is None:
         raise dg.Failure(
-            description=f"replica {replica_id} has no session on this master yet",
+            description=f"replica {partition_key} has no session on this master yet",
             metadata={"fix": "materialize local_changes for this partition first (job sync_detect)"},
         )
     return session_context(engine, session["session_id"])
@@ -105,6 +122,13 @@ def pending_metadata(pending: dict[str, int]) -> dict[str, dg.MetadataValue]:
     return out
 
 
+def pending_summary(pending: dict[str, int]) -> str:
+    """`5 manual decisions pending: crm 5`."""
+    total = sum(pending.values())
+    noun = "decision" if total == 1 else "decisions"
+    return f"{total} manual {noun} pending: " + ", ".join(f"{m} {n}" for m, n in sorted(pending.items()))
+
+
 def session_metadata(ctx: SessionContext | dict[str, Any]) -> dict[str, dg.MetadataValue]:
     session_id = ctx.session_id if isinstance(ctx, SessionContext) else ctx["session_id"]
     return {"session_id": dg.MetadataValue.text(session_id)}
@@ -115,6 +139,22 @@ def decision_version(engine: Engine, session_id: str) -> int:
         return conn.execute(
             sa.select(store.sync_session.c.decision_version).where(store.sync_session.c.session_id == session_id)
         ).scalar_one()
+
+
+def retired_failure(record: dict[str, Any], session_id: str | None) -> dg.Failure:
+    """A launch of a retired replica: the readable reason, for the run's failure."""
+    return dg.Failure(
+        description=f"replica {record['partition_key'] or record['replica_id']} ({record['owner']}) was synchronised "
+        f"and retired at {record['retired_at']}; a replica is synchronised only once",
+        metadata={
+            "session_id": dg.MetadataValue.text(session_id or ""),
+            "fix": dg.MetadataValue.text(
+                "nothing to do: its sessions and protocol stay on the master (`sync-pipeline history`, "
+                "`protocol`); for new work check out a new replica with `sync-pipeline checkout`"
+            ),
+        },
+        allow_retries=False,
+    )
 
 
 def open_for_sync(engine: Engine, path: str) -> OpenReplica | None:
@@ -188,26 +228,27 @@ class LocalChangesConfig(dg.Config):
 def local_changes(
     context: dg.AssetExecutionContext, config: LocalChangesConfig, master: MasterDatabase
 ) -> dg.MaterializeResult:
-    replica_id = context.partition_key
     with master.engine() as engine:
-        path = config.replica_path
+        replica_id = require_replica_id(engine, context.partition_key)
+        record = replica_record(engine, replica_id)
+        assert record is not None
+        retired = record["status"] == "retired"
+        path = config.replica_path or record["path"]
         if not path:
-            record = replica_record(engine, replica_id)
-            if record is None:
-                raise dg.Failure(
-                    description=f"replica {replica_id} is not registered on this master",
-                    metadata={
-                        "fix": "check out the replica from this master, or set "
-                        "SYNC_MASTER_URL to the master it came from"
-                    },
-                )
-            path = record["path"]
-        if not path:
+            if retired:
+                raise retired_failure(record, last_session_of(engine, replica_id))
             raise dg.Failure(
                 description=f"the master knows no file for replica {replica_id}",
                 metadata={"fix": "launch with config local_changes.replica_path"},
             )
-        replica = open_for_sync(engine, path)
+        try:
+            replica = open_for_sync(engine, path)
+        except SyncError:
+            # A retired replica launched again: not an error of the code, so the reason and no stack trace.
+            # (A file the crash left unretired is not an error: open_for_sync retires it.)
+            if retired:
+                raise retired_failure(record, last_session_of(engine, replica_id)) from None
+            raise
         if replica is None:
             done = last_session_of(engine, replica_id)
             context.log.info(f"replica {replica_id} was loaded before (session {done}); its file is retired now")
@@ -307,11 +348,10 @@ def resolutions(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg
             decided[item["module"]][rule] += 1
     if pending:
         context.log.info(
-            f"session {ctx.session_id} waits for {sum(pending.values())} manual decision(s): "
-            + ", ".join(f"{m} {n}" for m, n in sorted(pending.items()))
+            f"session {ctx.session_id}: {pending_summary(pending)}; decide on {review_session_url(ctx.session_id)}"
         )
-    from sync_pipeline.review.links import review_session_url
-
+    # The Runs list shows run tags: a run that stops for a person says so there, not only in its log.
+    context.instance.add_run_tags(context.run.run_id, {STATE_TAG: "waiting" if pending else "ready"})
     return dg.MaterializeResult(
         metadata={
             **session_metadata(ctx),
@@ -361,6 +401,7 @@ def master_load(context: dg.AssetExecutionContext, master: MasterDatabase) -> It
                 f"the master changed during the load of session {ctx.session_id}: "
                 f"{sum(pending.values())} new conflict(s) wait for decisions; nothing was loaded"
             )
+            context.instance.add_run_tags(context.run.run_id, {STATE_TAG: "waiting"})
             return
         checkpoint("retire")  # the crash-safety tests aim here, as at the same point of run_sync
         retire(
@@ -372,6 +413,7 @@ def master_load(context: dg.AssetExecutionContext, master: MasterDatabase) -> It
         )
         after = table_row_counts(engine, ctx.infos)
         counts = counts_of(engine, ctx.session_id)
+    context.instance.add_run_tags(context.run.run_id, {STATE_TAG: "done"})
     yield dg.MaterializeResult(
         metadata={
             **session_metadata(ctx),

@@ -1,14 +1,15 @@
 """Sensors that drive sessions without a person at the Dagster UI.
 
 - `approval_sensor` polls the master's sync tables: every session that is `ready` (nothing pending)
-  gets one `sync_apply` run per decision version (run_key `session:version`), so a decision never
-  launches twice and a decision changed before the load launches once more. Replicas checked out
-  from the master become partitions on the way, so the UI can launch a sync for each.
-- `replica_sensor` watches the inbox folder: a replica file of this master becomes a partition and
-  a `sync_detect` run. Junk, retired and foreign files are skipped with the reason in the tick.
+  gets one `sync_apply` run per decision version (run_key `session:version`), claimed on the master so
+  that it never runs beside the CLI's load of the same version (defs/run_keys.py). It also keeps the
+  partition set equal to the replicas that are out: named partitions for new ones, retired ones removed.
+- `replica_sensor` takes replica files from the inbox into a private spool (defs/inbox.py), then a file
+  of this master becomes a `sync_detect` run, one per replica (run_key `detect:<replica id>`). Links,
+  foreign, junk, retired and foreign-master files are refused with the reason.
 
-Both remember what they launched in their cursor and never raise on bad input: a tick that cannot
-reach the master skips with the reason instead of failing again and again.
+Both remember what they did in their cursor and never raise on bad input: a tick that cannot reach
+the master skips with the reason instead of failing again and again.
 """
 
 import json
@@ -17,24 +18,35 @@ from typing import Any
 
 import dagster as dg
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from sync_pipeline.defs.inbox import InboxError, Refusal, reject, spooled_files, take_new_files
 from sync_pipeline.defs.jobs import sync_apply_job, sync_detect_job
-from sync_pipeline.defs.partitions import REPLICAS_PARTITION_NAME, replicas_partitions
+from sync_pipeline.defs.partitions import (
+    REPLICAS_PARTITION_NAME,
+    partition_key_of,
+    replica_partitions,
+    replicas_partitions,
+)
 from sync_pipeline.defs.resources import MasterDatabase, SyncInbox, SyncSettingsResource
+from sync_pipeline.defs.run_keys import (
+    APPLY_KEY_TAG,
+    DETECT_KEY_TAG,
+    SESSION_TAG,
+    apply_key,
+    attempt_run_key,
+    claim_apply,
+    detect_key,
+    runs_under_key,
+)
 from sync_pipeline.engine import store
 from sync_pipeline.engine.errors import SyncError
 from sync_pipeline.engine.replica import open_replica
 
-# Tags every run that loads a session carries, whoever launched it (sensor, UI, CLI), so that a
-# session is looked up in the run history and approval_sensor does not launch a load the CLI ran.
-SESSION_TAG = "sync/session"
-APPLY_KEY_TAG = "sync/apply_key"
+__all__ = ["APPLY_KEY_TAG", "SESSION_TAG", "apply_key", "approval_sensor", "replica_sensor", "sync_sensors"]
+
 SENSOR_INTERVAL_SECONDS = 30
-
-
-def apply_key(session_id: str, decision_version: int) -> str:
-    return f"{session_id}:{decision_version}"
 
 
 def _load_cursor(cursor: str | None) -> dict[str, Any]:
@@ -45,13 +57,58 @@ def _load_cursor(cursor: str | None) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _new_partitions(context: dg.SensorEvaluationContext, replica_ids: list[str]) -> list[str]:
+_IN_PROGRESS = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def _runs_in_progress(instance: dg.DagsterInstance, partition_key: str) -> bool:
+    runs = dg.RunsFilter(tags={"dagster/partition": partition_key}, statuses=_IN_PROGRESS)
+    return bool(instance.get_run_records(runs, limit=1))
+
+
+def _partition_requests(
+    context: dg.SensorEvaluationContext, out: list[str], stale: set[str]
+) -> list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest]:
+    """Add the partitions of replicas that are out; delete those of retired replicas (their runs, sessions
+    and protocols stay readable). Keys this master does not know are left alone."""
     known = set(context.instance.get_dynamic_partitions(REPLICAS_PARTITION_NAME))
-    return [r for r in dict.fromkeys(replica_ids) if r not in known]
+    new = [key for key in dict.fromkeys(out) if key not in known]
+    # A load that retired its replica may still be writing the protocol under that partition: wait for it.
+    gone = sorted(key for key in (known & stale) - set(out) if not _runs_in_progress(context.instance, key))
+    requests: list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] = []
+    if new:
+        requests.append(replicas_partitions.build_add_request(new))
+    if gone:
+        requests.append(replicas_partitions.build_delete_request(gone))
+    return requests
 
 
-def _add_partitions(new_partitions: list[str]) -> list[dg.AddDynamicPartitionsRequest]:
-    return [replicas_partitions.build_add_request(new_partitions)] if new_partitions else []
+def _load_requests(
+    context: dg.SensorEvaluationContext, engine: Engine, ready: list[Any], launched: dict[str, Any]
+) -> list[dg.RunRequest]:
+    requests: list[dg.RunRequest] = []
+    for session_id, replica_id, version in ready:
+        key = apply_key(session_id, version)
+        if launched.get(session_id) == version:
+            continue
+        if runs_under_key(context.instance, APPLY_KEY_TAG, key).attempts:
+            context.log.info(f"session {session_id}: a load for decision version {version} ran already")
+            continue
+        if not claim_apply(engine, session_id, version, 0):
+            context.log.info(f"session {session_id}: `sync-pipeline sync` is loading decision version {version}")
+            continue
+        requests.append(
+            dg.RunRequest(
+                run_key=key,
+                partition_key=partition_key_of(engine, replica_id),
+                tags={SESSION_TAG: session_id, APPLY_KEY_TAG: key},
+            )
+        )
+    return requests
 
 
 @dg.sensor(
@@ -59,80 +116,92 @@ def _add_partitions(new_partitions: list[str]) -> list[dg.AddDynamicPartitionsRe
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
     description="Launches the load + protocol run (sync_apply) of every session with no pending conflict; "
-    "run_key = session id + decision version. Also makes every replica checked out from the master a "
-    "partition, so that a sync can be launched for it from the UI.",
+    "run_key = session id + decision version. Keeps the partitions equal to the replicas checked out "
+    "(owner-shortid keys), so that a sync can be launched for each from the UI; retired ones leave.",
 )
 def approval_sensor(context: dg.SensorEvaluationContext, master: MasterDatabase) -> dg.SensorResult:
     launched = _load_cursor(context.cursor)
     try:
-        with master.engine() as engine, engine.connect() as conn:
-            ready = conn.execute(
-                sa.select(
-                    store.sync_session.c.session_id,
-                    store.sync_session.c.replica_id,
-                    store.sync_session.c.decision_version,
-                )
-                .where(store.sync_session.c.status == "ready")
-                .order_by(store.sync_session.c.started_at)
-            ).all()
-            # Replicas still out (not retired): the partitions a person may launch a sync for.
-            out = (
-                conn.execute(
-                    sa.select(store.sync_replica.c.replica_id)
-                    .where(store.sync_replica.c.status != "retired")
-                    .order_by(store.sync_replica.c.checked_out_at)
-                )
-                .scalars()
-                .all()
-            )
+        with master.engine() as engine:
+            with engine.connect() as conn:
+                ready = conn.execute(
+                    sa.select(
+                        store.sync_session.c.session_id,
+                        store.sync_session.c.replica_id,
+                        store.sync_session.c.decision_version,
+                    )
+                    .where(store.sync_session.c.status == "ready")
+                    .order_by(store.sync_session.c.started_at)
+                ).all()
+            out, stale = replica_partitions(engine)
+            requests = _load_requests(context, engine, list(ready), launched)
     except (SyncError, SQLAlchemyError) as exc:
         return dg.SensorResult(
             skip_reason=f"the master is not reachable or not initialised: {exc}", cursor=context.cursor
         )
-    requests: list[dg.RunRequest] = []
     # Only sessions still ready stay in the cursor: versions only grow, so a forgotten session can
     # never come back with a key it had.
-    cursor: dict[str, int] = {}
-    for session_id, replica_id, version in ready:
-        cursor[session_id] = version
-        key = apply_key(session_id, version)
-        if launched.get(session_id) == version:
-            continue
-        if context.instance.get_run_records(dg.RunsFilter(tags={APPLY_KEY_TAG: key}), limit=1):
-            context.log.info(f"session {session_id}: a load for decision version {version} ran already")
-            continue
-        requests.append(
-            dg.RunRequest(
-                run_key=key,
-                partition_key=replica_id,
-                tags={SESSION_TAG: session_id, APPLY_KEY_TAG: key},
-            )
-        )
-    new_partitions = _new_partitions(context, [*out, *[r.partition_key for r in requests if r.partition_key]])
+    cursor = json.dumps({session_id: version for session_id, _, version in ready}, sort_keys=True)
+    partitions = _partition_requests(context, out, stale)
     if not requests:
         return dg.SensorResult(
             skip_reason=f"{len(ready)} session(s) ready, none with a new decision version",
-            dynamic_partitions_requests=_add_partitions(new_partitions),
-            cursor=json.dumps(cursor, sort_keys=True),
+            dynamic_partitions_requests=partitions,
+            cursor=cursor,
         )
-    return dg.SensorResult(
-        run_requests=requests,
-        dynamic_partitions_requests=_add_partitions(new_partitions),
-        cursor=json.dumps(cursor, sort_keys=True),
-    )
+    return dg.SensorResult(run_requests=requests, dynamic_partitions_requests=partitions, cursor=cursor)
 
 
-def _signature(file: Path) -> str:
-    stat = file.stat()
-    return f"{stat.st_mtime_ns}:{stat.st_size}"
+def _inbox_name(spooled: Path) -> str:
+    """The name the file had in the inbox (the spool prefixes 8 hex digits and a dash)."""
+    return spooled.name[9:] if len(spooled.name) > 9 and spooled.name[8] == "-" else spooled.name
+
+
+def _detect_request(
+    context: dg.SensorEvaluationContext, engine: Engine, file: Path, skipped: list[str]
+) -> dg.RunRequest | None:
+    """The detect run of one spooled file; None (with the reason in `skipped`) when there is none to make."""
+    try:
+        replica = open_replica(engine, file)
+    except SyncError as exc:
+        reason = exc.problem
+    except Exception as exc:  # noqa: BLE001 - a strange file must not stop the other files
+        reason = f"{type(exc).__name__}: {exc}"
+    else:
+        replica_id = replica.manifest.replica_id
+        replica.close()
+        key = detect_key(replica_id)
+        runs = runs_under_key(context.instance, DETECT_KEY_TAG, key)
+        partition = partition_key_of(engine, replica_id)
+        if runs.active_run_id is not None:
+            skipped.append(
+                f"{_inbox_name(file)}: replica {partition} has its sync_detect run already ({runs.active_run_id})"
+            )
+            return None
+        return dg.RunRequest(
+            run_key=attempt_run_key(key, runs.attempts),
+            partition_key=partition,
+            run_config={"ops": {"local_changes": {"config": {"replica_path": str(file)}}}},
+            tags={"sync/replica_file": str(file), "sync/inbox_file": _inbox_name(file), DETECT_KEY_TAG: key},
+        )
+    moved = reject(file, file.parent.parent, reason)
+    skipped.append(f"{_inbox_name(file)}: {reason} (moved to {moved.parent.name}/{moved.name})")
+    return None
+
+
+def _report(refusals: list[Refusal], skipped: list[str]) -> dict[str, str]:
+    """Adds the refusals not reported before to `skipped`; the refusals to remember, name -> signature."""
+    skipped[:0] = [f"{r.name}: {r.reason} (left in the inbox)" for r in refusals if r.reason]
+    return {r.name: r.signature for r in refusals}
 
 
 @dg.sensor(
     job=sync_detect_job,
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
-    description="Registers replica files (*.db) dropped into the inbox as partitions and launches sync_detect "
-    "for each; junk, retired or foreign files are skipped with the reason.",
+    description="Takes replica files (*.db) dropped into the inbox into its private spool and launches one "
+    "sync_detect per replica; links, other users' files, junk, retired or foreign files are refused with the "
+    "reason.",
 )
 def replica_sensor(
     context: dg.SensorEvaluationContext,
@@ -140,8 +209,8 @@ def replica_sensor(
     inbox: SyncInbox,
     sync_settings: SyncSettingsResource,
 ) -> dg.SensorResult:
-    previous: dict[str, str] = _load_cursor(context.cursor).get("seen", {})
-    seen: dict[str, str] = {}
+    previous = _load_cursor(context.cursor)
+    handled: set[str] = set(previous.get("handled", []))
     requests: list[dg.RunRequest] = []
     skipped: list[str] = []
     try:
@@ -158,46 +227,35 @@ def replica_sensor(
                     "SYNC_INBOX or the settings' `inbox`)",
                     cursor=context.cursor,
                 )
-            for file in sorted(folder.glob("*.db")):
-                try:
-                    signature = _signature(file)
-                except OSError:
-                    continue  # gone between listing and stat
-                seen[file.name] = signature
-                if previous.get(file.name) == signature:
+            store.read_meta(engine)  # an uninitialised master: skip before taking any file
+            try:
+                _, refusals = take_new_files(folder, previous.get("refused", {}))
+            except (InboxError, OSError) as exc:
+                return dg.SensorResult(skip_reason=f"the inbox {folder} cannot be used: {exc}", cursor=context.cursor)
+            refused = _report(refusals, skipped)
+            spooled = spooled_files(folder)
+            for file in spooled:
+                if file.name in handled:
                     continue
-                try:
-                    replica = open_replica(engine, file)
-                except SyncError as exc:
-                    skipped.append(f"{file.name}: {exc.problem}")
-                    continue
-                except Exception as exc:  # noqa: BLE001 - a strange file must not stop the other files
-                    skipped.append(f"{file.name}: {type(exc).__name__}: {exc}")
-                    continue
-                replica_id = replica.manifest.replica_id
-                replica.close()
-                requests.append(
-                    dg.RunRequest(
-                        run_key=f"inbox:{replica_id}:{file.name}:{signature}",
-                        partition_key=replica_id,
-                        run_config={"ops": {"local_changes": {"config": {"replica_path": str(file.resolve())}}}},
-                        tags={"sync/replica_file": str(file.resolve())},
-                    )
-                )
+                request = _detect_request(context, engine, file, skipped)
+                if request is not None:
+                    requests.append(request)
     except (SyncError, SQLAlchemyError) as exc:
         return dg.SensorResult(
             skip_reason=f"the master is not reachable or not initialised: {exc}", cursor=context.cursor
         )
     for reason in skipped:
-        context.log.info(f"skipped {reason}")
-    cursor = json.dumps({"seen": seen}, sort_keys=True)
+        context.log.warning(f"refused {reason}")
+    still_spooled = {f.name for f in spooled_files(folder)}
+    cursor = json.dumps({"handled": sorted(still_spooled), "refused": refused}, sort_keys=True)
     if not requests:
         reason = "; ".join(skipped) if skipped else f"no new replica file in {folder}"
-        return dg.SensorResult(skip_reason=f"skipped {reason}" if skipped else reason, cursor=cursor)
-    new_partitions = _new_partitions(context, [r.partition_key for r in requests if r.partition_key])
-    return dg.SensorResult(
-        run_requests=requests, dynamic_partitions_requests=_add_partitions(new_partitions), cursor=cursor
-    )
+        return dg.SensorResult(skip_reason=f"refused {reason}" if skipped else reason, cursor=cursor)
+    out = [r.partition_key for r in requests if r.partition_key]
+    known = set(context.instance.get_dynamic_partitions(REPLICAS_PARTITION_NAME))
+    new = [key for key in dict.fromkeys(out) if key not in known]
+    adds = [replicas_partitions.build_add_request(new)] if new else []
+    return dg.SensorResult(run_requests=requests, dynamic_partitions_requests=adds, cursor=cursor)
 
 
 sync_sensors = [approval_sensor, replica_sensor]

@@ -40,6 +40,8 @@ sync_replica = sa.Table(
     # When the replica *file* was retired after the load: from then on the master refuses the replica
     # whatever its file says (a copy kept from before, a manifest status edited back to "open").
     sa.Column("file_retired_at", sa.String(32)),
+    # The Dagster partition key a person recognises (owner + short id), set by the Dagster shell.
+    sa.Column("partition_key", sa.String(80), unique=True),
 )
 
 sync_session = sa.Table(
@@ -55,6 +57,8 @@ sync_session = sa.Table(
     sa.Column("dagster_run_id", sa.String(64)),
     sa.Column("summary", sa.Text),  # JSON: counts per module and kind
     sa.Column("error", sa.Text),
+    # The load (session:decision version#attempt) that one launcher claimed: CLI and sensor never both run it.
+    sa.Column("apply_claim", sa.String(100)),
 )
 
 sync_change = sa.Table(

@@ -62,7 +62,8 @@ KIND_HELP: dict[str, dict[str, str]] = {
     "orphan": {
         "title": "New row whose parent the master deleted",
         "what": "The laptop created or re-pointed a row to a parent row that was deleted in the master.",
-        "local": "re-create the parent from the master's record of it when deleted (its tombstone), then insert the row",
+        "local": "re-create the parent from the master's record of it when deleted (its tombstone), "
+        "then insert the row",
         "master": "drop the local row",
     },
 }
