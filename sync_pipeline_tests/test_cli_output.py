@@ -217,14 +217,15 @@ def test_sync_groups_conflict_kinds_apart_from_changes_and_replicas_has_a_header
     assert header.split()[:3] == ["REPLICA", "STATUS", "OWNER"] and "Alex Field" in first
 
 
-def test_protocol_out_refuses_a_symlink_and_replaces_files_atomically(context: ContextSession, tmp_path: Path) -> None:
+def test_protocol_out_refuses_a_symlink_and_replaces_files_atomically(master_url: str, tmp_path: Path) -> None:
+    engine, _replica, session_id, _ids = make_review_master(master_url, tmp_path)
     victim = tmp_path / "victim.txt"
     victim.write_text("precious", encoding="utf-8")
     planted = tmp_path / "out" / "protocol.md"
     planted.parent.mkdir()
     planted.symlink_to(victim)
-    before = master_state(context.engine)
-    base = ("protocol", "--master", context.url, "--session", context.session_id)
+    before = master_state(engine)
+    base = ("protocol", "--master", master_url, "--session", session_id)
     code, _, err = run(*base, "--out", str(planted))
     assert code == 2 and "symbolic link" in err
     assert victim.read_text(encoding="utf-8") == "precious" and planted.is_symlink()
@@ -238,15 +239,16 @@ def test_protocol_out_refuses_a_symlink_and_replaces_files_atomically(context: C
     assert code == 0, err
     assert target.read_text(encoding="utf-8").startswith("# Sync protocol")
     assert sorted(p.name for p in target.parent.iterdir()) == ["dangling.md", "protocol.md", "real.md"]
-    assert master_state(context.engine) == before
+    assert master_state(engine) == before
 
 
-def test_protocol_pdf_goes_to_a_stdout_that_is_not_a_terminal(context: ContextSession, tmp_path: Path) -> None:
+def test_protocol_pdf_goes_to_a_stdout_that_is_not_a_terminal(master_url: str, tmp_path: Path) -> None:
+    _engine, _replica, session_id, _ids = make_review_master(master_url, tmp_path)
     target = tmp_path / "f.pdf"
     with target.open("wb") as out:
         done = subprocess.run(
-            [sys.executable, "-m", "sync_pipeline.cli", "protocol", "--master", context.url,
-             "--session", context.session_id, "--format", "pdf"],
+            [sys.executable, "-m", "sync_pipeline.cli", "protocol", "--master", master_url,
+             "--session", session_id, "--format", "pdf"],
             stdout=out, stderr=subprocess.PIPE, check=False, timeout=300,
         )  # fmt: skip
     assert done.returncode == 0, done.stderr
