@@ -25,8 +25,8 @@ from sync_pipeline.defs.partitions import ensure_partition
 from sync_pipeline.defs.run_keys import APPLY_KEY_TAG, DETECT_KEY_TAG, SESSION_TAG, claim_cli_apply, detect_key
 from sync_pipeline.engine import errors
 from sync_pipeline.engine.errors import BadInputError
+from sync_pipeline.engine.manifest import open_replica_file, read_manifest
 from sync_pipeline.engine.master import connect_master, sync_home
-from sync_pipeline.engine.replica import open_replica
 from sync_pipeline.engine.session import SyncResult, counts_of, last_session_of, pending_of
 
 
@@ -60,9 +60,13 @@ def sync_instance() -> Iterator[dg.DagsterInstance]:
 
 
 def _replica_id_of(engine: Engine, replica_path: str) -> str:
-    replica = open_replica(engine, replica_path, allow_retired=True)
-    replica.close()
-    return replica.manifest.replica_id
+    # Only after open_for_sync verified the file and finished its retirement: the master now refuses to
+    # open it (its retirement is recorded), so the id is read from the verified manifest.
+    conn = open_replica_file(replica_path)
+    try:
+        return read_manifest(conn, replica_path).replica_id
+    finally:
+        conn.close()
 
 
 _BAD_INPUT_NAMES = frozenset(
