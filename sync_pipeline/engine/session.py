@@ -30,7 +30,6 @@ from sync_pipeline.engine.errors import (
 from sync_pipeline.engine.extract import ChangeSet, RowChange, extract_changes
 from sync_pipeline.engine.faults import checkpoint
 from sync_pipeline.engine.load import StaleRows, build_plan, execute_plan
-from sync_pipeline.engine.retry import TransientRetries, retry_transient
 from sync_pipeline.engine.progress import report
 from sync_pipeline.engine.replica import (
     OpenReplica,
@@ -49,6 +48,7 @@ from sync_pipeline.engine.resolve import (
     is_decided,
     validate_decision,
 )
+from sync_pipeline.engine.retry import TransientRetries, retry_transient
 from sync_pipeline.engine.schema import TableInfo, decode_row, dumps, encode, encode_row, normalize, reflect_tables
 from sync_pipeline.settings import SyncSettings, parse_settings
 
