@@ -33,7 +33,12 @@ def sync_executor() -> dg.ExecutorDefinition | None:
             "backend": os.environ.get("SYNC_CELERY_BACKEND", DEFAULT_BACKEND),
             # A task whose worker died (OOM, SIGKILL, a lost machine) is delivered again to another worker:
             # it is acknowledged only when it finished. The load is safe to run again (one transaction).
-            "config_source": {"task_acks_late": True, "task_reject_on_worker_lost": True},
+            "config_source": {
+                "task_acks_late": True,
+                "task_reject_on_worker_lost": True,
+                # One deployment's workers take only its own tasks (`dagster-celery worker start -q NAME`).
+                "task_default_queue": os.environ.get("SYNC_CELERY_QUEUE", "dagster"),
+            },
         },
         name="celery",
     )
