@@ -12,7 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,19 +82,15 @@ class Stack:
             _signal_group(process, signal.SIGTERM)
         deadline = time.monotonic() + 15
         for process in self.processes.values():
-            try:
+            with suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
             _signal_group(process, signal.SIGKILL)  # the group's children (celery's pool, code servers) too
             process.wait(timeout=10)
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    try:
+    with suppress(ProcessLookupError):
         os.killpg(process.pid, sig)  # the group this process leads (start_new_session): only ours
-    except ProcessLookupError:
-        pass
 
 
 @contextmanager
@@ -127,6 +123,7 @@ def production_stack(
         logs.mkdir(exist_ok=True)
         env = {
             **os.environ,
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
             "PYTHONPATH": str(REPO),
             "DAGSTER_HOME": str(home),
             "DAGSTER_POSTGRES_URL": storage_url,
