@@ -146,9 +146,7 @@ def main() -> None:
             results[level] = on_stack(folder, args.replicas, args.changes, level)
             print(f"{level} at a time: {results[level][0]:.1f} s", flush=True)
     base = results[levels[0]][0]
-    print(
-        f"\n{args.replicas} replicas x {args.changes} changes; engine alone, one after the other: {engine_seconds:.1f} s"
-    )
+    print(f"\n{args.replicas} replicas x {args.changes} changes; engine alone, in a row: {engine_seconds:.1f} s")
     print(
         "| runs at a time | wall time (s) | × the first | per sync (s) | Dagster run time summed (s) | engine share |"
     )

@@ -302,7 +302,8 @@ def test_worker_killed_during_a_load(stack_and_master: tuple[Stack, str, Path]) 
     with master.connect() as conn:
         while not conn.execute(
             sa.text(
-                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%INSERT INTO child%' AND wait_event = 'PgSleep'"
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE query LIKE '%INSERT INTO child%' AND wait_event = 'PgSleep'"
             )
         ).scalar():
             assert time.monotonic() < deadline, "the load never reached its slow insert"
