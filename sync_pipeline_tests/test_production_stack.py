@@ -146,6 +146,20 @@ def _conflicts(master: sa.Engine) -> list[dict[str, Any]]:
         return [dict(r) for r in conn.execute(sa.select(conflict)).mappings()]
 
 
+def _wait_for_runs(instance: dg.DagsterInstance, stack: Stack, deadline: float) -> None:
+    """Until no run is queued or in progress (a load's run still writes its protocol after the commit)."""
+    unfinished = [
+        dg.DagsterRunStatus.QUEUED,
+        dg.DagsterRunStatus.NOT_STARTED,
+        dg.DagsterRunStatus.STARTING,
+        dg.DagsterRunStatus.STARTED,
+    ]
+    while instance.get_runs_count(dg.RunsFilter(statuses=unfinished)):
+        if time.monotonic() > deadline or stack.dead():
+            pytest.fail(f"runs did not finish: {stack.dead()}\n{stack.log_tail('daemon')}")
+        time.sleep(2)
+
+
 def _max_overlap(records: list[dg.RunRecord]) -> int:
     events = []
     for record in records:
@@ -236,6 +250,7 @@ def test_twenty_overlapping_replicas_through_daemon_and_celery(stack_and_master:
     # The daemon ran them side by side, at most 4 at a time, each load in its own successful run.
     instance = dg.DagsterInstance.from_config(str(stack.home))
     try:
+        _wait_for_runs(instance, stack, time.monotonic() + DEADLINE_SECONDS)  # the protocols are written after
         applies = instance.get_run_records(dg.RunsFilter(job_name="sync_apply"))
         detects = instance.get_run_records(dg.RunsFilter(job_name="sync_detect"))
         all_runs = applies + detects
