@@ -339,6 +339,17 @@ def test_worker_killed_during_a_load(stack_and_master: tuple[Stack, str, Path]) 
     if status[replica_id] == "retired":  # the task went to another pool process: loaded once, all-after
         assert [s["status"] for s in sessions] == ["done"]
         assert len(slow) == 1 and after["name"] == "after-kill"
+        # The run saw its step's first worker die and failed; run_retries started it again, and the
+        # retry found the session loaded ("loaded before") and wrote the protocol.
+        instance = dg.DagsterInstance.from_config(str(stack.home))
+        try:
+            _wait_for_runs(instance, stack, time.monotonic() + 300)
+            session_runs = instance.get_run_records(
+                dg.RunsFilter(job_name="sync_apply", tags={"sync/session": sessions[0]["session_id"]})
+            )
+            assert dg.DagsterRunStatus.SUCCESS in {r.dagster_run.status for r in session_runs}
+        finally:
+            instance.dispose()
     else:  # the run failed: all-before, and the session can be continued
         assert len(slow) == 0 and after == before_parent[0]
         assert sessions[-1]["status"] in (*OPEN_STATUSES, "failed")
