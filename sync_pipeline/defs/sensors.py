@@ -60,6 +60,18 @@ def _load_cursor(cursor: str | None) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+_UNFINISHED = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def _unfinished_runs_of(instance: dg.DagsterInstance, partition: str) -> int:
+    return instance.get_runs_count(dg.RunsFilter(tags={"dagster/partition": partition}, statuses=_UNFINISHED))
+
+
 def _partition_requests(
     context: dg.SensorEvaluationContext, out: list[str], stale: set[str]
 ) -> list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest]:
@@ -67,7 +79,9 @@ def _partition_requests(
     and protocols stay readable). Keys this master does not know are left alone."""
     known = set(context.instance.get_dynamic_partitions(REPLICAS_PARTITION_NAME))
     new = [key for key in dict.fromkeys(out) if key not in known]
-    gone = sorted((known & stale) - set(out))
+    # A retired replica's partition stays while a run of it is unfinished: the load's run still writes the
+    # protocol of that partition after the commit that retired it.
+    gone = sorted(key for key in (known & stale) - set(out) if not _unfinished_runs_of(context.instance, key))
     requests: list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] = []
     if new:
         requests.append(replicas_partitions.build_add_request(new))
