@@ -22,6 +22,7 @@ from sync_pipeline.cli_common import (
     open_master,
 )
 from sync_pipeline.cli_conflicts import conflicts_group, serve_command
+from sync_pipeline.cli_deploy import deploy_home_command
 from sync_pipeline.cli_reports import history_command, protocol_command, purge_command
 
 
@@ -181,6 +182,7 @@ main.add_command(accounts_group)
 main.add_command(protocol_command)
 main.add_command(history_command)
 main.add_command(purge_command)
+main.add_command(deploy_home_command)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from sync_pipeline.defs.instance_config import write_instance_config
 from sync_pipeline.defs.jobs import APPLY_JOB_NAME, DETECT_JOB_NAME
 from sync_pipeline.defs.partitions import ensure_partition
 from sync_pipeline.defs.run_keys import APPLY_KEY_TAG, DETECT_KEY_TAG, SESSION_TAG, claim_cli_apply, detect_key
+from sync_pipeline.defs.run_tags import DETECT_STAGE, LOAD_STAGE, stage_tags
 from sync_pipeline.engine import errors
 from sync_pipeline.engine.errors import BadInputError
 from sync_pipeline.engine.manifest import open_replica_file, read_manifest
@@ -196,7 +197,11 @@ def materialize_sync(
                 dagster,
                 partition,
                 {"ops": {"local_changes": {"config": {"replica_path": resolved_path}}}},
-                {"sync/replica_file": resolved_path, DETECT_KEY_TAG: detect_key(replica_id)},
+                {
+                    "sync/replica_file": resolved_path,
+                    DETECT_KEY_TAG: detect_key(replica_id),
+                    **stage_tags(engine, DETECT_STAGE),
+                },
             )
             if not detect.success:
                 return _failed(detect, engine, replica_id)
@@ -211,9 +216,8 @@ def materialize_sync(
                 if key is None:
                     message = "approval_sensor launched the load of this decision version: see its run in Dagster"
                     return SyncResult(session_id, replica_id, "waiting", counts_of(engine, session_id), {}, message)
-                apply = _run_job(
-                    APPLY_JOB_NAME, master_url, dagster, partition, tags={SESSION_TAG: session_id, APPLY_KEY_TAG: key}
-                )
+                tags = {SESSION_TAG: session_id, APPLY_KEY_TAG: key, **stage_tags(engine, LOAD_STAGE)}
+                apply = _run_job(APPLY_JOB_NAME, master_url, dagster, partition, tags=tags)
                 if not apply.success:
                     return _failed(apply, engine, replica_id)
         session = latest_session(engine, replica_id)

@@ -10,6 +10,7 @@ import dagster as dg
 
 from sync_pipeline.defs.assets import sync_assets
 from sync_pipeline.defs.checks import sync_checks
+from sync_pipeline.defs.executor import sync_executor
 from sync_pipeline.defs.instance_config import write_configured_instance_config
 from sync_pipeline.defs.jobs import sync_jobs
 from sync_pipeline.defs.overview import offline_replicas, purge_schedule, sync_purge
@@ -28,6 +29,7 @@ def build_definitions(master_url: str | None = None) -> dg.Definitions:
         jobs=[*sync_jobs, sync_purge],
         schedules=[purge_schedule],
         sensors=sync_sensors,
+        executor=sync_executor(),  # SYNC_EXECUTOR=celery in the production deployment (deploy/README.md)
         resources={
             "master": MasterDatabase(url=master_url),
             "sync_settings": SyncSettingsResource(),

@@ -421,6 +421,8 @@ def master_load(context: dg.AssetExecutionContext, master: MasterDatabase) -> It
             **counts_metadata(counts),
             **{f"rows_before/{table}": dg.MetadataValue.int(n) for table, n in sorted(before.items())},
             **{f"rows_after/{table}": dg.MetadataValue.int(n) for table, n in sorted(after.items())},
+            # Deadlocks, serialization failures and re-detections the load went through (engine/retry.py).
+            **{f"retries/{kind}": dg.MetadataValue.int(n) for kind, n in summary.get("retries", {}).items()},
         }
     )
 

@@ -13,6 +13,7 @@ the master skips with the reason instead of failing again and again.
 """
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +41,15 @@ from sync_pipeline.defs.run_keys import (
     detect_key,
     runs_under_key,
 )
+from sync_pipeline.defs.run_tags import DETECT_STAGE, LOAD_STAGE, stage_tags
 from sync_pipeline.engine import store
 from sync_pipeline.engine.errors import SyncError
 from sync_pipeline.engine.replica import open_replica
 
 __all__ = ["APPLY_KEY_TAG", "SESSION_TAG", "apply_key", "approval_sensor", "replica_sensor", "sync_sensors"]
 
-SENSOR_INTERVAL_SECONDS = 30
+# Shorter in tests and busy deployments (SYNC_SENSOR_INTERVAL_SECONDS); read when the code location loads.
+SENSOR_INTERVAL_SECONDS = int(os.environ.get("SYNC_SENSOR_INTERVAL_SECONDS", "30"))
 
 
 def _load_cursor(cursor: str | None) -> dict[str, Any]:
@@ -105,7 +108,7 @@ def _load_requests(
             dg.RunRequest(
                 run_key=key,
                 partition_key=partition_key_of(engine, replica_id),
-                tags={SESSION_TAG: session_id, APPLY_KEY_TAG: key},
+                tags={SESSION_TAG: session_id, APPLY_KEY_TAG: key, **stage_tags(engine, LOAD_STAGE)},
             )
         )
     return requests
@@ -182,7 +185,12 @@ def _detect_request(
             run_key=attempt_run_key(key, runs.attempts),
             partition_key=partition,
             run_config={"ops": {"local_changes": {"config": {"replica_path": str(file)}}}},
-            tags={"sync/replica_file": str(file), "sync/inbox_file": _inbox_name(file), DETECT_KEY_TAG: key},
+            tags={
+                "sync/replica_file": str(file),
+                "sync/inbox_file": _inbox_name(file),
+                DETECT_KEY_TAG: key,
+                **stage_tags(engine, DETECT_STAGE),
+            },
         )
     moved = reject(file, file.parent.parent, reason)
     skipped.append(f"{_inbox_name(file)}: {reason} (moved to {moved.parent.name}/{moved.name})")

@@ -49,6 +49,7 @@ from sync_pipeline.engine.resolve import (
     is_decided,
     validate_decision,
 )
+from sync_pipeline.engine.retry import TransientRetries, retry_transient
 from sync_pipeline.engine.schema import TableInfo, decode_row, dumps, encode, encode_row, normalize, reflect_tables
 from sync_pipeline.settings import SyncSettings, parse_settings
 
@@ -746,7 +747,9 @@ def _load_items(engine: Engine, ctx: SessionContext) -> list[tuple[int, Detected
     return items
 
 
-def load_session(engine: Engine, ctx: SessionContext, dagster_run_id: str | None = None) -> dict[str, Any]:
+def load_session(
+    engine: Engine, ctx: SessionContext, dagster_run_id: str | None = None, retries: TransientRetries | None = None
+) -> dict[str, Any]:
     """One transaction: the session's approved changes, the applied history, the session done and the
     replica retired on the master. Raises StaleRows (nothing written) if the master moved meanwhile.
     """
@@ -802,6 +805,8 @@ def load_session(engine: Engine, ctx: SessionContext, dagster_run_id: str | None
             stage="record",
         )
         summary = _summary(conn, ctx, result)
+        if retries is not None and retries.total:
+            summary["retries"] = retries.as_dict()
         _set_status(
             conn,
             ctx.session_id,
@@ -849,21 +854,27 @@ def load_with_redetection(
 
     Returns the summary, or None when re-detection produced conflicts that wait for a person.
     """
-    refused: sa.exc.IntegrityError | None = None
+    refused: set[str] = set()
+    # Deadlocks and serialization failures with other loads are retried; the summary counts them, and the
+    # re-detections, which concurrent loads of overlapping replicas cause.
+    retries = TransientRetries()
     for _round in range(MAX_REDETECT_ROUNDS):
         try:
-            return load_session(engine, ctx, dagster_run_id)
+            return retry_transient(lambda: load_session(engine, ctx, dagster_run_id, retries), retries)
         except StaleRows as stale:
             stale_ids = stale.change_ids
+            retries.counts["redetected_stale"] += 1
         except sa.exc.IntegrityError as exc:
-            # A concurrent writer took a key or a reference we rely on: look at every row again, once.
-            if refused is not None:
-                reason = str(exc.orig).strip().splitlines()[0]
+            # A concurrent writer took a key or a reference we rely on: look at every row again. The same
+            # refusal twice is the data's own (another load would have moved on to another key).
+            reason = str(exc.orig).strip()
+            if reason in refused:
                 raise SyncError(
-                    f"the master refused the session's changes: {reason}",
+                    f"the master refused the session's changes: {reason.splitlines()[0]}",
                     "see which row the message names; correct it on the master or in a new replica",
                 ) from None
-            refused = exc
+            refused.add(reason)
+            retries.counts["redetected_refused"] += 1
             stale_ids = [r["change_id"] for r in load_changes(engine, ctx)]
         detect_session(engine, ctx, replica_row, change_ids=stale_ids)
         if resolve_session(engine, ctx):

@@ -1,0 +1,163 @@
+"""Throughput on the production stack: N replicas of C changes each, synced by the daemon and Celery workers
+with 1, 2 and 4 runs at a time, against the engine's own work on the same data.
+
+    .venv/bin/python bench/bench_concurrency.py                       # 20 replicas x 1,000 changes, 1/2/4
+    .venv/bin/python bench/bench_concurrency.py --replicas 8 --concurrency 1,4
+
+Needs PostgreSQL (master and Dagster storage) and RabbitMQ on 127.0.0.1 (deploy/README.md). For each
+concurrency: a fresh master (a schema) and a fresh Dagster database, the daemon and one Celery worker
+with that many processes, `max_concurrent_runs` = that many; the wall time runs from dropping every
+replica into the inbox until the last one is retired. The engine's own work is `run_sync()` (no Dagster)
+on an identical master and replicas, one after the other. Each replica edits rows of its own (60%
+updates, 25% inserts, 15% deletes), so the loads do not wait for each other's rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sync_pipeline.engine.checkout import checkout  # noqa: E402
+from sync_pipeline.engine.master import connect_master, init_master  # noqa: E402
+from sync_pipeline.engine.session import run_sync  # noqa: E402
+from sync_pipeline.settings import parse_settings  # noqa: E402
+from sync_pipeline_tests.conftest import fresh_master_url  # noqa: E402
+from sync_pipeline_tests.production_stack import production_stack  # noqa: E402
+
+SETTINGS = "modules:\n  stock:\n    policy: newest_wins\n    tables:\n      item: {}\n"
+
+
+def build_master(url: str, replicas: int, changes: int) -> sa.Engine:
+    engine = connect_master(url, must_exist=False)
+    metadata = sa.MetaData()
+    item = sa.Table(
+        "item",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("name", sa.String(60), nullable=False),
+        sa.Column("qty", sa.Integer, nullable=False),
+        sa.Column("note", sa.Text),
+    )
+    metadata.create_all(engine)
+    rows = replicas * changes
+    with engine.begin() as conn:
+        conn.execute(sa.insert(item), [{"name": f"item {i}", "qty": i % 100, "note": None} for i in range(1, rows + 1)])
+        conn.execute(sa.text("SELECT setval(pg_get_serial_sequence('item', 'id'), :n)"), {"n": rows})
+    init_master(engine, parse_settings(SETTINGS, "bench.yaml"))
+    return engine
+
+
+def edit(replica: Path, number: int, changes: int) -> None:
+    """Replica `number` owns the rows number*changes+1 .. (number+1)*changes."""
+    first = number * changes + 1
+    updates, inserts = int(changes * 0.6), int(changes * 0.25)
+    deletes = changes - updates - inserts
+    with sqlite3.connect(replica) as conn:
+        conn.executemany(
+            "UPDATE item SET qty = qty + 1, note = ? WHERE id = ?", [(f"r{number}", first + k) for k in range(updates)]
+        )
+        conn.executemany("DELETE FROM item WHERE id = ?", [(first + updates + k,) for k in range(deletes)])
+        conn.executemany(
+            "INSERT INTO item (name, qty, note) VALUES (?, 1, ?)",
+            [(f"new {number}.{k}", f"r{number}") for k in range(inserts)],
+        )
+
+
+def prepare(url: str, folder: Path, replicas: int, changes: int) -> tuple[sa.Engine, list[Path]]:
+    engine = build_master(url, replicas, changes)
+    paths = []
+    for number in range(replicas):
+        path = folder / f"r{number:02d}.db"
+        checkout(engine, path, f"bench {number}")
+        edit(path, number, changes)
+        paths.append(path)
+    return engine, paths
+
+
+def engine_only(folder: Path, replicas: int, changes: int) -> float:
+    with fresh_master_url("postgresql", folder, prefix="bench_engine") as url:
+        engine, paths = prepare(url, folder, replicas, changes)
+        started = time.perf_counter()
+        for path in paths:
+            assert run_sync(engine, path).status == "done"
+        elapsed = time.perf_counter() - started
+        engine.dispose()
+    return elapsed
+
+
+def on_stack(folder: Path, replicas: int, changes: int, concurrency: int) -> tuple[float, float]:
+    """(wall seconds from drop to the last retirement, seconds of run time summed over every run)."""
+    import dagster as dg
+
+    inbox = folder / "inbox"
+    inbox.mkdir()
+    with fresh_master_url("postgresql", folder, prefix="bench_stack") as url:
+        engine, paths = prepare(url, folder, replicas, changes)
+        with production_stack(folder, url, inbox, workers=1, concurrency=concurrency, max_runs=concurrency) as stack:
+            time.sleep(20)  # the daemon and the worker start (not counted)
+            started = time.perf_counter()
+            for path in paths:
+                target = inbox / path.name
+                os.replace(path, target)
+                os.utime(target, (time.time() - 60, time.time() - 60))
+            while True:
+                with engine.connect() as conn:
+                    left = conn.execute(sa.text("SELECT count(*) FROM sync_replica WHERE status <> 'retired'")).scalar()
+                if not left:
+                    break
+                if stack.dead():
+                    raise SystemExit(f"stack died: {stack.dead()}\n{stack.log_tail('daemon')}")
+                time.sleep(1)
+            wall = time.perf_counter() - started
+            os.environ["DAGSTER_POSTGRES_URL"] = stack.env["DAGSTER_POSTGRES_URL"]
+            instance = dg.DagsterInstance.from_config(str(stack.home))
+            records = instance.get_run_records()
+            run_seconds = sum((r.end_time or 0) - (r.start_time or 0) for r in records if r.start_time)
+            instance.dispose()
+        engine.dispose()
+    return wall, run_seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--replicas", type=int, default=20)
+    parser.add_argument("--changes", type=int, default=1000)
+    parser.add_argument("--concurrency", default="1,2,4")
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    with tempfile.TemporaryDirectory(prefix="bench_concurrency_") as tmp:
+        root = Path(tmp)
+        (root / "engine").mkdir()
+        engine_seconds = engine_only(root / "engine", args.replicas, args.changes)
+        results = {}
+        for level in levels:
+            folder = root / f"c{level}"
+            folder.mkdir()
+            results[level] = on_stack(folder, args.replicas, args.changes, level)
+            print(f"{level} at a time: {results[level][0]:.1f} s", flush=True)
+    base = results[levels[0]][0]
+    print(f"\n{args.replicas} replicas x {args.changes} changes; engine alone, in a row: {engine_seconds:.1f} s")
+    print(
+        "| runs at a time | wall time (s) | × the first | per sync (s) | Dagster run time summed (s) | engine share |"
+    )
+    print("|---|---|---|---|---|---|")
+    for level in levels:
+        wall, run_seconds = results[level]
+        print(
+            f"| {level} | {wall:.1f} | {wall / base:.2f} | {wall / args.replicas:.1f} | {run_seconds:.1f} "
+            f"| {engine_seconds / run_seconds:.0%} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
