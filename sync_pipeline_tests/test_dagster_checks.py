@@ -185,7 +185,14 @@ def test_apply_job_includes_the_load_gate_and_the_detect_job_does_not() -> None:
         "local_changes_match_schema",
         "local_changes_meet_settings_expectations",
         "decided_values_match_schema",
+        "no_manual_decisions_pending",
     }
-    assert check_names(apply) == {"resolutions_all_decided", "decided_values_match_schema", "master_reconciles"}
+    assert check_names(apply) == {
+        "resolutions_all_decided",
+        "decided_values_match_schema",
+        "master_reconciles",
+        "no_manual_decisions_pending",
+    }
     for spec in definitions.resolve_asset_graph().asset_check_keys:
-        assert definitions.resolve_asset_graph().get(spec).blocking, spec
+        # Every gate blocks; only the WARN that decisions are pending does not (waiting is no error).
+        assert definitions.resolve_asset_graph().get(spec).blocking == (spec.name != "no_manual_decisions_pending")
