@@ -9,41 +9,21 @@ master.
 
 from __future__ import annotations
 
-import re
-import unicodedata
-
 import dagster as dg
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from sync_pipeline.engine import store
+from sync_pipeline.engine.replica_names import candidate_names
 
 REPLICAS_PARTITION_NAME = "replicas"
 
 replicas_partitions = dg.DynamicPartitionsDefinition(name=REPLICAS_PARTITION_NAME)
 
-_OWNER_SLUG_LENGTH = 40
-_SHORT_ID_LENGTH = 8
-
-
-def owner_slug(owner: str) -> str:
-    """`Jürgen Groß` -> `jurgen-gro`: lowercase ASCII letters and digits joined by single dashes."""
-    ascii_text = unicodedata.normalize("NFKD", owner).encode("ascii", "ignore").decode("ascii")
-    slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
-    return slug[:_OWNER_SLUG_LENGTH].rstrip("-") or "replica"
-
-
-def candidate_keys(owner: str, replica_id: str) -> list[str]:
-    """Keys to try in order: 8 hex digits of the id, then longer ones should another replica of the same
-    owner share the prefix."""
-    hex_id = replica_id.replace("-", "")
-    lengths = range(_SHORT_ID_LENGTH, len(hex_id) + 1, 4)
-    return [f"{owner_slug(owner)}-{hex_id[:n]}" for n in lengths] + [f"{owner_slug(owner)}-{replica_id}"]
-
 
 def partition_key_of(engine: Engine, replica_id: str) -> str:
-    """The replica's partition key, named and stored on the master the first time it is asked for."""
+    """The replica's partition key: named at checkout; a replica from before names gets one here, once."""
     table = store.sync_replica
     with engine.connect() as conn:
         row = conn.execute(
@@ -53,7 +33,7 @@ def partition_key_of(engine: Engine, replica_id: str) -> str:
         raise LookupError(f"replica {replica_id} is not registered on this master")
     if row.partition_key:
         return str(row.partition_key)
-    for key in candidate_keys(row.owner, replica_id):
+    for key in candidate_names(row.owner, replica_id):
         try:
             with engine.begin() as conn:
                 named = conn.execute(

@@ -48,6 +48,7 @@ def function_body(info: TableInfo) -> str:
         return f" || {sep} || ".join(f"CAST({ref}.{_q(c)} AS TEXT)" for c in info.pk)
 
     name = _literal(info.name)
+
     def differs(c: str) -> str:
         old, new = f"OLD.{_q(c)}", f"NEW.{_q(c)}"
         if carrier_of(info.table.columns[c]).kind == "text":
