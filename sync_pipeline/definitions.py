@@ -12,6 +12,7 @@ from sync_pipeline.defs.assets import sync_assets
 from sync_pipeline.defs.checks import sync_checks
 from sync_pipeline.defs.jobs import sync_jobs
 from sync_pipeline.defs.overview import offline_replicas, purge_schedule, sync_purge
+from sync_pipeline.defs.protocol_pdf import sync_protocol_pdf
 from sync_pipeline.defs.resources import MasterDatabase, SyncInbox, SyncSettingsResource
 from sync_pipeline.defs.sensors import sync_sensors
 
@@ -21,11 +22,13 @@ def build_definitions(master_url: str | None = None) -> dg.Definitions:
     SQLite master in $SYNC_HOME/master.db); a pinned URL is resource config, which Dagster stores in
     the job snapshots of every run, so pass URLs with passwords through SYNC_MASTER_URL instead."""
     return dg.Definitions(
-        assets=[*sync_assets, offline_replicas],
+        assets=[*sync_assets, sync_protocol_pdf, offline_replicas],
         asset_checks=sync_checks,
         jobs=[*sync_jobs, sync_purge],
         schedules=[purge_schedule],
         sensors=sync_sensors,
+        # Materializations launched from the UI run in process too (see defs/jobs.py).
+        executor=dg.in_process_executor,
         resources={
             "master": MasterDatabase(url=master_url),
             "sync_settings": SyncSettingsResource(),
