@@ -85,7 +85,7 @@ def _step_failures(result: dg.ExecuteInProcessResult) -> list[tuple[str, SyncErr
         user = data.user_failure_data
         error = error_of(user.description, user.metadata or {}) if user is not None else None
         if error is not None:
-            found.append((str(error), error))
+            found.append((f"{event.step_key}: {error}", error))
             continue
         chain, info = [], data.error
         while info is not None:
@@ -94,10 +94,10 @@ def _step_failures(result: dg.ExecuteInProcessResult) -> list[tuple[str, SyncErr
         # Dagster wraps the step's own exception; the first error that is not Dagster's is the step's.
         own = next((e for e in chain if not (e.cls_name or "").startswith("Dagster")), chain[0] if chain else None)
         if own is None:
-            found.append((f"step {event.step_key} failed", None))
+            found.append((f"{event.step_key} failed", None))
         else:
             message = own.message.strip().splitlines()[0] if own.message.strip() else ""
-            found.append((f"{own.cls_name or 'Error'}: {message.split(': ', 1)[-1]}", None))
+            found.append((f"{event.step_key}: {own.cls_name or 'Error'}: {message.split(': ', 1)[-1]}", None))
     return found
 
 
