@@ -238,3 +238,35 @@ def test_an_engine_error_keeps_its_type_and_fix_across_the_dagster_boundary(
 def instance() -> dg.DagsterInstance:
     with dg.instance_for_test() as test_instance:
         yield test_instance
+
+
+def test_sync_jobs_run_in_process_and_leave_the_pdf_out() -> None:
+    """One process per run, not one per step (each would import Great Expectations again); the PDF is an
+    asset of its own, outside the sync's jobs."""
+    definitions = build_definitions()
+    for name in (DETECT_JOB_NAME, APPLY_JOB_NAME):
+        job = definitions.resolve_job_def(name)
+        assert job.executor_def is dg.in_process_executor, name
+        assert dg.AssetKey("sync_protocol_pdf") not in job.asset_layer.asset_graph.get_all_asset_keys()
+    assert definitions.resolve_implicit_global_asset_job_def().executor_def is dg.in_process_executor
+
+
+def test_great_expectations_is_set_up_once_per_process() -> None:
+    from sync_pipeline.defs import gx_adapter
+
+    suite = gx_adapter.FrameSuite(
+        "rows:contact",
+        ["_change_id", "name"],
+        [{"_change_id": 0, "name": "Ada"}],
+        [gx_adapter.ExpectationSpec("expect_column_values_to_not_be_null", {"column": "name"})],
+        ["_change_id"],
+    )
+    assert gx_adapter.validate([suite]).passed
+    loaded = gx_adapter._great_expectations()
+    suites = dict(loaded.suites)
+
+    second = gx_adapter.validate([suite, suite])
+
+    assert second.passed and second.evaluated == 2
+    assert gx_adapter._great_expectations() is loaded
+    assert loaded.suites == suites  # the same suite is not built again
