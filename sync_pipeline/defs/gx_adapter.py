@@ -181,6 +181,8 @@ def _gx_suite(loaded: _GreatExpectations, suite: FrameSuite) -> tuple[Any, list[
 
 def validate(suites: Sequence[FrameSuite]) -> ValidationReport:
     """Validate each frame with its suite in the process's ephemeral GX context; nothing is written to disk."""
+    if not suites:  # e.g. no decision writes a value: no reason to load GX in this process
+        return ValidationReport([])
     with _lock:
         loaded = _great_expectations()
         return ValidationReport([_validate_one(loaded, suite) for suite in suites])
