@@ -18,14 +18,14 @@ import dagster as dg
 from sqlalchemy.engine import Engine
 
 from sync_pipeline.definitions import build_definitions
-from sync_pipeline.defs.assets import latest_session, open_for_sync
+from sync_pipeline.defs.assets import finish_retirement, latest_session, open_for_sync, replica_record
+from sync_pipeline.defs.failures import error_of
 from sync_pipeline.defs.instance_config import write_instance_config
 from sync_pipeline.defs.jobs import APPLY_JOB_NAME, DETECT_JOB_NAME
 from sync_pipeline.defs.partitions import ensure_partition
 from sync_pipeline.defs.run_keys import APPLY_KEY_TAG, DETECT_KEY_TAG, SESSION_TAG, claim_cli_apply, detect_key
 from sync_pipeline.defs.run_tags import DETECT_STAGE, LOAD_STAGE, stage_tags
-from sync_pipeline.engine import errors
-from sync_pipeline.engine.errors import BadInputError
+from sync_pipeline.engine.errors import SyncError
 from sync_pipeline.engine.manifest import open_replica_file, read_manifest
 from sync_pipeline.engine.master import connect_master, sync_home
 from sync_pipeline.engine.session import SyncResult, counts_of, last_session_of, pending_of
@@ -70,35 +70,35 @@ def _replica_id_of(engine: Engine, replica_path: str) -> str:
         conn.close()
 
 
-_BAD_INPUT_NAMES = frozenset(
-    cls.__name__ for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, BadInputError)
-)
-
-
-def _step_errors(result: dg.ExecuteInProcessResult) -> list[tuple[str, str]]:
-    """(class name, message) of the errors that failed steps: the step's own error, not Dagster's wrapper."""
-    found: list[tuple[str, str]] = []
+def _step_failures(result: dg.ExecuteInProcessResult) -> list[tuple[str, SyncError | None]]:
+    """Per failed step: what failed, in words, and the engine error it failed with, rebuilt with its type
+    and fix from the failure's metadata (see defs/failures.py); None for any other error."""
+    found: list[tuple[str, SyncError | None]] = []
     for event in result.all_events:
         if not event.is_step_failure or event.step_failure_data is None:
             continue
-        error = event.step_failure_data.error
-        chain = []
-        while error is not None:
-            chain.append(error)
-            error = error.cause
-        # Dagster wraps the step's own exception; the first error that is not Dagster's is the user's.
-        user = next((e for e in chain if not (e.cls_name or "").startswith("Dagster")), chain[0])
-        found.append((user.cls_name or "Error", user.message.strip()))
+        data = event.step_failure_data
+        user = data.user_failure_data
+        error = error_of(user.description, user.metadata or {}) if user is not None else None
+        if error is not None:
+            found.append((f"{event.step_key}: {error}", error))
+            continue
+        chain, info = [], data.error
+        while info is not None:
+            chain.append(info)
+            info = info.cause
+        # Dagster wraps the step's own exception; the first error that is not Dagster's is the step's.
+        own = next((e for e in chain if not (e.cls_name or "").startswith("Dagster")), chain[0] if chain else None)
+        if own is None:
+            found.append((f"{event.step_key} failed", None))
+        else:
+            message = own.message.strip().splitlines()[0] if own.message.strip() else ""
+            found.append((f"{event.step_key}: {own.cls_name or 'Error'}: {message.split(': ', 1)[-1]}", None))
     return found
 
 
-def _without_class(name: str, message: str) -> str:
-    prefix = f"{name}: "
-    return message[len(prefix) :] if message.startswith(prefix) else message
-
-
 def _failure_message(result: dg.ExecuteInProcessResult) -> str:
-    failed_checks = [  # a WARN (pending decisions) does not fail a run
+    failed_checks = [  # a WARN (pending decisions, a reconciliation after the commit) does not fail a run
         e for e in result.get_asset_check_evaluations() if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR
     ]
     if failed_checks:
@@ -107,10 +107,19 @@ def _failure_message(result: dg.ExecuteInProcessResult) -> str:
             + (f": {e.description}" if e.description else "")
             for e in failed_checks
         )
-    step_errors = _step_errors(result)
-    if step_errors:
-        return "; ".join(f"{name}: {_without_class(name, message)}" for name, message in step_errors)
+    failures = _step_failures(result)
+    if failures:
+        return "; ".join(message for message, _error in failures)
     return f"run {result.run_id} failed"
+
+
+def _warnings(result: dg.ExecuteInProcessResult) -> list[str]:
+    """Checks that warned in a successful run (e.g. master_reconciles after the commit)."""
+    return [
+        f"{e.check_name}: {e.description}"
+        for e in result.get_asset_check_evaluations()
+        if not e.passed and e.severity == dg.AssetCheckSeverity.WARN
+    ]
 
 
 @contextmanager
@@ -141,8 +150,9 @@ def _run_job(
     tags: dict[str, str] | None = None,
 ) -> dg.ExecuteInProcessResult:
     job = build_definitions().resolve_job_def(job_name)
-    # The run's events all go to the instance (the UI shows them); the terminal only hears of problems.
-    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    # The run's events all go to the instance (the UI shows them). The terminal hears of a failure from
+    # the CLI, as the message and the fix, not as Dagster's log lines with their stack traces.
+    quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
     with _master_url_in_environment(master_url):
         return job.execute_in_process(
             instance=instance,
@@ -154,11 +164,22 @@ def _run_job(
 
 
 def _failed(result: dg.ExecuteInProcessResult, engine: Engine, replica_id: str) -> SyncResult:
-    # Bad input found inside a run (the engine checks before writing) keeps its meaning: exit code 2.
-    for name, message in _step_errors(result):
-        if name in _BAD_INPUT_NAMES:
-            raise BadInputError(_without_class(name, message))
+    """What a failed run means for the sync, which is what the session on the master says.
+
+    A run can fail after the load committed (the protocol could not be written, a check after the load
+    raised): the sync is done then, and is reported done, with the later failure as a note. Before that,
+    an engine error a step raised is raised here with its type and fix, as `run_sync` raises it (bad input:
+    exit code 2, nothing written); any other failure reports the session failed.
+    """
     session = latest_session(engine, replica_id)
+    if session is not None and session["status"] == "done":
+        # The process that loaded it may not have retired the file (the retirement failed, or was next).
+        finish_retirement(engine, (replica_record(engine, replica_id) or {}).get("path"))
+        later = f"after the load committed: {_failure_message(result)}"
+        return _done(engine, session["session_id"], replica_id, [later])
+    for _message, error in _step_failures(result):
+        if error is not None:
+            raise error
     session_id = session["session_id"] if session else None
     return SyncResult(
         session_id,
@@ -168,6 +189,11 @@ def _failed(result: dg.ExecuteInProcessResult, engine: Engine, replica_id: str) 
         pending_of(engine, session_id) if session_id else {},
         _failure_message(result),
     )
+
+
+def _done(engine: Engine, session_id: str, replica_id: str, notes: list[str]) -> SyncResult:
+    message = "synchronised" + "".join(f"; {note}" for note in notes)
+    return SyncResult(session_id, replica_id, "done", counts_of(engine, session_id), {}, message)
 
 
 def materialize_sync(
@@ -224,7 +250,7 @@ def materialize_sync(
         assert session is not None
         counts = counts_of(engine, session_id)
         if session["status"] == "done":
-            return SyncResult(session_id, replica_id, "done", counts, {}, "synchronised")
+            return _done(engine, session_id, replica_id, _warnings(apply) if load_attempted else [])
         pending = pending_of(engine, session_id)
         if session["status"] == "failed":
             return SyncResult(session_id, replica_id, "failed", counts, pending, session["error"] or "failed")

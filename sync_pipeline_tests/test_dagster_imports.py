@@ -31,7 +31,15 @@ def test_definitions_hold_the_sync_graph() -> None:
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert keys == {"local_changes", "conflicts", "resolutions", "master_load", "sync_protocol", "offline_replicas"}
+    assert keys == {
+        "local_changes",
+        "conflicts",
+        "resolutions",
+        "master_load",
+        "sync_protocol",
+        "sync_protocol_pdf",
+        "offline_replicas",
+    }
     groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
     assert groups == {**{k: "sync" for k in keys - {"offline_replicas"}}, "offline_replicas": "overview"}
     upstream = {
@@ -45,6 +53,7 @@ def test_definitions_hold_the_sync_graph() -> None:
         "resolutions": {"conflicts"},
         "master_load": {"resolutions"},
         "sync_protocol": {"master_load"},
+        "sync_protocol_pdf": {"sync_protocol"},
     }
     assert {job.name for job in defs.resolve_all_job_defs()} >= {"sync_detect", "sync_apply", "sync_purge"}
     assert {schedule.name for schedule in defs.schedules or []} == {"sync_purge_schedule"}

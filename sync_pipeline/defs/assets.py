@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from pydantic import Field
 from sqlalchemy.engine import Engine
 
+from sync_pipeline.defs.failures import reports_sync_errors
 from sync_pipeline.defs.partitions import replica_id_of_partition, replicas_partitions
 from sync_pipeline.defs.resources import MasterDatabase
 from sync_pipeline.defs.run_keys import STATE_TAG
@@ -225,6 +226,7 @@ class LocalChangesConfig(dg.Config):
     description="The replica's net local changes, stored as a session in the master's sync tables; the replica "
     "is frozen from here on. A session already open for the replica continues instead.",
 )
+@reports_sync_errors
 def local_changes(
     context: dg.AssetExecutionContext, config: LocalChangesConfig, master: MasterDatabase
 ) -> dg.MaterializeResult:
@@ -298,6 +300,7 @@ def local_changes(
     deps=[local_changes],
     description="Three-way, field-level conflict detection of the session's changes against the master.",
 )
+@reports_sync_errors
 def conflicts(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg.MaterializeResult:
     with master.engine() as engine:
         ctx = require_session(engine, context.partition_key)
@@ -328,6 +331,7 @@ def conflicts(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg.M
     description="Policies decide what they can; conflicts of `manual` modules wait for a person. Ends the "
     "detect run: the load runs only when nothing is pending (approval_sensor or `sync-pipeline sync`).",
 )
+@reports_sync_errors
 def resolutions(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg.MaterializeResult:
     with master.engine() as engine:
         ctx = require_session(engine, context.partition_key)
@@ -372,6 +376,7 @@ def resolutions(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg
     description="One transaction into the master; rows the master changed meanwhile go back to detection. "
     "Retires the replica. Not materialized when re-detection left new conflicts waiting.",
 )
+@reports_sync_errors
 def master_load(context: dg.AssetExecutionContext, master: MasterDatabase) -> Iterator[dg.MaterializeResult]:
     with master.engine() as engine:
         ctx = require_session(engine, context.partition_key)
@@ -423,6 +428,8 @@ def master_load(context: dg.AssetExecutionContext, master: MasterDatabase) -> It
             **{f"rows_after/{table}": dg.MetadataValue.int(n) for table, n in sorted(after.items())},
             # Deadlocks, serialization failures and re-detections the load went through (engine/retry.py).
             **{f"retries/{kind}": dg.MetadataValue.int(n) for kind, n in summary.get("retries", {}).items()},
+            # What the load checked inside its transaction (the engine's summary); master_reconciles reports it.
+            **({"verified": dg.MetadataValue.json(summary["verified"])} if "verified" in summary else {}),
         }
     )
 
@@ -431,19 +438,22 @@ def master_load(context: dg.AssetExecutionContext, master: MasterDatabase) -> It
     partitions_def=replicas_partitions,
     group_name=SYNC_GROUP,
     deps=[master_load],
-    description="The session's protocol: written as JSON, Markdown, HTML and PDF to $SYNC_HOME/protocols/, and "
+    description="The session's protocol: written as JSON, Markdown and HTML to $SYNC_HOME/protocols/ (the PDF "
+    "on demand: sync_protocol_pdf), and "
     "shown here: per module what was written, every conflict with its values and who or which rule decided.",
 )
+@reports_sync_errors
 def sync_protocol(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg.MaterializeResult:
     from sync_pipeline.engine.protocol import build_protocol
     from sync_pipeline.reports.files import default_protocol_folder, write_protocol
-    from sync_pipeline.reports.renderers import render_markdown
+    from sync_pipeline.reports.renderers import TEXT_FORMATS, render_markdown
 
     with master.engine() as engine:
         ctx = require_session(engine, context.partition_key)
         protocol = build_protocol(engine, ctx.session_id)
         counts = counts_of(engine, ctx.session_id)
-    paths = write_protocol(protocol, default_protocol_folder())
+    # The PDF is left to its own asset (sync_protocol_pdf): laying it out would keep the sync waiting.
+    paths = write_protocol(protocol, default_protocol_folder(), formats=TEXT_FORMATS)
     context.log.info("protocol written: " + ", ".join(str(p) for p in paths.values()))
     return dg.MaterializeResult(
         metadata={

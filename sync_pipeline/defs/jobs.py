@@ -5,6 +5,10 @@ replica, like their assets).
 ready; it never loads. `sync_apply` (resolutions, master_load, sync_protocol) re-reads the decisions
 and runs the load gate, the blocking check `resolutions_all_decided`, before the master is touched.
 That check is left out of the detect run, where waiting for decisions is the normal outcome.
+
+Both run in process: their steps are short calls into the engine that share one master connection
+setup and one Great Expectations import, where the multiprocess executor would start a fresh Python
+process (and import GX again) for every asset and check.
 """
 
 from __future__ import annotations
@@ -13,14 +17,19 @@ import dagster as dg
 
 from sync_pipeline.defs.assets import conflicts, local_changes, master_load, resolutions, sync_protocol
 from sync_pipeline.defs.checks import resolutions_all_decided
+from sync_pipeline.defs.executor import sync_executor
 
 DETECT_JOB_NAME = "sync_detect"
 APPLY_JOB_NAME = "sync_apply"
+# In process for one person on one machine; the Celery executor in the production deployment
+# (SYNC_EXECUTOR=celery, deploy/README.md), where each step is a task on a worker.
+SYNC_EXECUTOR = sync_executor() or dg.in_process_executor
 
 sync_detect_job = dg.define_asset_job(
     name=DETECT_JOB_NAME,
     selection=dg.AssetSelection.assets(local_changes, conflicts, resolutions)
     - dg.AssetSelection.checks(resolutions_all_decided),
+    executor_def=SYNC_EXECUTOR,
     description="Extract the replica's changes, detect conflicts, apply the policies. Ends waiting for manual "
     "decisions or ready to load; approval_sensor launches sync_apply when nothing is pending.",
 )
@@ -28,8 +37,9 @@ sync_detect_job = dg.define_asset_job(
 sync_apply_job = dg.define_asset_job(
     name=APPLY_JOB_NAME,
     selection=dg.AssetSelection.assets(resolutions, master_load, sync_protocol),
+    executor_def=SYNC_EXECUTOR,
     description="Check that every conflict is decided, load the session into the master in one transaction, "
-    "retire the replica and write the protocol.",
+    "retire the replica and write the protocol (JSON, Markdown, HTML; the PDF is sync_protocol_pdf, on demand).",
 )
 
 sync_jobs = [sync_detect_job, sync_apply_job]

@@ -1,0 +1,349 @@
+"""The suites the checks validate: pandas-ready frames of a session, built from the master's sync tables,
+and the expectations each must meet, derived from the reflected master schema and the settings'
+per-table `expectations`. Plain data: validating them is `gx_adapter.validate`.
+"""
+
+import json
+import uuid
+from collections import defaultdict
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from sync_pipeline.defs.assets import table_row_counts
+from sync_pipeline.defs.gx_adapter import ExpectationSpec, FrameSuite
+from sync_pipeline.engine import store
+from sync_pipeline.engine.detect import fetch_rows_by_key
+from sync_pipeline.engine.queries import list_conflicts
+from sync_pipeline.engine.schema import TableInfo, decode_row, dumps, encode, normalize, reflect_tables
+from sync_pipeline.engine.session import SessionContext, load_changes
+from sync_pipeline.settings import SyncSettings
+
+OPERATIONS = ("insert", "update", "delete")
+
+ROW_MARKERS = ["_change_id", "_op"]
+
+
+def lenient_value(value: Any, column: sa.Column) -> Any:
+    """The column's Python form of a value, or the raw value when the master's type would reject it,
+    so that the type and length expectations report it instead of the decoding raising."""
+    try:
+        normal = normalize(value, column)
+    except ValueError:
+        return value
+    return str(normal) if isinstance(normal, uuid.UUID) else normal
+
+
+def type_names(column: sa.Column) -> list[str] | None:
+    """Type names for expect_column_values_to_be_in_type_list (None: not checked, e.g. JSON).
+
+    GX resolves `Decimal`, `date`, `datetime` and `time` through pandas' dtypes module; `int`,
+    `float`, `str`, `bool` and `bytes` are its native names.
+    """
+    kind = column.type
+    if isinstance(kind, sa.Boolean):
+        return ["bool"]
+    if isinstance(kind, sa.Integer):
+        return ["int"]
+    if isinstance(kind, sa.Float):
+        return ["float", "int"]
+    if isinstance(kind, sa.Numeric):
+        return ["Decimal"] if getattr(kind, "asdecimal", True) else ["float", "int"]
+    if isinstance(kind, sa.DateTime):
+        return ["datetime"]
+    if isinstance(kind, sa.Date):
+        return ["date"]
+    if isinstance(kind, sa.Time):
+        return ["time"]
+    if isinstance(kind, sa.LargeBinary):
+        return ["bytes"]
+    if isinstance(kind, (sa.Uuid, sa.String)):
+        return ["str"]
+    return None
+
+
+def unique_key_expectation(columns: list[str]) -> ExpectationSpec:
+    if len(columns) == 1:
+        return ExpectationSpec("expect_column_values_to_be_unique", {"column": columns[0]})
+    return ExpectationSpec("expect_compound_columns_to_be_unique", {"column_list": columns})
+
+
+def schema_expectations(info: TableInfo) -> list[ExpectationSpec]:
+    """What the master's reflected schema demands of a row written into `info`'s table."""
+    pk = list(info.pk)
+    specs = [
+        ExpectationSpec(
+            "expect_table_columns_to_match_set", {"column_set": [*ROW_MARKERS, *info.columns], "exact_match": True}
+        ),
+        *[ExpectationSpec("expect_column_values_to_not_be_null", {"column": c}) for c in pk],
+        unique_key_expectation(pk),
+    ]
+    for column in info.table.columns:
+        if not column.nullable and column.name not in pk:
+            specs.append(ExpectationSpec("expect_column_values_to_not_be_null", {"column": column.name}))
+        names = type_names(column)
+        if names:
+            specs.append(
+                ExpectationSpec("expect_column_values_to_be_in_type_list", {"column": column.name, "type_list": names})
+            )
+        length = getattr(column.type, "length", None)
+        if isinstance(column.type, sa.String) and length:
+            specs.append(
+                ExpectationSpec(
+                    "expect_column_value_lengths_to_be_between", {"column": column.name, "max_value": int(length)}
+                )
+            )
+    return specs
+
+
+def settings_expectations(settings: SyncSettings, table: str) -> list[ExpectationSpec]:
+    try:
+        declared = settings.table(table).expectations
+    except KeyError:
+        return []
+    return [ExpectationSpec(e.type, dict(e.kwargs)) for e in declared]
+
+
+def row_frame_columns(info: TableInfo, rows: list[dict[str, Any]]) -> list[str]:
+    # Columns a row carries that the master's table lacks are kept, so the column-set expectation
+    # names them instead of them silently disappearing.
+    extra = sorted({k for r in rows for k in r} - set(ROW_MARKERS) - set(info.columns))
+    return [*ROW_MARKERS, *info.columns, *extra]
+
+
+def decode_lenient(data: dict[str, Any] | None, info: TableInfo) -> dict[str, Any]:
+    return {
+        k: lenient_value(v, info.table.columns[k]) if k in info.table.columns else v for k, v in (data or {}).items()
+    }
+
+
+def local_change_suites(
+    engine: Engine, ctx: SessionContext, with_settings: bool, with_schema: bool
+) -> list[FrameSuite]:
+    records = load_changes(engine, ctx)
+    modules = sorted({ctx.settings.module_of(t) for t in ctx.infos})
+    suites: list[FrameSuite] = []
+    if with_schema:
+        suites.append(
+            FrameSuite(
+                "changes",
+                ["_change_id", "module", "table", "op"],
+                [
+                    {"_change_id": r["change_id"], "module": r["module"], "table": r["table_name"], "op": r["op"]}
+                    for r in records
+                ],
+                [
+                    ExpectationSpec(
+                        "expect_column_values_to_be_in_set", {"column": "op", "value_set": list(OPERATIONS)}
+                    ),
+                    ExpectationSpec(
+                        "expect_column_values_to_be_in_set", {"column": "table", "value_set": sorted(ctx.infos)}
+                    ),
+                    ExpectationSpec("expect_column_values_to_be_in_set", {"column": "module", "value_set": modules}),
+                    ExpectationSpec("expect_column_values_to_be_unique", {"column": "_change_id"}),
+                ],
+                ["_change_id", "table"],
+            )
+        )
+    for table, info in ctx.infos.items():
+        mine = [r for r in records if r["table_name"] == table]
+        if not mine:  # nothing of this table is written: its suites would validate empty frames, at GX's cost
+            continue
+        pk = list(info.pk)
+        if with_schema:
+            keys = [
+                {"_change_id": r["change_id"], "_op": r["op"], **decode_lenient(json.loads(r["row_key"]), info)}
+                for r in mine
+            ]
+            suites.append(
+                FrameSuite(
+                    f"keys:{table}",
+                    [*ROW_MARKERS, *pk],
+                    keys,
+                    [
+                        *[ExpectationSpec("expect_column_values_to_not_be_null", {"column": c}) for c in pk],
+                        unique_key_expectation(pk),
+                    ],
+                    ["_change_id", *pk],
+                )
+            )
+        rows = [
+            {"_change_id": r["change_id"], "_op": r["op"], **decode_lenient(json.loads(r["local"]), info)}
+            for r in mine
+            if r["op"] in ("insert", "update") and r["local"] is not None
+        ]
+        specs = [
+            *(schema_expectations(info) if with_schema else []),
+            *(settings_expectations(ctx.settings, table) if with_settings else []),
+        ]
+        if specs:
+            suites.append(FrameSuite(f"rows:{table}", row_frame_columns(info, rows), rows, specs, ["_change_id", *pk]))
+    return suites
+
+
+def decided_rows(engine: Engine, ctx: SessionContext) -> dict[str, list[dict[str, Any]]]:
+    """Per table, the rows decisions write from the replica side: the local row with each decided
+    field's chosen value (local, master or edited). Rows where the master's values are kept entirely
+    are left out: they write nothing new."""
+    records = {r["change_id"]: r for r in load_changes(engine, ctx)}
+    with engine.connect() as conn:
+        change_of = dict(
+            conn.execute(
+                sa.select(store.sync_conflict.c.conflict_id, store.sync_conflict.c.change_id).where(
+                    store.sync_conflict.c.session_id == ctx.session_id
+                )
+            ).all()
+        )
+    out: dict[str, list[dict[str, Any]]] = {}
+    for item in list_conflicts(engine, ctx.session_id, "decided"):
+        decision = item["decision"] or {}
+        record = records.get(change_of.get(item["id"], -1))
+        if record is None or item["table"] not in ctx.infos or record["local"] is None:
+            continue
+        info = ctx.infos[item["table"]]
+        master = json.loads(record["master"]) if record["master"] else {}
+        row = dict(json.loads(record["local"]))
+        writes_local = False
+        field_choices: dict[str, dict[str, Any]] = decision.get("fields") or {}
+        if field_choices:
+            for name, chosen in field_choices.items():
+                if chosen["take"] == "master":
+                    row[name] = master.get(name)
+                elif chosen["take"] == "value":
+                    row[name] = chosen.get("value")
+                    writes_local = True
+                else:
+                    writes_local = True
+        elif decision.get("row") == "local":
+            # Taking the local side of a delete_update deletes the row: no value is written.
+            writes_local = item["kind"] != "delete_update"
+        if writes_local:
+            out.setdefault(item["table"], []).append(
+                {"_change_id": record["change_id"], "_op": record["op"], **decode_lenient(row, info)}
+            )
+    return out
+
+
+def decided_value_suites(engine: Engine, ctx: SessionContext) -> list[FrameSuite]:
+    suites = []
+    for table, rows in sorted(decided_rows(engine, ctx).items()):
+        info = ctx.infos[table]
+        suites.append(
+            FrameSuite(
+                f"decided:{table}",
+                row_frame_columns(info, rows),
+                rows,
+                [*schema_expectations(info), *settings_expectations(ctx.settings, table)],
+                ["_change_id", *info.pk],
+            )
+        )
+    return suites
+
+
+def _applied_latest(engine: Engine, session_id: str) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = [
+            dict(r)
+            for r in conn.execute(
+                sa.select(store.sync_applied)
+                .where(store.sync_applied.c.session_id == session_id)
+                .order_by(store.sync_applied.c.applied_id)
+            ).mappings()
+        ]
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        latest[(row["table_name"], row["row_key"])] = row
+    return list(latest.values())
+
+
+def loaded_values_suite(engine: Engine, ctx: SessionContext) -> FrameSuite:
+    """One row per touched field: the value the load wrote (sync_applied `after`) and the master's now."""
+    applied = _applied_latest(engine, ctx.session_id)
+    by_table: dict[str, list[dict[str, Any]]] = {}
+    for row in applied:
+        by_table.setdefault(row["table_name"], []).append(row)
+    infos = dict(ctx.infos)
+    # An orphan's re-created parent may belong to a table outside the replica's modules.
+    infos.update(reflect_tables(engine, [t for t in by_table if t not in infos]))
+    rows: list[dict[str, Any]] = []
+    with engine.connect() as conn:
+        for table, items in by_table.items():
+            info = infos[table]
+            keys = {}
+            for item in items:
+                key = decode_row(json.loads(item["row_key"]), info.table) or {}
+                keys[item["row_key"]] = tuple(key[c] for c in info.pk)
+            current = fetch_rows_by_key(conn, info, keys.values())
+            for item in items:
+                found = current.get(keys[item["row_key"]])
+                after = decode_row(store.loads(item["after"]), info.table)
+                if after is None:  # a delete: the row must be gone
+                    rows.append(
+                        {
+                            "table": table,
+                            "key": item["row_key"],
+                            "column": "*",
+                            "expected": "absent",
+                            "actual": "absent" if found is None else "present",
+                        }
+                    )
+                    continue
+                for name, value in sorted(after.items()):
+                    actual = "absent" if found is None else dumps(encode(found.get(name)))
+                    rows.append(
+                        {
+                            "table": table,
+                            "key": item["row_key"],
+                            "column": name,
+                            "expected": dumps(encode(value)),
+                            "actual": actual,
+                        }
+                    )
+    return FrameSuite(
+        "loaded_values",
+        ["table", "key", "column", "expected", "actual"],
+        rows,
+        [ExpectationSpec("expect_column_pair_values_to_be_equal", {"column_A": "expected", "column_B": "actual"})],
+        ["table", "key", "column"],
+    )
+
+
+def row_count_suite(engine: Engine, ctx: SessionContext, before: dict[str, int]) -> FrameSuite:
+    moved: defaultdict[str, int] = defaultdict(int)
+    inserts: defaultdict[str, int] = defaultdict(int)
+    deletes: defaultdict[str, int] = defaultdict(int)
+    with engine.connect() as conn:
+        for table, op, count in conn.execute(
+            sa.select(store.sync_applied.c.table_name, store.sync_applied.c.op, sa.func.count())
+            .where(store.sync_applied.c.session_id == ctx.session_id)
+            .group_by(store.sync_applied.c.table_name, store.sync_applied.c.op)
+        ):
+            if op == "insert":
+                inserts[table] += count
+                moved[table] += count
+            elif op == "delete":
+                deletes[table] += count
+                moved[table] -= count
+    now = table_row_counts(engine, ctx.infos)
+    rows = [
+        {
+            "table": t,
+            "before": before.get(t),
+            "inserts": inserts[t],
+            "deletes": deletes[t],
+            "expected": None if before.get(t) is None else before[t] + moved[t],
+            "actual": now[t],
+        }
+        for t in sorted(now)
+    ]
+    return FrameSuite(
+        "row_counts",
+        ["table", "before", "inserts", "deletes", "expected", "actual"],
+        rows,
+        [
+            ExpectationSpec("expect_column_values_to_not_be_null", {"column": "before"}),
+            ExpectationSpec("expect_column_pair_values_to_be_equal", {"column_A": "expected", "column_B": "actual"}),
+        ],
+        ["table", "before", "inserts", "deletes"],
+    )
