@@ -30,6 +30,12 @@ from sync_pipeline_tests.conftest import IN_CI, fresh_master_url, require_postgr
 from sync_pipeline_tests.helpers import make_master, rows, settings_yaml
 from sync_pipeline_tests.production_stack import BROKER_HOST, BROKER_PORT, Stack, production_stack, reachable
 
+# Opt-in: the stack (daemon, Celery workers, 40 runs) takes 10-25 minutes on a 2-core machine, more than
+# the suite's budget. Run it with SYNC_STACK_TESTS=1 (deploy/README.md).
+pytestmark = pytest.mark.skipif(
+    os.environ.get("SYNC_STACK_TESTS") != "1", reason="the production-stack tests run with SYNC_STACK_TESTS=1"
+)
+
 REPLICAS = 20
 HOT = 1  # the parent every replica edits (same row, same field) and adds children to (same parent)
 OWN = 2  # parents OWN .. OWN+REPLICAS-1: one of each replica's own, edited by it only
