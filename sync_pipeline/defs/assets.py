@@ -27,7 +27,7 @@ from sync_pipeline.engine import store
 from sync_pipeline.engine.errors import BadInputError, SyncError
 from sync_pipeline.engine.faults import checkpoint
 from sync_pipeline.engine.queries import list_conflicts
-from sync_pipeline.engine.replica import OpenReplica, already_synchronised, open_replica, retire
+from sync_pipeline.engine.replica import OpenReplica, already_synchronised, open_replica, retire_replica
 from sync_pipeline.engine.schema import TableInfo
 from sync_pipeline.engine.session import (
     SessionContext,
@@ -167,13 +167,7 @@ def open_for_sync(engine: Engine, path: str) -> OpenReplica | None:
     replica.close()
     if replica.manifest.status == "retired":
         raise already_synchronised(replica.path, replica.manifest, replica.record)
-    retire(
-        replica.path,
-        replica.manifest.tables,
-        replica.record["retired_at"],
-        master=engine,
-        replica_id=replica.manifest.replica_id,
-    )
+    retire_replica(engine, replica)
     return None
 
 
@@ -185,13 +179,7 @@ def finish_retirement(engine: Engine, path: str | None) -> bool:
     replica.close()
     if replica.record["status"] != "retired" or replica.manifest.status == "retired":
         return False
-    retire(
-        replica.path,
-        replica.manifest.tables,
-        replica.record["retired_at"],
-        master=engine,
-        replica_id=replica.manifest.replica_id,
-    )
+    retire_replica(engine, replica)
     return True
 
 
@@ -409,13 +397,7 @@ def master_load(context: dg.AssetExecutionContext, master: MasterDatabase) -> It
             context.instance.add_run_tags(context.run.run_id, {STATE_TAG: "waiting"})
             return
         checkpoint("retire")  # the crash-safety tests aim here, as at the same point of run_sync
-        retire(
-            replica.path,
-            replica.manifest.tables,
-            store.now_iso(),
-            master=engine,
-            replica_id=replica.manifest.replica_id,
-        )
+        retire_replica(engine, replica, store.now_iso())
         after = table_row_counts(engine, ctx.infos)
         counts = counts_of(engine, ctx.session_id)
     context.instance.add_run_tags(context.run.run_id, {STATE_TAG: "done"})

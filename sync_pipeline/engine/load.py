@@ -207,8 +207,8 @@ def _decided_parent(
     plan: Plan, change_id: int, d: Detected, infos: dict[str, TableInfo], values: dict[str, Any]
 ) -> bool:
     """A decided write of the local row's reference to a parent the master deleted (detection put it in
-    `detail`) brings the parent back from the replica's row, as an orphan decided 'local' does. Without the
-    replica's row the write is dropped (False). A write that keeps the master's reference needs nothing."""
+    `detail`) brings the parent back from the master's tombstone of it, as an orphan decided 'local' does.
+    Without a tombstone the write is dropped (False). A write that keeps the master's reference needs nothing."""
     parent_table = d.detail.get("parent_table")
     if not parent_table:
         return True
@@ -640,10 +640,10 @@ class _Writer:
         """Writes of `source` whose reference points at a row the master no longer has are dropped, as an
         orphan decided 'master' is, before the database refuses the whole load:
         - decided updates (a conflict decided 'local'): detection brings the parent back where it knows the
-          replica's row of it (see `_decided_parent`); this catches the rest (a composite reference decided
+          tombstone of it (see `_decided_parent`); this catches the rest (a composite reference decided
           field by field);
-        - parents brought back from the replica (`orphan_parent`) whose own parent the master deleted too:
-          detection knows the replica's row of the first parent only. Rows that need them are dropped too."""
+        - parents brought back from their tombstone (`orphan_parent`) whose own parent the master deleted too:
+          detection reads the tombstone of the first parent only. Rows that need them are dropped too."""
         info = self.infos[table]
         missing: set[int] = set()
         for fk in info.foreign_keys:

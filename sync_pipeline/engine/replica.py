@@ -288,6 +288,18 @@ def retire(replica_path: str | Path, replica_tables: list[str], when: str, *, ma
         )
 
 
+def retire_replica(master: Engine, replica: OpenReplica, when: str | None = None) -> None:
+    """`retire` for an opened replica; `when` defaults to the master's record of the retirement (a load
+    that committed before the process could retire the file)."""
+    retire(
+        replica.path,
+        replica.manifest.tables,
+        when or replica.record["retired_at"],
+        master=master,
+        replica_id=replica.manifest.replica_id,
+    )
+
+
 def set_replica_frozen_file(conn: sqlite3.Connection, tables: list[str], message: str | None, status: str) -> None:
     arm(conn, VERIFY_SECONDS)  # a write of the product's own, to a verified table: its own budget
     try:

@@ -109,7 +109,7 @@ def auto_decide(
     if policy == "manual":
         return None
     if d.kind == "orphan" and policy in ("local_wins", "newest_wins") and not d.detail.get("parent_row"):
-        # The parent cannot be re-created from the replica (its table is not in the replica).
+        # The master kept no image of the parent (deleted before capture, or purged): it cannot be re-created.
         return [(None, "master")]
     if policy == "master_wins":
         return [(None, "master")]

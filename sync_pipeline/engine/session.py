@@ -37,7 +37,7 @@ from sync_pipeline.engine.replica import (
     already_synchronised,
     freeze,
     open_replica,
-    retire,
+    retire_replica,
     unfreeze,
     unfreeze_file,
 )
@@ -245,7 +245,8 @@ def _start_session(
     if detected is not None:
         updates, conflicts = _detection_rows(session_id, detected, replica.infos, replica.settings, now)
         for record, update in zip(records, updates, strict=True):
-            assert record["change_id"] == update.pop("_change_id")
+            change_id = update.pop("_change_id")  # popped outside the assert: `python -O` skips asserts
+            assert record["change_id"] == change_id
             record.update(update)
     with engine.begin() as conn:
         # Lock the replica's row, then make sure no other process opened a session for it meanwhile.
@@ -940,13 +941,7 @@ def run_sync(engine: Engine, replica_path: str | Path, progress: Progress | None
             raise already_synchronised(replica.path, replica.manifest, replica.record)
         # The load committed, but the process ended before the file was retired: finish that only.
         done = last_session_of(engine, replica_id)
-        retire(
-            replica.path,
-            replica.manifest.tables,
-            replica.record["retired_at"],
-            master=engine,
-            replica_id=replica.manifest.replica_id,
-        )
+        retire_replica(engine, replica)
         return SyncResult(done, replica_id, "done", counts_of(engine, done) if done else {}, {}, "synchronised")
     try:
         existing = open_session_of(engine, replica_id)
@@ -1007,9 +1002,7 @@ def run_sync(engine: Engine, replica_path: str | Path, progress: Progress | None
     finally:
         replica.close()
     checkpoint("retire")
-    retire(
-        replica.path, replica.manifest.tables, store.now_iso(), master=engine, replica_id=replica.manifest.replica_id
-    )
+    retire_replica(engine, replica, store.now_iso())
     return SyncResult(session_id, replica_id, "done", counts_of(engine, session_id), {}, "synchronised")
 
 
