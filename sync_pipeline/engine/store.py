@@ -201,8 +201,32 @@ def read_meta(bind: Engine | Connection) -> dict[str, str]:
             "the master has no sync tables",
             "run `sync-pipeline init-master --master URL --settings FILE` first",
         )
+    _refuse_outdated_tables(bind)
     with _connection(bind) as conn:
         return {row.key: row.value for row in conn.execute(sa.select(sync_meta))}
+
+
+def _refuse_outdated_tables(bind: Engine | Connection) -> None:
+    """Sync tables of an older version lack columns this one reads: say how to upgrade them, not an SQL error."""
+    inspector = sa.inspect(bind)
+    present = set(inspector.get_table_names())
+    names = [t.name for t in metadata.sorted_tables if t.name in present]
+    found = inspector.get_multi_columns(filter_names=names)
+    existing = {table: {c["name"] for c in columns} for (_schema, table), columns in found.items()}
+    # The review page's login table is created at the first login (engine/web_sessions.py).
+    absent = [t.name for t in metadata.sorted_tables if t.name not in present and t is not sync_web_session]
+    missing = absent + [
+        f"{t.name}.{c.name}"
+        for t in metadata.sorted_tables
+        if t.name in existing
+        for c in t.columns
+        if c.name not in existing[t.name]
+    ]
+    if missing:
+        raise NotInitialisedError(
+            f"the master's sync tables are from an older version of sync_pipeline (missing {', '.join(missing[:5])})",
+            "run `sync-pipeline init-master --master URL --settings FILE` once to upgrade them; nothing is lost",
+        )
 
 
 def write_meta(conn: Connection, values: dict[str, str]) -> None:
