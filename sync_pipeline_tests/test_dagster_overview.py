@@ -55,10 +55,10 @@ def test_sync_protocol_asset_writes_and_links_every_format(
     assert "protocol_pdf" not in metadata
     defs = build_definitions(master_url)
     printed = dg.materialize(
-        [sync_protocol_pdf], resources=defs.resources, instance=instance, partition_key=demo.replica_id
+        [sync_protocol_pdf], resources=defs.resources, instance=instance, partition_key=demo.partition
     )
     assert printed.success
-    pdf = Path(latest_metadata(instance, sync_protocol_pdf, demo.replica_id)["protocol_pdf"])
+    pdf = Path(latest_metadata(instance, sync_protocol_pdf, demo.partition)["protocol_pdf"])
     assert result.session_id in pdf.name and pdf.read_bytes().startswith(b"%PDF")
 
 

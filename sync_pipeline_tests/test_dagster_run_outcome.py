@@ -119,7 +119,7 @@ def test_master_reconciles_warns_about_a_difference_after_the_commit(
         again = (
             build_definitions()
             .resolve_job_def(APPLY_JOB_NAME)
-            .execute_in_process(instance=instance, partition_key=demo.replica_id, raise_on_error=False)
+            .execute_in_process(instance=instance, partition_key=demo.partition, raise_on_error=False)
         )
     finally:
         os.environ.pop("SYNC_MASTER_URL")
@@ -145,7 +145,7 @@ def test_master_reconciles_reports_what_the_load_verified(
     [apply_run] = instance.get_runs(dg.RunsFilter(job_name=APPLY_JOB_NAME))
     evaluation = check_evaluations(instance, apply_run.run_id)["master_reconciles"]
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=master_load.key, asset_partitions=[demo.replica_id]), limit=1
+        dg.AssetRecordsFilter(asset_key=master_load.key, asset_partitions=[demo.partition]), limit=1
     ).records
     recorded = {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
     if "verified" in recorded:

@@ -315,7 +315,7 @@ def test_a_load_committed_before_the_file_was_retired_still_finishes(
     def ended(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(session, "retire", ended)
+    monkeypatch.setattr(session, "retire_replica", ended)
     with pytest.raises(KeyboardInterrupt):
         run_sync(engine, replica)
     monkeypatch.undo()

@@ -175,6 +175,14 @@ def finish_retirement(engine: Engine, path: str | None) -> bool:
     """Retire the replica file of a loaded session if a crash left it open; True if it had to be done."""
     if not path or not Path(path).is_file():
         return False
+    with engine.connect() as conn:
+        record = conn.execute(
+            sa.select(store.sync_replica.c.status, store.sync_replica.c.file_retired_at).where(
+                store.sync_replica.c.path == str(path)
+            )
+        ).first()
+    if record is not None and (record.status != "retired" or record.file_retired_at is not None):
+        return False  # not loaded, or its file's retirement is on record already (the master refuses it now)
     replica = open_replica(engine, path, allow_retired=True)
     replica.close()
     if replica.record["status"] != "retired" or replica.manifest.status == "retired":
