@@ -195,7 +195,10 @@ def extract_changes(replica: sqlite3.Connection, infos: dict[str, TableInfo]) ->
             if state.last is None:
                 continue  # inserted then deleted: nothing happened
             local = _normalized(state.last, info, where)
-            changes.append(RowChange(table, key, "insert", None, local, list(info.columns), state.times, state.seq))
+            for name in info.generated_columns:
+                local[name] = None  # the master computes it; whatever the replica holds is no change
+            written = [c for c in info.columns if c not in info.generated_columns]
+            changes.append(RowChange(table, key, "insert", None, local, written, state.times, state.seq))
             continue
         assert state.base is not None
         base = _normalized(state.base, info, where)
@@ -203,6 +206,10 @@ def extract_changes(replica: sqlite3.Connection, infos: dict[str, TableInfo]) ->
             changes.append(RowChange(table, key, "delete", base, None, [], state.times, state.seq))
             continue
         local = _normalized(state.last, info, where, state.base, base)
+        for name in info.generated_columns:
+            # A computed column is the master's to compute: a local edit of it is ignored, never a change
+            # or a conflict field; the row shows the value the master held.
+            local[name] = base[name]
         changed = [c for c in info.columns if base[c] != local[c]]
         if changed:
             times = {c: state.times[c] for c in changed if c in state.times} | {"*": state.times["*"]}
