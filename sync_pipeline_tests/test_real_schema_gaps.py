@@ -110,6 +110,7 @@ CREATE TABLE reading (
     code varchar(2)
 );
 INSERT INTO reading VALUES (1, '2026-01-01 04:05:06', '2026-01-01 04:05:06+00', '04:05:06', 1.00, 'ab');
+INSERT INTO reading VALUES (3, '2026-01-01 04:05:06', NULL, NULL, 7.00, NULL);
 """
 READING_SQLITE = """
 CREATE TABLE reading (
@@ -121,6 +122,7 @@ CREATE TABLE reading (
     code VARCHAR(2)
 );
 INSERT INTO reading VALUES (1, '2026-01-01 04:05:06', '2026-01-01 04:05:06', '04:05:06', 1.00, 'ab');
+INSERT INTO reading VALUES (3, '2026-01-01 04:05:06', NULL, NULL, 7.00, NULL);
 """
 READINGS = """\
 modules:
@@ -132,7 +134,7 @@ modules:
 
 
 def test_local_values_are_rounded_as_the_master_stores_them(master_url: str, tmp_path: Path) -> None:
-    engine, tables = master_with(master_url, READING_PG, READING_SQLITE, READINGS.format(policy="local_wins"))
+    engine, tables = master_with(master_url, READING_PG, READING_SQLITE, READINGS.format(policy="manual"))
     postgresql = engine.dialect.name == "postgresql"
     reading = tables["reading"]
     replica = make_replica(engine, tmp_path)
@@ -147,10 +149,17 @@ def test_local_values_are_rounded_as_the_master_stores_them(master_url: str, tmp
             f"INSERT INTO reading VALUES (2, '1999-12-31 23:59:59.5', NULL, '23:00:00.4', -2.345, '{code}')"
         )
 
+        r.exec_driver_sql("UPDATE reading SET amount = 7.125 WHERE reading_id = 3")
+    with engine.begin() as m:  # the master's application wrote what the local value becomes there
+        m.exec_driver_sql("UPDATE reading SET amount = 7.13 WHERE reading_id = 3")
+
     result = run_sync(engine, replica)
 
+    # Both sides hold the same stored value: no conflict waits for a decision (manual policy).
     assert result.status == "done", result.message
     got = rows_of(engine, "reading", "reading_id", "taken_at", "taken_time", "amount", "code")
+    assert got[2][3] == Decimal("7.13")
+    got = got[:2]
     assert [r[3] for r in got] == [Decimal("1.01"), Decimal("-2.35")]  # halves away from zero, as NUMERIC rounds
     if postgresql:
         assert got == [
@@ -162,9 +171,11 @@ def test_local_values_are_rounded_as_the_master_stores_them(master_url: str, tmp
         # A second sync of a fresh replica sees no difference: the master holds what the first one wrote.
         again = make_replica(engine, tmp_path)
         with replica_engine(again).begin() as r:
-            r.exec_driver_sql("UPDATE reading SET taken_at = '2026-01-01 04:05:07.2' WHERE reading_id = 1")
-        assert run_sync(engine, again).status == "done"
-        assert rows_of(engine, "reading", "taken_at")[0][0] == dt.datetime(2026, 1, 1, 4, 5, 7)
+            r.exec_driver_sql("UPDATE reading SET taken_at = '2026-01-01 04:05:07.2' WHERE reading_id = 3")
+        with engine.begin() as m:
+            m.exec_driver_sql("UPDATE reading SET taken_at = '2026-01-01 04:05:07' WHERE reading_id = 3")
+        assert run_sync(engine, again).status == "done"  # 07.2 is 07 in timestamp(0): the same value
+        assert rows_of(engine, "reading", "taken_at")[2][0] == dt.datetime(2026, 1, 1, 4, 5, 7)
 
 
 # --- 3. text-carried keys ------------------------------------------------------------------------
