@@ -240,7 +240,7 @@ def carrier_normalizer(carrier: Carrier) -> Callable[[Any], Any]:
             )
         if kind == "text":
             return "\x00" not in value
-        if value.microsecond % step:  # datetime, time: more digits of a second than the master keeps
+        if step > 1 and value.microsecond % step:  # datetime, time: more digits of a second than the master keeps
             return False
         if zoned is not None:  # datetime
             return (value.tzinfo is not None) == zoned
