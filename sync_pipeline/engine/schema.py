@@ -412,7 +412,8 @@ def _normalize_slow(value: Any, carrier: Carrier) -> Any:
             if kind == "enum" and text not in (carrier.enums or ()):
                 raise ValueRejected(f"{text!r} is not one of the type's values: {', '.join(carrier.enums or ())}")
             length = carrier.length if kind == "str" else None
-            if length is not None and len(text) > length and carrier.cuts_excess_spaces and not text[length:].strip(" "):
+            cut = length is not None and carrier.cuts_excess_spaces and not text[length:].strip(" ")
+            if cut and length is not None and len(text) > length:
                 text = text[:length]  # varchar(n) 'ab  ' -> 'ab': the master cuts spaces past the length
             if length is not None and len(text) > length:
                 raise ValueRejected(f"text of {len(text)} characters is longer than the column's {length}")
