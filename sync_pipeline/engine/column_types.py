@@ -50,6 +50,11 @@ class Carrier:
     zoned: bool | None = None
     lenient_text: bool = False  # SQLite temporal: text that does not parse is kept as text, not refused
     refused: str | None = None  # why the product cannot carry this type (init-master refuses it)
+    # datetime, time: the digits of a second the master keeps (timestamp(0), time(3)); None for all six.
+    # A local value is rounded as the master rounds it, so what detection and the load see is what it stores.
+    second_digits: int | None = None
+    # str: the master cuts spaces beyond the length (PostgreSQL varchar(n)/char(n)) rather than refusing.
+    cuts_excess_spaces: bool = False
 
 
 class CarriedAsText(sa.types.TypeDecorator[Any]):
@@ -372,10 +377,16 @@ class PostgreSQLTypes(DialectTypes):
         if isinstance(base, pg.CITEXT):
             return Carrier("str")
         if isinstance(base, sa.CHAR) and base.length:
-            return Carrier("str", length=base.length, blank_padded=True)
+            return Carrier("str", length=base.length, blank_padded=True, cuts_excess_spaces=True)
         carrier = generic_carrier(base, int_bits=_pg_int_bits(base))
+        digits = getattr(base, "precision", None)
+        digits = digits if isinstance(digits, int) and 0 <= digits < 6 else None
         if carrier.kind == "datetime":
-            return Carrier("datetime", zoned=bool(getattr(base, "timezone", False)))
+            return Carrier("datetime", zoned=bool(getattr(base, "timezone", False)), second_digits=digits)
+        if carrier.kind == "time":
+            return Carrier("time", second_digits=digits)
+        if carrier.kind == "str" and carrier.length:
+            return Carrier("str", length=carrier.length, cuts_excess_spaces=True)
         return None if carrier.kind in ("other", "interval", "json") else carrier
 
 

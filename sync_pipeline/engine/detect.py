@@ -224,7 +224,9 @@ def _classify(
         assert base is not None
         if master is None:
             return Detected(change, module, "skip", None, note="deleted on both sides")
-        master_changed = [c for c in info.columns if master[c] != base[c] or c in clocked]
+        master_changed = [
+            c for c in info.columns if c not in info.generated_columns and (master[c] != base[c] or c in clocked)
+        ]
         if master_changed:
             return Detected(
                 change,
@@ -237,7 +239,8 @@ def _classify(
         return Detected(change, module, "apply", master)
 
     assert local is not None
-    value_columns = [c for c in info.columns if c not in info.pk]
+    # Computed columns follow from the others: never a difference of their own (see extract).
+    value_columns = [c for c in info.columns if c not in info.pk and c not in info.generated_columns]
     if natural and all(local[n] is not None for n in natural):
         hit = natural_hits.get(tuple(local[n] for n in natural))
         if hit is not None and info.key_of(hit) not in released:

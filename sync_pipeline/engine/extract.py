@@ -195,7 +195,10 @@ def extract_changes(replica: sqlite3.Connection, infos: dict[str, TableInfo]) ->
             if state.last is None:
                 continue  # inserted then deleted: nothing happened
             local = _normalized(state.last, info, where)
-            changes.append(RowChange(table, key, "insert", None, local, list(info.columns), state.times, state.seq))
+            for name in info.generated_columns:
+                local[name] = None  # the master computes it; whatever the replica holds is no change
+            written = [c for c in info.columns if c not in info.generated_columns]
+            changes.append(RowChange(table, key, "insert", None, local, written, state.times, state.seq))
             continue
         assert state.base is not None
         base = _normalized(state.base, info, where)
@@ -203,6 +206,10 @@ def extract_changes(replica: sqlite3.Connection, infos: dict[str, TableInfo]) ->
             changes.append(RowChange(table, key, "delete", base, None, [], state.times, state.seq))
             continue
         local = _normalized(state.last, info, where, state.base, base)
+        for name in info.generated_columns:
+            # A computed column is the master's to compute: a local edit of it is ignored, never a change
+            # or a conflict field; the row shows the value the master held.
+            local[name] = base[name]
         changed = [c for c in info.columns if base[c] != local[c]]
         if changed:
             times = {c: state.times[c] for c in changed if c in state.times} | {"*": state.times["*"]}
@@ -233,16 +240,21 @@ def canonicalize_local_values(engine: Engine, changes: ChangeSet, infos: dict[st
     an interval of hours. So a local value compares with the master's as the master would, the load
     writes what the master reads back, and a value the column's type rejects is refused here, naming its
     row and column, rather than failing the load. One query per column and 500 distinct values; nothing
-    to do on a master without such columns. Key columns keep the text they were logged with.
+    to do on a master without such columns. Key columns too (a cidr key logged as `10.0.0.9` is
+    the master's `10.0.0.9/32`), so a row is found under the key the master holds.
     """
     wanted: dict[tuple[str, str], set[str]] = {}
     for change in changes.changes:
+        info = infos[change.table]
+        columns = info.table.columns
+        for name, value in zip(info.pk, change.key, strict=True):
+            if isinstance(value, str) and carrier_of(columns[name]).kind == "text":
+                wanted.setdefault((change.table, name), set()).add(value)
         if change.local is None:
             continue
-        columns = infos[change.table].table.columns
         for name in change.changed:
             value = change.local.get(name)
-            if isinstance(value, str) and not columns[name].primary_key and carrier_of(columns[name]).kind == "text":
+            if isinstance(value, str) and carrier_of(columns[name]).kind == "text":
                 wanted.setdefault((change.table, name), set()).add(value)
     if not wanted:
         return
@@ -254,7 +266,11 @@ def canonicalize_local_values(engine: Engine, changes: ChangeSet, infos: dict[st
             try:
                 canonical[(table, name)] = rules.canonical_texts(conn, info.table.columns[name], sorted(values))
             except TextRejected as exc:
-                change = next(c for c in changes.changes if c.table == table and (c.local or {}).get(name) == exc.value)
+                change = next(
+                    c
+                    for c in changes.changes
+                    if c.table == table and (exc.value in c.key or (c.local or {}).get(name) == exc.value)
+                )
                 raise ReplicaError(
                     f"table '{table}', key {change.key_dict(info.pk)}, column '{name}': {exc.value!r} is rejected "
                     f"by the master's column type ({exc.reason})",
@@ -262,6 +278,16 @@ def canonicalize_local_values(engine: Engine, changes: ChangeSet, infos: dict[st
                 ) from None
     kept: list[RowChange] = []
     for change in changes.changes:
+        pk = infos[change.table].pk
+        key = tuple(
+            canonical.get((change.table, name), {}).get(value, value) if isinstance(value, str) else value
+            for name, value in zip(pk, change.key, strict=True)
+        )
+        if key != change.key:
+            change.key = key
+            for row in (change.base, change.local):
+                if row is not None:
+                    row.update(zip(pk, key, strict=True))
         if change.local is not None:
             for name in change.changed:
                 texts = canonical.get((change.table, name))

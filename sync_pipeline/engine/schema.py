@@ -21,7 +21,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from sync_pipeline.engine.column_types import Carrier, carrier_of, parse_temporal, prepare_table
+from sync_pipeline.engine.column_types import (
+    CarriedAsText,
+    Carrier,
+    base_type,
+    carrier_of,
+    parse_temporal,
+    prepare_table,
+)
 from sync_pipeline.engine.partitions import partitions_for
 from sync_pipeline.engine.sequences import sequences_for
 from sync_pipeline.engine.triggers import MasterTrigger, find_triggers, maintained_columns
@@ -128,7 +135,8 @@ def _is_generated_key(table: sa.Table, pk: tuple[str, ...], dialect: str) -> boo
     if len(pk) != 1:
         return False
     column = table.columns[pk[0]]
-    if not isinstance(column.type, sa.Integer):
+    column_type = column.type.original if isinstance(column.type, CarriedAsText) else column.type
+    if not isinstance(base_type(column_type), sa.Integer):  # a domain over an integer is an integer key
         return False
     if dialect == "sqlite":
         return True  # a single integer primary key is SQLite's rowid: the database assigns it
@@ -137,7 +145,21 @@ def _is_generated_key(table: sa.Table, pk: tuple[str, ...], dialect: str) -> boo
     default = column.server_default
     if default is not None and "nextval" in str(getattr(default, "arg", "")):
         return True
+    if "nextval" in str(_domain_defaults(column_type)):  # the sequence default is the domain's own
+        return True
     return column.autoincrement is True
+
+
+def _domain_defaults(column_type: sa.types.TypeEngine[Any]) -> list[str]:
+    """The defaults of the (nested) domains a column's type is made of."""
+    defaults: list[str] = []
+    for _ in range(32):
+        if not hasattr(column_type, "data_type"):
+            break
+        if getattr(column_type, "default", None) is not None:
+            defaults.append(str(column_type.default))
+        column_type = column_type.data_type
+    return defaults
 
 
 def fk_order(tables: Mapping[str, TableInfo]) -> list[str]:
@@ -196,6 +218,8 @@ def carrier_normalizer(carrier: Carrier) -> Callable[[Any], Any]:
     scale, precision = carrier.scale, carrier.precision
     enums = frozenset(carrier.enums or ())
     zoned = carrier.zoned if kind == "datetime" else None
+    digits = carrier.second_digits if kind in ("datetime", "time") else None
+    step = 10 ** (6 - digits) if digits is not None else 1
 
     def already_normal(value: Any) -> bool:
         if type(value) is not exact_type:
@@ -216,6 +240,8 @@ def carrier_normalizer(carrier: Carrier) -> Callable[[Any], Any]:
             )
         if kind == "text":
             return "\x00" not in value
+        if step > 1 and value.microsecond % step:  # datetime, time: more digits of a second than the master keeps
+            return False
         if zoned is not None:  # datetime
             return (value.tzinfo is not None) == zoned
         return True
@@ -223,9 +249,36 @@ def carrier_normalizer(carrier: Carrier) -> Callable[[Any], Any]:
     def normalize_value(value: Any) -> Any:
         if value is None or already_normal(value):
             return value
-        return _normalize_slow(value, carrier)
+        normal = _normalize_slow(value, carrier)
+        return _rounded_seconds(normal, step) if step > 1 else normal
 
     return normalize_value
+
+
+# PostgreSQL rounds timestamps in microseconds from this instant, halves away from it (AdjustTimestampForTypmod).
+_PG_EPOCH = dt.datetime(2000, 1, 1)
+_PG_EPOCH_UTC = _PG_EPOCH.replace(tzinfo=dt.UTC)
+
+
+def _rounded_seconds(value: Any, step: int) -> Any:
+    """A timestamp or time rounded to `step` microseconds exactly as PostgreSQL's timestamp(p)/time(p)
+    input rounds it, so a local value compares equal to the one the master will hold."""
+    if isinstance(value, dt.datetime):
+        epoch = _PG_EPOCH if value.tzinfo is None else _PG_EPOCH_UTC
+        micros = (value - epoch) // dt.timedelta(microseconds=1)
+        half = step // 2
+        rounded = (micros + half) // step * step if micros >= 0 else -((-micros + half) // step * step)
+        out = epoch + dt.timedelta(microseconds=rounded)
+        return out if value.tzinfo is None else out.astimezone(value.tzinfo)
+    if isinstance(value, dt.time) and value.tzinfo is None:
+        micros = ((value.hour * 60 + value.minute) * 60 + value.second) * 1_000_000 + value.microsecond
+        rounded = (micros + step // 2) // step * step
+        if rounded >= 86_400 * 1_000_000:
+            # PostgreSQL stores 24:00:00, which no Python time holds: refused rather than stored otherwise.
+            raise ValueRejected(f"{value!r} rounds to 24:00:00 in the master's column")
+        seconds, micro = divmod(rounded, 1_000_000)
+        return dt.time(seconds // 3600, seconds // 60 % 60, seconds % 60, micro)
+    return value
 
 
 def _array_normalizer(element: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -295,7 +348,8 @@ def _normalize_slow(value: Any, carrier: Carrier) -> Any:
                 raise ValueRejected(f"{value!r} is not a finite number")
             scale, precision = carrier.scale, carrier.precision
             if scale is not None:
-                number = number.quantize(decimal.Decimal(1).scaleb(-scale))
+                # Halves away from zero, as the master's NUMERIC(p,s) rounds (not Python's half-even).
+                number = number.quantize(decimal.Decimal(1).scaleb(-scale), rounding=decimal.ROUND_HALF_UP)
             if precision is not None and number.adjusted() + 1 > precision - (scale or 0):
                 raise ValueRejected(f"{value!r} does not fit NUMERIC({precision},{scale or 0})")
             return number
@@ -358,6 +412,9 @@ def _normalize_slow(value: Any, carrier: Carrier) -> Any:
             if kind == "enum" and text not in (carrier.enums or ()):
                 raise ValueRejected(f"{text!r} is not one of the type's values: {', '.join(carrier.enums or ())}")
             length = carrier.length if kind == "str" else None
+            cut = length is not None and carrier.cuts_excess_spaces and not text[length:].strip(" ")
+            if cut and length is not None and len(text) > length:
+                text = text[:length]  # varchar(n) 'ab  ' -> 'ab': the master cuts spaces past the length
             if length is not None and len(text) > length:
                 raise ValueRejected(f"text of {len(text)} characters is longer than the column's {length}")
             if length is not None and carrier.blank_padded:
