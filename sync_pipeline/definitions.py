@@ -10,8 +10,9 @@ import dagster as dg
 
 from sync_pipeline.defs.assets import sync_assets
 from sync_pipeline.defs.checks import sync_checks
+from sync_pipeline.defs.executor import sync_executor
 from sync_pipeline.defs.instance_config import write_configured_instance_config
-from sync_pipeline.defs.jobs import SYNC_EXECUTOR, sync_jobs
+from sync_pipeline.defs.jobs import sync_jobs
 from sync_pipeline.defs.overview import offline_replicas, purge_schedule, sync_purge
 from sync_pipeline.defs.protocol_pdf import sync_protocol_pdf
 from sync_pipeline.defs.resources import MasterDatabase, SyncInbox, SyncSettingsResource
@@ -29,8 +30,10 @@ def build_definitions(master_url: str | None = None) -> dg.Definitions:
         jobs=[*sync_jobs, sync_purge],
         schedules=[purge_schedule],
         sensors=sync_sensors,
-        # Materializations launched from the UI run like the sync jobs (defs/jobs.py).
-        executor=SYNC_EXECUTOR,
+        # Every job and every materialization launched from the UI: in process for one person on one
+        # machine (defs/jobs.py says why); the Celery executor in the production deployment
+        # (SYNC_EXECUTOR=celery, deploy/README.md), where each step is a task on a worker.
+        executor=sync_executor() or dg.in_process_executor,
         resources={
             "master": MasterDatabase(url=master_url),
             "sync_settings": SyncSettingsResource(),

@@ -17,19 +17,14 @@ import dagster as dg
 
 from sync_pipeline.defs.assets import conflicts, local_changes, master_load, resolutions, sync_protocol
 from sync_pipeline.defs.checks import resolutions_all_decided
-from sync_pipeline.defs.executor import sync_executor
 
 DETECT_JOB_NAME = "sync_detect"
 APPLY_JOB_NAME = "sync_apply"
-# In process for one person on one machine; the Celery executor in the production deployment
-# (SYNC_EXECUTOR=celery, deploy/README.md), where each step is a task on a worker.
-SYNC_EXECUTOR = sync_executor() or dg.in_process_executor
 
 sync_detect_job = dg.define_asset_job(
     name=DETECT_JOB_NAME,
     selection=dg.AssetSelection.assets(local_changes, conflicts, resolutions)
     - dg.AssetSelection.checks(resolutions_all_decided),
-    executor_def=SYNC_EXECUTOR,
     description="Extract the replica's changes, detect conflicts, apply the policies. Ends waiting for manual "
     "decisions or ready to load; approval_sensor launches sync_apply when nothing is pending.",
 )
@@ -37,7 +32,6 @@ sync_detect_job = dg.define_asset_job(
 sync_apply_job = dg.define_asset_job(
     name=APPLY_JOB_NAME,
     selection=dg.AssetSelection.assets(resolutions, master_load, sync_protocol),
-    executor_def=SYNC_EXECUTOR,
     description="Check that every conflict is decided, load the session into the master in one transaction, "
     "retire the replica and write the protocol (JSON, Markdown, HTML; the PDF is sync_protocol_pdf, on demand).",
 )
