@@ -890,6 +890,11 @@ def mark_failed(engine: Engine, session_id: str, replica_id: str, error: str) ->
     """The session is abandoned; the replica is unfrozen so that its owner can correct it and sync again
     (a new session reads the whole change log once more)."""
     with engine.begin() as conn:
+        status = conn.execute(
+            sa.select(store.sync_session.c.status).where(store.sync_session.c.session_id == session_id)
+        ).scalar()
+        if status == "done":
+            return  # the load committed: what failed after it (retiring the file, a report) cannot undo that
         _set_status(conn, session_id, "failed", finished_at=store.now_iso(), error=error[:4000])
         _set_replica_status(conn, replica_id, "failed")
         path = conn.execute(
@@ -1002,8 +1007,13 @@ def run_sync(engine: Engine, replica_path: str | Path, progress: Progress | None
     finally:
         replica.close()
     checkpoint("retire")
-    retire_replica(engine, replica, store.now_iso())
-    return SyncResult(session_id, replica_id, "done", counts_of(engine, session_id), {}, "synchronised")
+    message = "synchronised"
+    try:
+        retire_replica(engine, replica, store.now_iso())
+    except (OSError, SyncError) as exc:
+        # The load committed and the master's record refuses the replica from now on: the sync is done.
+        message += f"; the replica file could not be marked retired ({exc}); the master refuses it anyway"
+    return SyncResult(session_id, replica_id, "done", counts_of(engine, session_id), {}, message)
 
 
 def dry_run(engine: Engine, replica_path: str | Path) -> SyncResult:
