@@ -91,17 +91,7 @@ def dropped_rows(summary: Mapping[str, Any], pks: PrimaryKeys) -> list[DroppedRo
 
 
 def _decision_history(conn: Connection, conflict_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
-    out: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    d = store.sync_decision
-    for start in range(0, len(conflict_ids), BATCH):
-        rows = conn.execute(
-            sa.select(d).where(d.c.conflict_id.in_(conflict_ids[start : start + BATCH])).order_by(d.c.decision_id)
-        ).mappings()
-        for row in rows:
-            item = dict(row)
-            item["value"] = store.loads(item["value"])
-            out[item["conflict_id"]].append(item)
-    return out
+    return defaultdict(list, store.decision_history(conn, conflict_ids))
 
 
 @dataclass

@@ -492,18 +492,7 @@ def _conflicts(conn: Connection, session_id: str, **filters: Any) -> list[dict[s
 
 
 def _decisions(conn: Connection, conflict_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
-    out: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for start in range(0, len(conflict_ids), 500):
-        rows = conn.execute(
-            sa.select(store.sync_decision)
-            .where(store.sync_decision.c.conflict_id.in_(conflict_ids[start : start + 500]))
-            .order_by(store.sync_decision.c.decision_id)
-        ).mappings()
-        for row in rows:
-            item = dict(row)
-            item["value"] = store.loads(item["value"])
-            out[item["conflict_id"]].append(item)
-    return out
+    return defaultdict(list, store.decision_history(conn, conflict_ids))
 
 
 def resolve_session(engine: Engine, ctx: SessionContext) -> dict[str, int]:
