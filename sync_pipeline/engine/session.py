@@ -226,10 +226,10 @@ def _start_session(
             change.seq = index  # from now on a change is known by its change_id
         if replica.settings.master_change_capture:
             with engine.connect() as conn:
-                verify_bases(conn, changes, replica.infos, replica.manifest.checked_out_at, seen)
+                verify_bases(conn, changes, replica.infos, replica.record["checked_out_at"], seen)
         if detect:
             with engine.connect() as conn:
-                checked_out_at = checkout_time(conn, replica.manifest.replica_id)
+                checked_out_at = replica.record["checked_out_at"]  # the master's record, read when it was opened
                 detected = detect_conflicts(
                     conn, changes, replica.infos, replica.settings, replica.row, seen, checked_out_at
                 )
@@ -1012,7 +1012,7 @@ def dry_run(engine: Engine, replica_path: str | Path) -> SyncResult:
         changes = extract_changes(replica.conn, replica.infos)
         canonicalize_local_values(engine, changes, replica.infos)
         with engine.connect() as conn:
-            checked_out_at = checkout_time(conn, replica.manifest.replica_id)
+            checked_out_at = replica.record["checked_out_at"]  # the master's record, read when it was opened
             detected = detect_conflicts(
                 conn, changes, replica.infos, replica.settings, replica.row, None, checked_out_at
             )
