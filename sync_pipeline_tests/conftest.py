@@ -33,6 +33,8 @@ def pytest_configure(config: pytest.Config) -> None:
     given = config.getoption("hypothesis_seed", default=None)
     if given is not None:
         MODEL_SEED = int(given)
+    # pytest-xdist's workers start after this, from this environment: they all take the controller's seed.
+    os.environ["SYNC_MODEL_SEED"] = str(MODEL_SEED)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
