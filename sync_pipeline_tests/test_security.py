@@ -1,7 +1,7 @@
 """Security: SQL is never built from strings, secrets never leave the master, hostile replicas are refused.
 
 1. No SQL is built by pasting names or values into strings anywhere in `sync_pipeline/` except the
-   reviewed trigger DDL in `sync_pipeline/engine/capture/`. A checker walks the syntax tree of every
+   reviewed trigger DDL in `sync_pipeline/engine/dialects/`. A checker walks the syntax tree of every
    module and finds f-strings, `%`, `.format()` and `+` that build the text given to `execute`,
    `executemany`, `executescript`, `exec_driver_sql` or `text()` (directly or through a variable).
 2. Secrets (the signing key in `sync_meta`, password hashes and API tokens of accounts, the database
@@ -43,7 +43,7 @@ from sync_pipeline_tests.helpers import (
 
 P, C, T = TABLES["parent"], TABLES["child"], TABLES["tagged"]
 PACKAGE = Path(__file__).resolve().parent.parent / "sync_pipeline"
-REVIEWED_DDL = PACKAGE / "engine" / "capture"
+REVIEWED_DDL = PACKAGE / "engine" / "dialects"
 SQL_METHODS = {"execute", "executemany", "executescript", "exec_driver_sql"}
 
 

@@ -15,17 +15,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import REGCLASS
 from sqlalchemy.engine import Connection
 
 from sync_pipeline.engine.detect import Detected, fetch_rows_by_key, still_referenced
+from sync_pipeline.engine.dialects import impl_for
 from sync_pipeline.engine.errors import SyncError
 from sync_pipeline.engine.faults import checkpoint
 from sync_pipeline.engine.load_columns import grouped_by_columns, insert_statement, writable
 from sync_pipeline.engine.load_verify import WrittenRows, verify_load
 from sync_pipeline.engine.progress import report
 from sync_pipeline.engine.resolve import CurrentDecision
-from sync_pipeline.engine.schema import TableInfo, fk_order, normalize_row, one_of, references_to
+from sync_pipeline.engine.schema import TableInfo, fk_order, normalize_row, references_to
 from sync_pipeline.engine.sequences import advance_past
 
 ABSENT = object()
@@ -708,7 +708,7 @@ class _Writer:
             chunk = deletes[start : start + 500]
             keys = [o.key for o in chunk]
             if len(info.pk) == 1:
-                condition = one_of(info.table.columns[info.pk[0]], [k[0] for k in keys], conn.dialect.name)  # type: ignore[index]
+                condition = impl_for(conn).in_list(info.table.columns[info.pk[0]], [k[0] for k in keys])  # type: ignore[index]
             else:
                 condition = sa.tuple_(*[info.table.columns[c] for c in info.pk]).in_(keys)
             conn.execute(sa.delete(info.table).where(condition))
@@ -722,21 +722,10 @@ class _Writer:
 
 
 def _insert_returning_key(conn: Connection, info: TableInfo, values: dict[str, Any]) -> tuple[Any, ...]:
-    pk_columns = [info.table.columns[c] for c in info.pk]
-    statement = insert_statement(conn, info, values).values(values).returning(*pk_columns)
-    row = conn.execute(statement).one()
-    return tuple(row)
+    return impl_for(conn).insert_returning_key(conn, info, values)
 
 
 def advance_sequence(conn: Connection, info: TableInfo) -> None:
-    """Move the sequence of a serial/identity key past the table's highest key (reads the whole key
+    """Move the generator of a serial/identity key past the table's highest key (reads the whole key
     column's maximum: for preparing masters in tests and tools; the load uses `advance_past`)."""
-    column = info.table.columns[info.pk[0]]
-    sequence = conn.execute(
-        sa.select(sa.func.pg_get_serial_sequence(conn.dialect.identifier_preparer.quote(info.name), column.name))
-    ).scalar()
-    if not sequence:
-        return
-    highest = sa.select(sa.func.max(column)).scalar_subquery()
-    last = sa.func.coalesce(sa.func.pg_sequence_last_value(sa.cast(sequence, REGCLASS)), 0)
-    conn.execute(sa.select(sa.func.setval(sequence, sa.func.greatest(highest, last, 1))))
+    impl_for(conn).advance_sequence_to_max(conn, info)

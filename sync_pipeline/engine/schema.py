@@ -2,7 +2,8 @@
 rules (normalising, encoding to JSON, validating) that make a value read from SQLite comparable to
 the same value read from the master.
 
-Dialect differences of reflection live here; dialect SQL of change capture lives in `capture/`.
+What differs between databases (generated keys, partitions, sequences, triggers) is asked of the
+master's `DialectImpl` (`dialects/`).
 """
 
 from __future__ import annotations
@@ -29,8 +30,7 @@ from sync_pipeline.engine.column_types import (
     parse_temporal,
     prepare_table,
 )
-from sync_pipeline.engine.partitions import partitions_for
-from sync_pipeline.engine.sequences import sequences_for
+from sync_pipeline.engine.dialects import DialectImpl, impl_for
 from sync_pipeline.engine.triggers import MasterTrigger, find_triggers, maintained_columns
 
 KEY_SEPARATOR = "\x1f"  # ASCII unit separator: cannot appear in a key value by accident
@@ -91,7 +91,7 @@ def reflect_tables(bind: Engine | Connection, names: Iterable[str]) -> dict[str,
         # database's text (column_types): not worth a warning on every command.
         warnings.filterwarnings("ignore", "Did not recognize type", sa.exc.SAWarning)
         metadata.reflect(bind=bind, only=wanted, resolve_fks=True)
-    dialect = bind.dialect.name
+    impl = impl_for(bind)
     infos: dict[str, TableInfo] = {}
     for name in wanted:
         table = metadata.tables[name]
@@ -105,7 +105,7 @@ def reflect_tables(bind: Engine | Connection, names: Iterable[str]) -> dict[str,
             for constraint in table.foreign_key_constraints
         ]
         prepare_table(bind, table)  # value rules by base type; see column_types
-        infos[name] = TableInfo(table, pk, _is_generated_key(table, pk, dialect), fks)
+        infos[name] = TableInfo(table, pk, _is_generated_key(table, pk, impl), fks)
     _reflect_write_rules(bind, metadata, infos)
     return infos
 
@@ -114,13 +114,14 @@ def _reflect_write_rules(bind: Engine | Connection, metadata: sa.MetaData, infos
     """What decides how the load writes a table: computed and identity columns, the sequences behind its
     columns, foreign keys declared on its partitions only, and the master's triggers."""
     names = list(infos)
-    for name, columns, referred, referred_columns in partitions_for(bind.dialect.name).foreign_keys(bind, names):
+    impl = impl_for(bind)
+    for name, columns, referred, referred_columns in impl.partition_foreign_keys(bind, names):
         if referred not in metadata.tables:
             sa.Table(referred, metadata, autoload_with=bind)
         fk = ForeignKey(columns, referred, referred_columns)
         if fk not in infos[name].foreign_keys:
             infos[name].foreign_keys.append(fk)
-    sequences = sequences_for(bind.dialect.name).find(bind, names)
+    sequences = impl.find_sequences(bind, names)
     triggers = find_triggers(bind, {name: info.table for name, info in infos.items()})
     for name, info in infos.items():
         columns = info.table.columns
@@ -131,35 +132,14 @@ def _reflect_write_rules(bind: Engine | Connection, metadata: sa.MetaData, infos
         info.maintained_columns = maintained_columns(info.table, info.triggers)
 
 
-def _is_generated_key(table: sa.Table, pk: tuple[str, ...], dialect: str) -> bool:
+def _is_generated_key(table: sa.Table, pk: tuple[str, ...], impl: DialectImpl) -> bool:
     if len(pk) != 1:
         return False
     column = table.columns[pk[0]]
     column_type = column.type.original if isinstance(column.type, CarriedAsText) else column.type
     if not isinstance(base_type(column_type), sa.Integer):  # a domain over an integer is an integer key
         return False
-    if dialect == "sqlite":
-        return True  # a single integer primary key is SQLite's rowid: the database assigns it
-    if column.identity is not None:
-        return True
-    default = column.server_default
-    if default is not None and "nextval" in str(getattr(default, "arg", "")):
-        return True
-    if "nextval" in str(_domain_defaults(column_type)):  # the sequence default is the domain's own
-        return True
-    return column.autoincrement is True
-
-
-def _domain_defaults(column_type: sa.types.TypeEngine[Any]) -> list[str]:
-    """The defaults of the (nested) domains a column's type is made of."""
-    defaults: list[str] = []
-    for _ in range(32):
-        if not hasattr(column_type, "data_type"):
-            break
-        if getattr(column_type, "default", None) is not None:
-            defaults.append(str(column_type.default))
-        column_type = column_type.data_type
-    return defaults
+    return impl.key_is_generated(column, column_type)
 
 
 def fk_order(tables: Mapping[str, TableInfo]) -> list[str]:
@@ -494,22 +474,6 @@ def decode_row(data: Mapping[str, Any] | None, table: sa.Table) -> dict[str, Any
         return None
     columns = table.columns
     return {k: normalizer(columns[k])(v) for k, v in data.items() if k in columns}
-
-
-# Column types whose values PostgreSQL takes as a typed array parameter without surprises.
-_ARRAY_SAFE = (sa.Integer, sa.String, sa.Uuid, sa.Date, sa.DateTime, sa.Numeric)
-
-
-def one_of(column: sa.Column, values: list[Any], dialect: str) -> sa.ColumnElement[bool]:
-    """`column IN (values)`; on PostgreSQL `column = ANY(:array)`: one typed parameter instead of one per
-    value, which spares the driver parsing and the server planning a statement hundreds of parameters long
-    for every batch of keys.
-    """
-    if dialect == "postgresql" and isinstance(column.type, _ARRAY_SAFE) and not isinstance(column.type, sa.Enum):
-        from sqlalchemy.dialects.postgresql import ARRAY
-
-        return column == sa.any_(sa.bindparam(None, values, type_=ARRAY(column.type)))
-    return column.in_(values)
 
 
 def key_text(table: sa.Table, pk: tuple[str, ...], values: tuple[Any, ...]) -> sa.ColumnElement[str]:
