@@ -4,8 +4,8 @@ PostgreSQL: a schema of its own, `<master schema>_sync_key`, owned by the role t
 with every privilege revoked from PUBLIC and from any other role that holds one (also grants made by
 default privileges): a role granted SELECT on all tables of the master's schema finds neither the key
 nor the schema (`DialectImpl.signing_key_schema`, `protect_key_store`). SQLite has no roles: whoever
-reads the file reads every table, so the key stays in the
-master file (`sync_signing_key`) and the file is created 0600 (see `master.connect_master`).
+reads the file reads every table, so the key stays in the master file (`sync_signing_key`) and the file
+is created 0600 (see `dialects/sqlite.py`).
 The key is never in `sync_meta`, which reporting tools may read; `init-master` moves it out of there.
 """
 

@@ -18,18 +18,16 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.dml import Insert
 
 from sync_pipeline.engine.column_types import DialectTypes
+from sync_pipeline.engine.dialects import postgresql_capture as capture
 from sync_pipeline.engine.dialects import postgresql_catalog as catalog
 from sync_pipeline.engine.dialects.base import DialectImpl, PartitionKey, TriggerRow
-from sync_pipeline.engine.dialects.capture import dollar_quoted, quote_identifier, trigger_name
-from sync_pipeline.engine.dialects.postgresql_capture import function_body, run_ddl
+from sync_pipeline.engine.dialects.capture import quote_identifier
 from sync_pipeline.engine.dialects.postgresql_types import PostgreSQLTypes
 from sync_pipeline.engine.schema import TableInfo
 
 ARRAY_BATCH = 5000  # keys per look-up when they travel as one array parameter
 # Column types whose values PostgreSQL takes as a typed array parameter without surprises.
 _ARRAY_SAFE = (sa.Integer, sa.String, sa.Uuid, sa.Date, sa.DateTime, sa.Numeric)
-
-_q = quote_identifier
 
 
 class PostgreSQLImpl(DialectImpl):
@@ -46,34 +44,16 @@ class PostgreSQLImpl(DialectImpl):
         utc = sa.func.timezone("UTC", sa.func.clock_timestamp())
         return conn.execute(sa.select(sa.func.to_char(utc, 'YYYY-MM-DD"T"HH24:MI:SS.US'))).scalar_one()
 
-    @staticmethod
-    def _function(info: TableInfo) -> str:
-        return trigger_name("sync_clock_fn", info.name)
-
-    @staticmethod
-    def _trigger(info: TableInfo) -> str:
-        return trigger_name("sync_clock", info.name)
-
     def install_capture(self, conn: Connection, info: TableInfo) -> None:
-        function = _q(self._function(info))
-        body = dollar_quoted(function_body(info))
-        run_ddl(conn, f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {body}")
-        trigger = _q(self._trigger(info))
-        run_ddl(conn, f"DROP TRIGGER IF EXISTS {trigger} ON {_q(info.name)}")
-        run_ddl(
-            conn,
-            f"CREATE TRIGGER {trigger} AFTER INSERT OR UPDATE OR DELETE ON {_q(info.name)} "
-            f"FOR EACH ROW EXECUTE FUNCTION {function}()",
-        )
+        capture.install(conn, info)
 
     def remove_capture(self, conn: Connection, info: TableInfo) -> None:
-        run_ddl(conn, f"DROP TRIGGER IF EXISTS {_q(self._trigger(info))} ON {_q(info.name)}")
-        run_ddl(conn, f"DROP FUNCTION IF EXISTS {_q(self._function(info))}()")
+        capture.remove(conn, info)
 
     def capture_installed(self, conn: Connection, info: TableInfo) -> bool:
         found = conn.execute(
             sa.text("SELECT 1 FROM pg_trigger WHERE tgname = :n AND tgrelid = CAST(:t AS regclass)"),
-            {"n": self._trigger(info), "t": _q(info.name)},
+            {"n": capture.trigger_of(info), "t": quote_identifier(info.name)},
         ).first()
         return found is not None
 

@@ -7,10 +7,7 @@ from __future__ import annotations
 from sqlalchemy.engine import Connection
 
 from sync_pipeline.engine.column_types import carrier_of
-from sync_pipeline.engine.dialects.capture import (
-    quote_identifier,
-    sql_string,
-)
+from sync_pipeline.engine.dialects.capture import dollar_quoted, quote_identifier, sql_string, trigger_name
 from sync_pipeline.engine.schema import KEY_SEPARATOR, TableInfo
 
 NOW = """to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US')"""
@@ -86,3 +83,29 @@ def run_ddl(conn: Connection, statement: str) -> None:
         cursor.execute(statement)
     finally:
         cursor.close()
+
+
+def function_of(info: TableInfo) -> str:
+    return trigger_name("sync_clock_fn", info.name)
+
+
+def trigger_of(info: TableInfo) -> str:
+    return trigger_name("sync_clock", info.name)
+
+
+def install(conn: Connection, info: TableInfo) -> None:
+    function = _q(function_of(info))
+    body = dollar_quoted(function_body(info))
+    run_ddl(conn, f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {body}")
+    trigger = _q(trigger_of(info))
+    run_ddl(conn, f"DROP TRIGGER IF EXISTS {trigger} ON {_q(info.name)}")
+    run_ddl(
+        conn,
+        f"CREATE TRIGGER {trigger} AFTER INSERT OR UPDATE OR DELETE ON {_q(info.name)} "
+        f"FOR EACH ROW EXECUTE FUNCTION {function}()",
+    )
+
+
+def remove(conn: Connection, info: TableInfo) -> None:
+    run_ddl(conn, f"DROP TRIGGER IF EXISTS {_q(trigger_of(info))} ON {_q(info.name)}")
+    run_ddl(conn, f"DROP FUNCTION IF EXISTS {_q(function_of(info))}()")
