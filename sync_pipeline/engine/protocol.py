@@ -43,7 +43,7 @@ from sync_pipeline.engine.protocol_model import (
     SettingsInForce,
     Totals,
 )
-from sync_pipeline.engine.session import OPEN_STATUSES
+from sync_pipeline.engine.records import OPEN_STATUSES, SessionStatus
 from sync_pipeline.settings import SyncSettings, parse_settings
 
 __all__ = [
@@ -106,7 +106,7 @@ def _state_and_notice(
     session: Mapping[str, Any], changes: int, applied: int, pending: Mapping[str, int]
 ) -> tuple[str, str]:
     status = session["status"]
-    if status == "failed":
+    if status == SessionStatus.FAILED:
         error = (session["error"] or "no error was recorded").strip().splitlines()[0]
         if applied:
             return "failed", f"The sync failed: {error}. Rows listed below were written before the failure."
@@ -116,7 +116,7 @@ def _state_and_notice(
             "(the load is one transaction, and it was rolled back). The replica can be synchronised again "
             "once the cause is fixed.",
         )
-    if status == "waiting":
+    if status == SessionStatus.WAITING:
         count = sum(pending.values())
         per_module = ", ".join(f"{m}: {n}" for m, n in sorted(pending.items()))
         return (

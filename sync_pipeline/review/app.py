@@ -40,8 +40,11 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sync_pipeline.accounts import Accounts, AccountsSource, NotAllowedError, StaticAccounts
+from sync_pipeline.engine import queries, resolve
 from sync_pipeline.engine.errors import AlreadyDecidedError, BadInputError, ConflictNotFoundError, DecisionError
+from sync_pipeline.engine.records import CLOSED_STATUSES, SessionStatus, SessionSummary
 from sync_pipeline.engine.session import decide, decide_module
+from sync_pipeline.reports import formatting
 from sync_pipeline.review import csrf, data, links
 from sync_pipeline.review.auth import SESSION_ID_KEY, AuthSettings, BadToken, Person, WebSessionLookup, identify
 from sync_pipeline.review.cookie_secret import cookie_secret
@@ -52,8 +55,8 @@ from sync_pipeline.review.master_follow import FollowedMaster
 
 HERE = Path(__file__).parent
 # `detected` sessions are left out: their policies have not run yet, so every conflict still looks pending.
-WAITING_STATUSES = ("waiting",)
-IN_PROGRESS_STATUSES = ("ready", "loading")
+WAITING_STATUSES = (SessionStatus.WAITING,)
+IN_PROGRESS_STATUSES = (SessionStatus.READY, SessionStatus.LOADING)
 COOKIE_NAME = "sync_review"
 # The page refreshes itself while Dagster loads a decided session, so the person sees it finish.
 REFRESH_SECONDS_WHILE_LOADING = 10
@@ -119,8 +122,8 @@ class ReviewApp:
         self.gate = gate or VerificationGate()
         self.dagster_ui_url = dagster_ui_url
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
-        self.templates.env.globals.update(kind_help=data.KIND_HELP, key_text=data.key_text, short=_short_time)
-        self.templates.env.globals.update(notation=data.formatting)  # NULL / (no row) / — (reports.formatting)
+        self.templates.env.globals.update(kind_help=resolve.KIND_HELP, key_text=formatting.key_text, short=_short_time)
+        self.templates.env.globals.update(notation=formatting)  # NULL / (no row) / — (reports.formatting)
         self.templates.env.filters["short"] = _short_time
         self._hints: dict[str, dict[str, data.ColumnHint]] = {}
         master.on_reopen(self._hints.clear)
@@ -179,9 +182,9 @@ class ReviewApp:
             self._hints[table] = data.column_hints(self.engine, table)
         return self._hints[table]
 
-    def load_links(self, summary: data.SessionSummary, person: Person | None = None) -> dict[str, str | None]:
+    def load_links(self, summary: SessionSummary, person: Person | None = None) -> dict[str, str | None]:
         run_url = None
-        if summary.dagster_run_id and summary.status in ("loading", "done", "failed"):
+        if summary.dagster_run_id and summary.status in (SessionStatus.LOADING, *CLOSED_STATUSES):
             run_url = links.dagster_run_url(summary.dagster_run_id, self.dagster_ui_url)
         return {
             "runs": links.dagster_session_runs_url(summary.session_id, self.dagster_ui_url),
@@ -193,8 +196,8 @@ class ReviewApp:
 
     async def sessions_page(self, request: Request) -> Response:
         person = self.person(request)
-        waiting = await run_in_threadpool(data.sessions_with_status, self.engine, WAITING_STATUSES)
-        in_progress = await run_in_threadpool(data.sessions_with_status, self.engine, IN_PROGRESS_STATUSES)
+        waiting = await run_in_threadpool(queries.sessions_with_status, self.engine, WAITING_STATUSES)
+        in_progress = await run_in_threadpool(queries.sessions_with_status, self.engine, IN_PROGRESS_STATUSES)
         context = {
             "person": person,
             "waiting": waiting,
@@ -216,8 +219,8 @@ class ReviewApp:
         return self.render(request, "history.html", {"person": person, "entries": mine, "days": days})
 
     def _session_context(self, person: Person, session_id: str) -> dict[str, Any]:
-        summary = data.session_summary(self.engine, session_id)
-        conflicts = data.session_conflicts(self.engine, session_id)
+        summary = queries.session_summary(self.engine, session_id)
+        conflicts = queries.session_conflicts(self.engine, session_id)
         mine = [c for c in conflicts if person.account.may_decide(c["module"])]
         hidden = sorted({c["module"] for c in conflicts if not person.account.may_decide(c["module"])})
         return {
@@ -258,7 +261,7 @@ class ReviewApp:
         replaced; `version` (the session's decision version the person saw) refuses a bulk decision
         from a page that no longer shows what is pending.
         """
-        summary = data.session_summary(self.engine, session_id)
+        summary = queries.session_summary(self.engine, session_id)
         if not summary.decidable:
             return {"kind": "read_only", "status": summary.status}, 0
         if version is not None and version != summary.decision_version:
@@ -266,12 +269,12 @@ class ReviewApp:
         return None, decide_module(self.engine, session_id, module, take, person.name)
 
     def _conflict_context(self, person: Person, conflict_id: int) -> dict[str, Any]:
-        conflict = data.get_conflict(self.engine, conflict_id)
+        conflict = queries.get_conflict(self.engine, conflict_id)
         person.account.check_allowed(conflict["module"], "see")
-        summary = data.session_summary(self.engine, conflict["session"])
+        summary = queries.session_summary(self.engine, conflict["session"])
         mine = [
             c
-            for c in data.session_conflicts(self.engine, conflict["session"])
+            for c in queries.session_conflicts(self.engine, conflict["session"])
             if person.account.may_decide(c["module"])
         ]
         ids = [c["id"] for c in mine]
@@ -283,7 +286,7 @@ class ReviewApp:
         decision = conflict["decision"] or {}
         fields = []
         for f in conflict["fields"]:
-            force = data.in_force(conflict, f["name"] if data.per_field(conflict) else None)
+            force = resolve.in_force(conflict, f["name"] if resolve.per_field(conflict) else None)
             fields.append(
                 {
                     **f,
@@ -292,23 +295,23 @@ class ReviewApp:
                     "differ": f["local"] != f["master"],
                     "hint": hints[f["name"]].text() if f["name"] in hints else "",
                     "current": (decision.get("fields") or {}).get(f["name"]),
-                    "by": data.decider(force[0]) if force else None,
+                    "by": resolve.decider(force[0]) if force else None,
                     "at": force[0]["at"] if force else None,
                 }
             )
-        row_force = data.in_force(conflict)
+        row_force = resolve.in_force(conflict)
         return {
             "person": person,
             "conflict": conflict,
             "summary": summary,
             "fields": fields,
-            "per_field": data.per_field(conflict),
-            "may_type": data.may_type_value(conflict),
+            "per_field": resolve.per_field(conflict),
+            "may_type": resolve.may_type_value(conflict),
             "no_base": conflict["kind"] in ("insert_insert", "duplicate", "orphan"),
             "local_deleted": conflict["kind"] == "delete_update",
             "master_deleted": conflict["kind"] == "update_delete",
             "master_absent": conflict["kind"] == "orphan",  # a local insert: the master has no such row
-            "row_decided_by": [data.decider(e) for e in row_force],
+            "row_decided_by": [resolve.decider(e) for e in row_force],
             "history": list(reversed(decision.get("history") or [])),
             "position": None if index is None else index + 1,
             "count": len(ids),
@@ -318,7 +321,7 @@ class ReviewApp:
             "seen": conflict["latest_decision_id"],
             "field_errors": {},
             "typed": {},
-            **data.decision_context(self.engine, conflict, person.account.may_decide),
+            **queries.decision_context(self.engine, conflict, person.account.may_decide),
         }
 
     async def conflict_page(self, request: Request) -> Response:
@@ -330,7 +333,7 @@ class ReviewApp:
         person = self.person(request)
         form = await self.form_of(request, person)
         conflict_id: int = request.path_params["conflict_id"]
-        conflict = await run_in_threadpool(data.get_conflict, self.engine, conflict_id)
+        conflict = await run_in_threadpool(queries.get_conflict, self.engine, conflict_id)
         person.account.check_allowed(conflict["module"])
         take = str(form.get("take") or "")
         field_name = str(form.get("field") or "") or None
@@ -373,7 +376,7 @@ class ReviewApp:
         self, request: Request, person: Person, conflict_id: int, take: str, field_name: str | None
     ) -> Response:
         """Back to the conflict while fields are open; else on to the next pending one, or the session."""
-        conflict = data.get_conflict(self.engine, conflict_id)
+        conflict = queries.get_conflict(self.engine, conflict_id)
         what = f"field {field_name}" if field_name else "the row"
         self.flash(request, f"Conflict #{conflict_id}: {what} → {'typed value' if take == 'value' else take}.")
         if conflict["status"] == "pending":
@@ -388,7 +391,7 @@ class ReviewApp:
         replica, so only a person allowed for all of them may read it."""
         person = self.person(request)
         session_id = request.path_params["session_id"]
-        summary = await run_in_threadpool(data.session_summary, self.engine, session_id)
+        summary = await run_in_threadpool(queries.session_summary, self.engine, session_id)
         for module in summary.replica_modules:
             person.account.check_allowed(module, "read the protocol of a session with")
         from sync_pipeline.engine.protocol import build_protocol
@@ -406,14 +409,16 @@ class ReviewApp:
 
     async def api_sessions(self, request: Request) -> Response:
         self.person(request)
-        found = await run_in_threadpool(data.sessions_with_status, self.engine, WAITING_STATUSES + IN_PROGRESS_STATUSES)
+        found = await run_in_threadpool(
+            queries.sessions_with_status, self.engine, WAITING_STATUSES + IN_PROGRESS_STATUSES
+        )
         return JSONResponse([_summary_json(s) for s in found])
 
     async def api_session_conflicts(self, request: Request) -> Response:
         person = self.person(request)
         session_id = request.path_params["session_id"]
-        await run_in_threadpool(data.session_summary, self.engine, session_id)
-        conflicts = await run_in_threadpool(data.session_conflicts, self.engine, session_id)
+        await run_in_threadpool(queries.session_summary, self.engine, session_id)
+        conflicts = await run_in_threadpool(queries.session_conflicts, self.engine, session_id)
         status = request.query_params.get("status")
         return JSONResponse(
             [
@@ -425,7 +430,7 @@ class ReviewApp:
 
     async def api_conflict(self, request: Request) -> Response:
         person = self.person(request)
-        conflict = await run_in_threadpool(data.get_conflict, self.engine, request.path_params["conflict_id"])
+        conflict = await run_in_threadpool(queries.get_conflict, self.engine, request.path_params["conflict_id"])
         person.account.check_allowed(conflict["module"], "see")
         return JSONResponse(conflict)
 
@@ -438,14 +443,14 @@ class ReviewApp:
         person = self.person(request)
         body = await self.json_of(request, person)
         conflict_id: int = request.path_params["conflict_id"]
-        conflict = await run_in_threadpool(data.get_conflict, self.engine, conflict_id)
+        conflict = await run_in_threadpool(queries.get_conflict, self.engine, conflict_id)
         person.account.check_allowed(conflict["module"])
         field_name = body.get("field")
         seen = _int(body.get("seen"))
         if seen is None and not body.get("change"):
-            summary = await run_in_threadpool(data.session_summary, self.engine, conflict["session"])
+            summary = await run_in_threadpool(queries.session_summary, self.engine, conflict["session"])
             if summary.decidable:  # else the engine answers "read-only once the load has started"
-                data.refuse_overwrite(conflict, field_name, person.name, 'send "change": true to replace it')
+                resolve.refuse_overwrite(conflict, field_name, person.name, 'send "change": true to replace it')
             seen = conflict["latest_decision_id"]
         await run_in_threadpool(
             decide,
@@ -457,7 +462,7 @@ class ReviewApp:
             body.get("value"),
             None if body.get("change") else seen,
         )
-        return JSONResponse(await run_in_threadpool(data.get_conflict, self.engine, conflict_id))
+        return JSONResponse(await run_in_threadpool(queries.get_conflict, self.engine, conflict_id))
 
     async def api_decide_module(self, request: Request) -> Response:
         person = self.person(request)
@@ -505,14 +510,14 @@ class ReviewApp:
             status = 403
         elif isinstance(exc, ConflictNotFoundError):
             status = 404
-        elif isinstance(exc, (AlreadyDecidedError, data.DecidedByOtherError)):
+        elif isinstance(exc, (AlreadyDecidedError, resolve.DecidedByOtherError)):
             status = 409
         elif isinstance(exc, DecisionError):
             # The engine says "read-only once the load has started" in the fix of a DecisionError.
             status = 409 if "read-only" in (exc.fix or "") else 422
         else:
             status = 400
-        if _is_api(request) and isinstance(exc, (AlreadyDecidedError, data.DecidedByOtherError)):
+        if _is_api(request) and isinstance(exc, (AlreadyDecidedError, resolve.DecidedByOtherError)):
             return JSONResponse({"error": exc.problem, "by": exc.by, "at": exc.at, "fix": exc.fix}, status)
         return self.error_response(request, status, exc.problem, exc.fix)
 
@@ -532,7 +537,7 @@ def _short_time(value: str | None) -> str:
     return f"{text[:16]} UTC"
 
 
-def _summary_json(summary: data.SessionSummary) -> dict[str, Any]:
+def _summary_json(summary: SessionSummary) -> dict[str, Any]:
     return {
         "session": summary.session_id,
         "replica": summary.replica_id,
@@ -549,13 +554,13 @@ def _summary_json(summary: data.SessionSummary) -> dict[str, Any]:
     }
 
 
-def may_read_protocol(person: Person, summary: data.SessionSummary) -> bool:
+def may_read_protocol(person: Person, summary: SessionSummary) -> bool:
     return all(person.account.may_decide(m) for m in summary.replica_modules)
 
 
-def protocol_url(summary: data.SessionSummary) -> str | None:
+def protocol_url(summary: SessionSummary) -> str | None:
     """The protocol is linked once the session has ended (it says plainly what a failed load did)."""
-    return f"/sessions/{quote(summary.session_id)}/protocol" if summary.status in ("done", "failed") else None
+    return f"/sessions/{quote(summary.session_id)}/protocol" if summary.status in CLOSED_STATUSES else None
 
 
 # The protocol is a self-contained print document with its own inline stylesheet and no scripts.
