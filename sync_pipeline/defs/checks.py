@@ -31,6 +31,7 @@ from sync_pipeline.defs.gx_adapter import (
 )
 from sync_pipeline.defs.resources import MasterDatabase
 from sync_pipeline.engine.queries import list_conflicts
+from sync_pipeline.engine.records import CLOSED_STATUSES
 from sync_pipeline.engine.session import SessionContext, mark_failed, pending_of
 
 # Importable from here as before the split (tests and callers name them through the checks).
@@ -56,7 +57,7 @@ def check_result(
 def fail_session_on(engine: Engine, ctx: SessionContext, result: dg.AssetCheckResult, check_name: str) -> None:
     """A replica whose changes fail validation cannot be synchronised: its session ends as failed, with the
     reason on the master, instead of staying open forever."""
-    if not result.passed and ctx.status not in ("done", "failed"):
+    if not result.passed and ctx.status not in CLOSED_STATUSES:
         mark_failed(engine, ctx.session_id, ctx.replica_id, f"blocking check {check_name} failed: {result.description}")
 
 
