@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sync_pipeline.cli_common import handles_errors, master_option
 from sync_pipeline.engine.errors import BadInputError
-from sync_pipeline.settings import compose_yaml
+from sync_pipeline.engine.settings import compose_yaml
 
 ALL_MODULES = "*"
 TOKEN_PREFIX = "spt"

@@ -17,7 +17,7 @@ from sync_pipeline.engine import records
 from sync_pipeline.engine.checkout import checkout
 from sync_pipeline.engine.errors import BadInputError
 from sync_pipeline.engine.master import connect_master, init_master
-from sync_pipeline.settings import parse_settings
+from sync_pipeline.engine.settings import parse_settings
 
 DEMO_SETTINGS = """\
 # Demo settings: people decide CRM conflicts; sales conflicts are settled automatically.

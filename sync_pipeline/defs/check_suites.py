@@ -18,7 +18,7 @@ from sync_pipeline.engine.detect import fetch_rows_by_key
 from sync_pipeline.engine.queries import list_conflicts
 from sync_pipeline.engine.schema import TableInfo, decode_row, dumps, encode, normalize, reflect_tables
 from sync_pipeline.engine.session import SessionContext, load_changes
-from sync_pipeline.settings import SyncSettings
+from sync_pipeline.engine.settings import SyncSettings
 
 OPERATIONS = ("insert", "update", "delete")
 

@@ -44,7 +44,7 @@ from sync_pipeline.engine.protocol_model import (
     Totals,
 )
 from sync_pipeline.engine.records import OPEN_STATUSES, SessionStatus
-from sync_pipeline.settings import SyncSettings, parse_settings
+from sync_pipeline.engine.settings import SyncSettings, parse_settings
 
 __all__ = [
     "KIND_ORDER",

@@ -21,7 +21,7 @@ from sync_pipeline.engine.conflict_records import ChangeRows, change_rows
 from sync_pipeline.engine.errors import ConflictNotFoundError, SettingsError
 from sync_pipeline.engine.records import MANUAL, SessionSummary
 from sync_pipeline.engine.resolve import current_decision
-from sync_pipeline.settings import SyncSettings, parse_settings
+from sync_pipeline.engine.settings import SyncSettings, parse_settings
 
 # Without a `display` setting: the natural key, then text columns up to this many fields in all.
 IDENTITY_FIELDS = 3

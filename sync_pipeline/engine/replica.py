@@ -39,8 +39,8 @@ from sync_pipeline.engine.replica_guard import (
     shown,
 )
 from sync_pipeline.engine.schema import TableInfo, normalize_row, reflect_tables
+from sync_pipeline.engine.settings import SyncSettings, parse_settings
 from sync_pipeline.engine.signing_key import require_signing_key
-from sync_pipeline.settings import SyncSettings, parse_settings
 
 
 @dataclass

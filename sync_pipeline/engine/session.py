@@ -52,7 +52,7 @@ from sync_pipeline.engine.resolve import (
 )
 from sync_pipeline.engine.retry import TransientRetries, retry_transient
 from sync_pipeline.engine.schema import TableInfo, decode_row, dumps, encode, encode_row, normalize, reflect_tables
-from sync_pipeline.settings import SyncSettings, parse_settings
+from sync_pipeline.engine.settings import SyncSettings, parse_settings
 
 MAX_REDETECT_ROUNDS = 5
 
