@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from sync_pipeline.accounts import accounts_group
+from sync_pipeline.cli_accounts import accounts_group
 from sync_pipeline.cli_common import (
     EXIT_DONE,
     EXIT_FAILED,

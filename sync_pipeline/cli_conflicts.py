@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from sync_pipeline.accounts import Account, Accounts, UnknownPersonError, accounts_option, default_accounts_path
+from sync_pipeline.accounts import Account, Accounts, UnknownPersonError, default_accounts_path
+from sync_pipeline.cli_accounts import accounts_option
 from sync_pipeline.cli_common import handles_errors, master_option, open_master
 from sync_pipeline.engine.errors import AlreadyDecidedError, BadInputError, DecisionError
 from sync_pipeline.links import DEFAULT_REVIEW_HOST, DEFAULT_REVIEW_PORT
