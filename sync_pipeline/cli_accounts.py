@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
+from collections.abc import Callable
 
 import click
 
@@ -72,6 +73,14 @@ def accounts_add(accounts_path: str | None, name: str, modules: str, password_st
     click.echo(f"account {account.name} added ({account.modules_text()}) to {path}")
 
 
+def _changed(accounts_path: str | None, change: Callable[[Accounts], object]) -> Accounts:
+    """The accounts file loaded, changed and saved (the change raises on an unknown name: nothing saved)."""
+    accounts = Accounts.load(accounts_path or default_accounts_path())
+    change(accounts)
+    accounts.save()
+    return accounts
+
+
 def _end_page_sessions(master_url: str | None, name: str) -> None:
     """End the account's review-page logins, which live in the master (engine/web_sessions.py)."""
     from sync_pipeline.engine import web_sessions
@@ -113,10 +122,8 @@ def accounts_password(accounts_path: str | None, master_url: str | None, name: s
 @handles_errors
 def accounts_modules(accounts_path: str | None, name: str, modules: str) -> None:
     """Change which modules a person may decide."""
-    accounts = Accounts.load(accounts_path or default_accounts_path())
-    accounts.set_modules(name, _modules_list(modules))
-    accounts.save()
-    account = accounts.require(name)
+    chosen = _modules_list(modules)
+    account = _changed(accounts_path, lambda accounts: accounts.set_modules(name, chosen)).require(name)
     click.echo(f"{account.name} may decide {account.modules_text()}")
 
 
@@ -144,9 +151,7 @@ def accounts_token(accounts_path: str | None, name: str) -> None:
 @handles_errors
 def accounts_revoke(accounts_path: str | None, name: str, token_id: str) -> None:
     """Revoke an API token."""
-    accounts = Accounts.load(accounts_path or default_accounts_path())
-    accounts.revoke_token(name, token_id)
-    accounts.save()
+    _changed(accounts_path, lambda accounts: accounts.revoke_token(name, token_id))
     click.echo(f"token {token_id} revoked")
 
 
