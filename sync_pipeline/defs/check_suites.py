@@ -16,6 +16,7 @@ from sync_pipeline.defs.gx_adapter import ExpectationSpec, FrameSuite
 from sync_pipeline.engine import records
 from sync_pipeline.engine.detect import fetch_rows_by_key
 from sync_pipeline.engine.queries import list_conflicts
+from sync_pipeline.engine.records import ConflictStatus
 from sync_pipeline.engine.schema import TableInfo, decode_row, dumps, encode, normalize, reflect_tables
 from sync_pipeline.engine.session import SessionContext, load_changes
 from sync_pipeline.engine.settings import SyncSettings
@@ -189,7 +190,7 @@ def decided_rows(engine: Engine, ctx: SessionContext) -> dict[str, list[dict[str
     records = {r["change_id"]: r for r in load_changes(engine, ctx)}
     change_of = records.conflict_changes(engine, ctx.session_id)
     out: dict[str, list[dict[str, Any]]] = {}
-    for item in list_conflicts(engine, ctx.session_id, "decided"):
+    for item in list_conflicts(engine, ctx.session_id, ConflictStatus.DECIDED):
         decision = item["decision"] or {}
         record = records.get(change_of.get(item["id"], -1))
         if record is None or item["table"] not in ctx.infos or record["local"] is None:

@@ -31,7 +31,7 @@ from sync_pipeline.defs.gx_adapter import (
 )
 from sync_pipeline.defs.resources import MasterDatabase
 from sync_pipeline.engine.queries import list_conflicts
-from sync_pipeline.engine.records import CLOSED_STATUSES
+from sync_pipeline.engine.records import CLOSED_STATUSES, ConflictStatus
 from sync_pipeline.engine.session import SessionContext, mark_failed, pending_of
 
 # Importable from here as before the split (tests and callers name them through the checks).
@@ -109,7 +109,7 @@ def resolutions_all_decided(context: dg.AssetCheckExecutionContext, master: Mast
         pending = pending_of(engine, ctx.session_id)
         undecided = [
             {"conflict": c["id"], "module": c["module"], "table": c["table"], "key": c["key"], "kind": c["kind"]}
-            for c in list_conflicts(engine, ctx.session_id, "pending")
+            for c in list_conflicts(engine, ctx.session_id, ConflictStatus.PENDING)
         ][:MAX_FAILING_ROWS]
     rows = [{"module": m, "pending": n} for m, n in sorted(pending.items())]
     report = ValidationReport(

@@ -28,7 +28,7 @@ from sync_pipeline.engine.protocol_model import (
     FieldOutcome,
     KeyRemap,
 )
-from sync_pipeline.engine.records import SessionStatus
+from sync_pipeline.engine.records import ConflictStatus, SessionStatus
 from sync_pipeline.engine.resolve import CurrentDecision, current_decision
 
 # ------------------------------------------------------------------------------------------------
@@ -153,7 +153,7 @@ def _applied_rows(
 
 
 def _take_of(status: str, kind_fields: list[str], current: CurrentDecision) -> str | None:
-    if status != "decided":
+    if status != ConflictStatus.DECIDED:
         return None
     if current.row is not None:
         return current.row
