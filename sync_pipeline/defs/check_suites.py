@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 
 from sync_pipeline.defs.assets import table_row_counts
 from sync_pipeline.defs.gx_adapter import ExpectationSpec, FrameSuite
-from sync_pipeline.engine import records
+from sync_pipeline.engine import records as sync_records
 from sync_pipeline.engine.detect import fetch_rows_by_key
 from sync_pipeline.engine.queries import list_conflicts
 from sync_pipeline.engine.records import ConflictStatus
@@ -188,7 +188,7 @@ def decided_rows(engine: Engine, ctx: SessionContext) -> dict[str, list[dict[str
     field's chosen value (local, master or edited). Rows where the master's values are kept entirely
     are left out: they write nothing new."""
     records = {r["change_id"]: r for r in load_changes(engine, ctx)}
-    change_of = records.conflict_changes(engine, ctx.session_id)
+    change_of = sync_records.conflict_changes(engine, ctx.session_id)
     out: dict[str, list[dict[str, Any]]] = {}
     for item in list_conflicts(engine, ctx.session_id, ConflictStatus.DECIDED):
         decision = item["decision"] or {}
@@ -236,7 +236,7 @@ def decided_value_suites(engine: Engine, ctx: SessionContext) -> list[FrameSuite
 
 
 def _applied_latest(engine: Engine, session_id: str) -> list[dict[str, Any]]:
-    rows = records.applied_rows(engine, session_id)
+    rows = sync_records.applied_rows(engine, session_id)
     latest: dict[tuple[str, str], dict[str, Any]] = {}
     for row in rows:
         latest[(row["table_name"], row["row_key"])] = row
@@ -299,7 +299,7 @@ def row_count_suite(engine: Engine, ctx: SessionContext, before: dict[str, int])
     moved: defaultdict[str, int] = defaultdict(int)
     inserts: defaultdict[str, int] = defaultdict(int)
     deletes: defaultdict[str, int] = defaultdict(int)
-    for table, op, count in records.applied_counts(engine, ctx.session_id):
+    for table, op, count in sync_records.applied_counts(engine, ctx.session_id):
         if op == "insert":
             inserts[table] += count
             moved[table] += count

@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from sync_pipeline.engine import records, store
+from sync_pipeline.engine import store
 from sync_pipeline.engine.clock import checkout_time
 from sync_pipeline.engine.detect import Detected, FieldDiff, Prefetched, detect_conflicts, verify_bases
 from sync_pipeline.engine.errors import (
@@ -32,7 +32,7 @@ from sync_pipeline.engine.extract import ChangeSet, RowChange, canonicalize_loca
 from sync_pipeline.engine.faults import checkpoint
 from sync_pipeline.engine.load import StaleRows, build_plan, execute_plan
 from sync_pipeline.engine.progress import report
-from sync_pipeline.engine.records import DECIDABLE_STATUSES, OPEN_STATUSES
+from sync_pipeline.engine.records import DECIDABLE_STATUSES, OPEN_STATUSES, decision_history
 from sync_pipeline.engine.replica import (
     OpenReplica,
     already_synchronised,
@@ -491,7 +491,7 @@ def _conflicts(conn: Connection, session_id: str, **filters: Any) -> list[dict[s
 
 
 def _decisions(conn: Connection, conflict_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
-    return defaultdict(list, records.decision_history(conn, conflict_ids))
+    return defaultdict(list, decision_history(conn, conflict_ids))
 
 
 def resolve_session(engine: Engine, ctx: SessionContext) -> dict[str, int]:
