@@ -23,10 +23,16 @@ from sync_pipeline.defs.failures import reports_sync_errors
 from sync_pipeline.defs.partitions import replica_id_of_partition, replicas_partitions
 from sync_pipeline.defs.resources import MasterDatabase
 from sync_pipeline.defs.run_keys import STATE_TAG
-from sync_pipeline.engine import store
 from sync_pipeline.engine.errors import BadInputError, SyncError
 from sync_pipeline.engine.faults import checkpoint
 from sync_pipeline.engine.queries import list_conflicts
+from sync_pipeline.engine.records import (
+    decision_version,
+    latest_session,
+    now_iso,
+    replica_record,
+    replica_record_by_path,
+)
 from sync_pipeline.engine.replica import OpenReplica, already_synchronised, open_replica, retire_replica
 from sync_pipeline.engine.schema import TableInfo
 from sync_pipeline.engine.session import (
@@ -49,31 +55,6 @@ SYNC_GROUP = "sync"
 # ------------------------------------------------------------------------------------------------
 # Reading a partition's session from the sync tables
 # ------------------------------------------------------------------------------------------------
-
-
-def replica_record(engine: Engine, replica_id: str) -> dict[str, Any] | None:
-    with engine.connect() as conn:
-        row = (
-            conn.execute(sa.select(store.sync_replica).where(store.sync_replica.c.replica_id == replica_id))
-            .mappings()
-            .first()
-        )
-    return dict(row) if row else None
-
-
-def latest_session(engine: Engine, replica_id: str) -> dict[str, Any] | None:
-    """The replica's newest session, whatever its status (a replica is synchronised once)."""
-    with engine.connect() as conn:
-        row = (
-            conn.execute(
-                sa.select(store.sync_session)
-                .where(store.sync_session.c.replica_id == replica_id)
-                .order_by(store.sync_session.c.started_at.desc())
-            )
-            .mappings()
-            .first()
-        )
-    return dict(row) if row else None
 
 
 def require_replica_id(engine: Engine, partition_key: str) -> str:
@@ -135,13 +116,6 @@ def session_metadata(ctx: SessionContext | dict[str, Any]) -> dict[str, dg.Metad
     return {"session_id": dg.MetadataValue.text(session_id)}
 
 
-def decision_version(engine: Engine, session_id: str) -> int:
-    with engine.connect() as conn:
-        return conn.execute(
-            sa.select(store.sync_session.c.decision_version).where(store.sync_session.c.session_id == session_id)
-        ).scalar_one()
-
-
 def retired_failure(record: dict[str, Any], session_id: str | None) -> dg.Failure:
     """A launch of a retired replica: the readable reason, for the run's failure."""
     return dg.Failure(
@@ -175,13 +149,8 @@ def finish_retirement(engine: Engine, path: str | None) -> bool:
     """Retire the replica file of a loaded session if a crash left it open; True if it had to be done."""
     if not path or not Path(path).is_file():
         return False
-    with engine.connect() as conn:
-        record = conn.execute(
-            sa.select(store.sync_replica.c.status, store.sync_replica.c.file_retired_at).where(
-                store.sync_replica.c.path == str(path)
-            )
-        ).first()
-    if record is not None and (record.status != "retired" or record.file_retired_at is not None):
+    record = replica_record_by_path(engine, str(path))
+    if record is not None and (record["status"] != "retired" or record["file_retired_at"] is not None):
         return False  # not loaded, or its file's retirement is on record already (the master refuses it now)
     replica = open_replica(engine, path, allow_retired=True)
     replica.close()
@@ -405,7 +374,7 @@ def master_load(context: dg.AssetExecutionContext, master: MasterDatabase) -> It
             context.instance.add_run_tags(context.run.run_id, {STATE_TAG: "waiting"})
             return
         checkpoint("retire")  # the crash-safety tests aim here, as at the same point of run_sync
-        retire_replica(engine, replica, store.now_iso())
+        retire_replica(engine, replica, now_iso())
         after = table_row_counts(engine, ctx.infos)
         counts = counts_of(engine, ctx.session_id)
     context.instance.add_run_tags(context.run.run_id, {STATE_TAG: "done"})

@@ -28,8 +28,8 @@ from sync_pipeline.engine.schema import (
     normalize_row,
     references_to,
 )
+from sync_pipeline.engine.settings import SyncSettings
 from sync_pipeline.engine.tombstones import NO_TOMBSTONE_REASON, SOURCE_TOMBSTONE, latest_tombstones
-from sync_pipeline.settings import SyncSettings
 
 BATCH = 500
 

@@ -33,6 +33,7 @@ from sync_pipeline.engine.extract import ChangeSet, RowChange, canonicalize_loca
 from sync_pipeline.engine.faults import checkpoint
 from sync_pipeline.engine.load import StaleRows, build_plan, execute_plan
 from sync_pipeline.engine.progress import report
+from sync_pipeline.engine.records import DECIDABLE_STATUSES, OPEN_STATUSES, decision_history
 from sync_pipeline.engine.replica import (
     OpenReplica,
     already_synchronised,
@@ -52,10 +53,8 @@ from sync_pipeline.engine.resolve import (
 )
 from sync_pipeline.engine.retry import TransientRetries, retry_transient
 from sync_pipeline.engine.schema import TableInfo, decode_row, dumps, encode, encode_row, normalize, reflect_tables
-from sync_pipeline.settings import SyncSettings, parse_settings
+from sync_pipeline.engine.settings import SyncSettings, parse_settings
 
-OPEN_STATUSES = ("extracted", "detected", "waiting", "ready", "loading")
-DECIDABLE_STATUSES = ("detected", "waiting", "ready")
 MAX_REDETECT_ROUNDS = 5
 
 Progress = Callable[[str], None]
@@ -493,7 +492,7 @@ def _conflicts(conn: Connection, session_id: str, **filters: Any) -> list[dict[s
 
 
 def _decisions(conn: Connection, conflict_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
-    return defaultdict(list, store.decision_history(conn, conflict_ids))
+    return defaultdict(list, decision_history(conn, conflict_ids))
 
 
 def resolve_session(engine: Engine, ctx: SessionContext) -> dict[str, int]:
