@@ -87,6 +87,7 @@ class RunDriver:
         self.finished: SyncResult | None = None
         self.notes: list[str] = []  # what went wrong after the commit, for the result's message
         self._retire_attempted = False
+        self.continued = False  # `start` continued a session opened before, instead of starting one
 
     @property
     def replica_id(self) -> str:
@@ -116,6 +117,7 @@ class RunDriver:
             ctx = SessionContext(session_id, self.replica_id, path, replica.settings, replica.infos, "detected")
             ctx.cached_detected = detected
             return ctx
+        self.continued = True
         self.say(f"continuing session {existing['session_id']} ({existing['status']})")
         record_replica_path(self.engine, self.replica_id, path)
         ctx = session_context(self.engine, existing["session_id"])
@@ -151,9 +153,9 @@ class RunDriver:
         load, and the master's record refuses the replica from now on: the sync is done, with a note."""
         if self._retire_attempted:
             return
-        self._retire_attempted = True
         self.close()
-        checkpoint("retire")
+        checkpoint("retire")  # the crash-safety tests aim here
+        self._retire_attempted = True
         try:
             retire_replica(self.engine, self.replica, store.now_iso())
         except (OSError, SyncError) as exc:
