@@ -29,8 +29,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from sync_pipeline.engine import session_apply
-from sync_pipeline.engine import store
+from sync_pipeline.engine import session_apply, store
 from sync_pipeline.engine.errors import SyncError
 from sync_pipeline.engine.load import advance_sequence
 from sync_pipeline.engine.master import connect_master

@@ -168,40 +168,36 @@ class LocalChangesConfig(dg.Config):
 def local_changes(
     context: dg.AssetExecutionContext, config: LocalChangesConfig, master: MasterDatabase
 ) -> dg.MaterializeResult:
-    with master.engine() as engine:
+    with master.engine() as engine, ExitStack() as stack:
         replica_id = require_replica_id(engine, context.partition_key)
         record = replica_record(engine, replica_id)
         assert record is not None
-        retired = record["status"] == "retired"
         path = config.replica_path or record["path"]
-        if not path:
-            if retired:
-                raise retired_failure(record, last_session_of(engine, replica_id))
-            raise dg.Failure(
-                description=f"the master knows no file for replica {replica_id}",
-                metadata={"fix": "launch with config local_changes.replica_path"},
-            )
-        with ExitStack() as stack:
-            try:
-                driver = stack.enter_context(driver_for(engine, replica_id, path))
-            except SyncError:
-                # A retired replica launched again: not an error of the code, so the reason and no stack
-                # trace. (A file an interrupted run left unretired is no error: opening it retires it.)
-                if retired:
-                    raise retired_failure(record, last_session_of(engine, replica_id)) from None
-                raise
-            if driver.replica_id != replica_id:
+        try:
+            if not path:
                 raise dg.Failure(
-                    description=f"{path} holds replica {driver.replica_id}, not {replica_id}",
-                    metadata={"fix": "launch the partition named by the file's replica id"},
+                    description=f"the master knows no file for replica {replica_id}",
+                    metadata={"fix": "launch with config local_changes.replica_path"},
                 )
-            owner = driver.replica.manifest.owner
-            if driver.finished is not None:
-                context.log.info(f"replica {replica_id} was loaded before; its file is retired now")
-                session_id, resumed = driver.finished.session_id or "", True
-            else:
-                session_id, resumed = driver.start(dagster_run_id=context.run.run_id).session_id, driver.continued
-                context.log.info(f"session {session_id}: {'continued' if resumed else 'extracted and detected'}")
+            driver = stack.enter_context(driver_for(engine, replica_id, path))
+        except (SyncError, dg.Failure):
+            # A retired replica launched again: not an error of the code, so the reason and no stack trace.
+            # (A file an interrupted run left unretired is no error: opening it retires it.)
+            if record["status"] == "retired":
+                raise retired_failure(record, last_session_of(engine, replica_id)) from None
+            raise
+        if driver.replica_id != replica_id:
+            raise dg.Failure(
+                description=f"{path} holds replica {driver.replica_id}, not {replica_id}",
+                metadata={"fix": "launch the partition named by the file's replica id"},
+            )
+        owner = driver.replica.manifest.owner
+        if driver.finished is not None:
+            context.log.info(f"replica {replica_id} was loaded before; its file is retired now")
+            session_id, resumed = driver.finished.session_id or "", True
+        else:
+            session_id, resumed = driver.start(dagster_run_id=context.run.run_id).session_id, driver.continued
+            context.log.info(f"session {session_id}: {'continued' if resumed else 'extracted and detected'}")
         counts = counts_of(engine, session_id) if session_id else {}
     return dg.MaterializeResult(
         metadata={
