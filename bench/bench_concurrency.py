@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from sync_pipeline.engine.checkout import checkout  # noqa: E402
 from sync_pipeline.engine.master import connect_master, init_master  # noqa: E402
 from sync_pipeline.engine.session import run_sync  # noqa: E402
-from sync_pipeline.settings import parse_settings  # noqa: E402
+from sync_pipeline.engine.settings import parse_settings  # noqa: E402
 from sync_pipeline_tests.conftest import fresh_master_url  # noqa: E402
 from sync_pipeline_tests.production_stack import production_stack  # noqa: E402
 

@@ -39,7 +39,7 @@ from sync_pipeline.demo import DEMO_SETTINGS, build_master, demo_metadata  # noq
 from sync_pipeline.engine.checkout import checkout  # noqa: E402
 from sync_pipeline.engine.master import connect_master, init_master  # noqa: E402
 from sync_pipeline.engine.session import run_sync  # noqa: E402
-from sync_pipeline.settings import parse_settings  # noqa: E402
+from sync_pipeline.engine.settings import parse_settings  # noqa: E402
 
 AUTOMATIC_SETTINGS = DEMO_SETTINGS.replace("policy: manual", "policy: local_wins")
 LOCATION = "sync_pipeline.definitions"

@@ -41,7 +41,7 @@ from sync_pipeline.engine.master import connect_master, init_master  # noqa: E40
 from sync_pipeline.engine.replica import open_replica  # noqa: E402
 from sync_pipeline.engine.schema import reflect_tables  # noqa: E402
 from sync_pipeline.engine.session import run_sync  # noqa: E402
-from sync_pipeline.settings import parse_settings  # noqa: E402
+from sync_pipeline.engine.settings import parse_settings  # noqa: E402
 
 PG_URL = os.environ.get("SYNC_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SETTINGS = "modules:\n  stock:\n    policy: newest_wins\n    tables:\n      item: {}\n"

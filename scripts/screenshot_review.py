@@ -87,7 +87,7 @@ def shoot(home: Path, out_dir: Path) -> None:
 
 
 def _conflicts(engine, session_id: str) -> list[dict]:  # type: ignore[no-untyped-def]
-    from sync_pipeline.review.data import session_conflicts
+    from sync_pipeline.engine.queries import session_conflicts
 
     return session_conflicts(engine, session_id)
 

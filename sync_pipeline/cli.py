@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from sync_pipeline.accounts import accounts_group
+from sync_pipeline.cli_accounts import accounts_group
 from sync_pipeline.cli_common import (
     EXIT_DONE,
     EXIT_FAILED,
@@ -39,7 +39,7 @@ def main() -> None:
 def init_master_command(master_url: str | None, settings_path: str) -> None:
     """Create the sync tables, store the settings and install master change capture."""
     from sync_pipeline.engine.master import init_master
-    from sync_pipeline.settings import load_settings
+    from sync_pipeline.engine.settings import load_settings
 
     settings = load_settings(settings_path)
     engine = open_master(master_url, must_exist=False)

@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from sync_pipeline.accounts import Account, Accounts, UnknownPersonError, accounts_option, default_accounts_path
+from sync_pipeline.accounts import Account, Accounts, UnknownPersonError, default_accounts_path
+from sync_pipeline.cli_accounts import accounts_option
 from sync_pipeline.cli_common import handles_errors, master_option, open_master
 from sync_pipeline.engine.errors import AlreadyDecidedError, BadInputError, DecisionError
-from sync_pipeline.review.links import DEFAULT_REVIEW_HOST, DEFAULT_REVIEW_PORT
+from sync_pipeline.links import DEFAULT_REVIEW_HOST, DEFAULT_REVIEW_PORT
 
 if TYPE_CHECKING:
     pass
@@ -39,7 +40,7 @@ def identify(accounts_path: str | None, by: str | None, token: str | None, *, re
 
     A file named explicitly (option or $SYNC_ACCOUNTS) must exist; the default one is optional.
     """
-    from sync_pipeline.review import data
+    from sync_pipeline.engine import resolve
 
     path = Path(accounts_path).expanduser() if accounts_path else default_accounts_path()
     if not path.exists() and not accounts_path:
@@ -55,7 +56,7 @@ def identify(accounts_path: str | None, by: str | None, token: str | None, *, re
             raise UnknownPersonError(
                 f"the token matches no account in {path}", "create one with `sync-pipeline accounts token --name NAME`"
             )
-        if by and not data.same_person(by, account.name):
+        if by and not resolve.same_person(by, account.name):
             raise BadInputError(f"--by {by!r} is not the token's account ({account.name})", "leave out --by")
         return account
     if by:
@@ -101,7 +102,6 @@ def conflicts_list(
     """The conflicts of the master's sessions, with their decisions and history."""
     from sync_pipeline.engine.queries import list_conflicts
     from sync_pipeline.reports import formatting as fmt
-    from sync_pipeline.review import data
 
     account = identify(accounts_path, by, token, required=False)
     items = [c for c in list_conflicts(open_master(master_url), session_id, status) if module in (None, c["module"])]
@@ -119,9 +119,9 @@ def conflicts_list(
         click.echo("no conflicts")
         return
     for item in items:
-        identity = data.identity_text(item)
+        identity = fmt.identity_text(item)
         click.echo(
-            f"#{item['id']} [{item['status']}] {item['module']}/{item['table']} ({data.key_text(item['key'])}) "
+            f"#{item['id']} [{item['status']}] {item['module']}/{item['table']} ({fmt.key_text(item['key'])}) "
             f"{item['kind']}  session {item['session']}" + (f"\n    row: {identity}" if identity else "")
         )
         for f in item["fields"]:
@@ -151,14 +151,14 @@ def conflicts_show(
     as_json: bool,
 ) -> None:
     """One conflict: base/local/master per field, what each choice does, the decision and its history."""
-    from sync_pipeline.review import data
+    from sync_pipeline.engine import queries
 
     account = identify(accounts_path, by, token, required=False)
     engine = open_master(master_url)
-    conflict = data.get_conflict(engine, conflict_id)
+    conflict = queries.get_conflict(engine, conflict_id)
     if account is not None:
         account.check_allowed(conflict["module"], "see")
-    settled = data.settled_by_policy(
+    settled = queries.settled_by_policy(
         engine, conflict["session"], account.may_decide if account else None, exclude=conflict_id
     )
     if as_json:
@@ -169,20 +169,20 @@ def conflicts_show(
 
 
 def _print_conflict(conflict: dict[str, Any], settled: Any) -> None:
+    from sync_pipeline.engine import resolve
     from sync_pipeline.reports import formatting as fmt
-    from sync_pipeline.review import data
 
-    help_text = data.KIND_HELP.get(conflict["kind"], {})
+    help_text = resolve.KIND_HELP.get(conflict["kind"], {})
     click.echo(
         f"conflict #{conflict['id']} [{conflict['status']}] {conflict['kind']}: {help_text.get('title', '')}\n"
-        f"  {conflict['module']}/{conflict['table']} ({data.key_text(conflict['key'])})  session {conflict['session']}"
+        f"  {conflict['module']}/{conflict['table']} ({fmt.key_text(conflict['key'])})  session {conflict['session']}"
     )
     if conflict.get("identity"):
-        click.echo(f"  row: {data.identity_text(conflict)}")
+        click.echo(f"  row: {fmt.identity_text(conflict)}")
     matched = conflict.get("matched")
     if matched:
         click.echo(
-            f"  matches the master row ({data.key_text(matched['key'] or {})})"
+            f"  matches the master row ({fmt.key_text(matched['key'] or {})})"
             + (f" by its natural key ({fmt.key(matched['natural_key'])})" if matched["natural_key"] else "")
             + ": "
             + ", ".join(f"{name}={fmt.value(value)}" for name, value in matched["row"].items())
@@ -208,12 +208,12 @@ def _print_conflict(conflict: dict[str, Any], settled: Any) -> None:
     for h in history:
         target = f"field {h['field']}" if h["field"] else "row"
         value = f" {fmt.value(h['value'])}" if h["take"] == "value" else ""
-        click.echo(f"    {h['at']}  {data.decider(h)}: {target} -> {h['take']}{value}")
+        click.echo(f"    {h['at']}  {resolve.decider(h)}: {target} -> {h['take']}{value}")
     if settled.total:
         click.echo(f"  settled by policies in this session ({settled.total}):")
         for item in settled.items:
             click.echo(
-                f"    #{item['id']} {item['module']}/{item['table']} ({data.key_text(item['key'])}) {item['kind']}"
+                f"    #{item['id']} {item['module']}/{item['table']} ({fmt.key_text(item['key'])}) {item['kind']}"
                 f"  policy {item['policy']}"
             )
         if settled.more:
@@ -250,8 +250,8 @@ def conflicts_resolve(
     change: bool,
 ) -> None:
     """Decide a conflict (per row, per field, or a typed value), or a module in bulk."""
+    from sync_pipeline.engine import queries, resolve
     from sync_pipeline.engine.session import decide, decide_module
-    from sync_pipeline.review import data
 
     engine = open_master(master_url)
     account = identify(accounts_path, by, token, required=True)
@@ -277,14 +277,14 @@ def conflicts_resolve(
             value = json.loads(value_json)
         except ValueError:
             raise BadInputError(f"--value {value_json!r} is not JSON", "quote strings: --value '\"text\"'") from None
-    conflict = data.get_conflict(engine, conflict_id)
+    conflict = queries.get_conflict(engine, conflict_id)
     if account is not None:
         account.check_allowed(conflict["module"])
     seen: int | None = None
     if not change:
-        summary = data.session_summary(engine, conflict["session"])
+        summary = queries.session_summary(engine, conflict["session"])
         if summary.decidable:  # else the engine says "read-only once the load has started"
-            data.refuse_overwrite(conflict, field_name, person, CHANGE_FIX.format(id=conflict_id))
+            resolve.refuse_overwrite(conflict, field_name, person, CHANGE_FIX.format(id=conflict_id))
         seen = conflict["latest_decision_id"]
     try:
         decide(engine, conflict_id, "value" if value_json is not None else str(take), person, field_name, value, seen)

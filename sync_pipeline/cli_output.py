@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from sync_pipeline.engine.detect import KINDS
+from sync_pipeline.engine.records import CLOSED_STATUSES, SessionStatus, first_pending
 
 # Change counts in the order people read them; conflict kinds are printed apart, on their own line.
 CHANGE_ORDER = (
@@ -155,20 +156,6 @@ def decider_for(modules: Iterable[str]) -> Decider:
     )
 
 
-def first_pending(engine: Engine, session_id: str) -> dict[str, int]:
-    """The lowest pending conflict id per module of a session."""
-    from sync_pipeline.engine import store
-
-    c = store.sync_conflict
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(c.c.module, sa.func.min(c.c.conflict_id))
-            .where(c.c.session_id == session_id, c.c.status == "pending")
-            .group_by(c.c.module)
-        ).all()
-    return {module: int(conflict_id) for module, conflict_id in rows}
-
-
 def next_steps(
     engine: Engine,
     session_id: str,
@@ -208,7 +195,7 @@ def next_steps(
 
 def protocol_note(session_id: str | None, status: str, master_url: str | None) -> list[str]:
     """Where the protocol of a finished session is: its files, else the command that prints it."""
-    if not session_id or status not in ("done", "failed"):
+    if not session_id or status not in CLOSED_STATUSES:
         return []
     from sync_pipeline.reports.files import default_protocol_folder, protocol_file_name
 
@@ -230,7 +217,7 @@ def print_sync_result(
     echo_counts(result.modules)
     for line in protocol_note(result.session_id, result.status, master_url):
         click.echo(line)
-    if result.status == "waiting" and result.session_id:
+    if result.status == SessionStatus.WAITING and result.session_id:
         click.echo("pending decisions: " + ", ".join(f"{m} {n}" for m, n in sorted(result.pending.items())))
         click.echo("next:")
         options = " --without-dagster" if without_dagster else ""

@@ -18,7 +18,6 @@ import dagster as dg
 from sqlalchemy.engine import Engine
 
 from sync_pipeline.definitions import build_definitions
-from sync_pipeline.defs.assets import latest_session
 from sync_pipeline.defs.failures import error_of
 from sync_pipeline.defs.instance_config import write_instance_config
 from sync_pipeline.defs.jobs import APPLY_JOB_NAME, DETECT_JOB_NAME
@@ -27,6 +26,7 @@ from sync_pipeline.defs.run_keys import APPLY_KEY_TAG, DETECT_KEY_TAG, SESSION_T
 from sync_pipeline.defs.run_tags import DETECT_STAGE, LOAD_STAGE, stage_tags
 from sync_pipeline.engine.errors import SyncError
 from sync_pipeline.engine.master import connect_master, sync_home
+from sync_pipeline.engine.records import latest_session
 from sync_pipeline.engine.run_driver import LOAD_LEFT_CONFLICTS, WAITING, RunDriver, holding, open_run
 from sync_pipeline.engine.session_state import SyncResult, counts_of, pending_of
 

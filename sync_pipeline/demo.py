@@ -13,11 +13,11 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from sync_pipeline.engine import store
+from sync_pipeline.engine import records
 from sync_pipeline.engine.checkout import checkout
 from sync_pipeline.engine.errors import BadInputError
 from sync_pipeline.engine.master import connect_master, init_master
-from sync_pipeline.settings import parse_settings
+from sync_pipeline.engine.settings import parse_settings
 
 DEMO_SETTINGS = """\
 # Demo settings: people decide CRM conflicts; sales conflicts are settled automatically.
@@ -197,7 +197,7 @@ def prepare_demo(home: Path, owner: str, force: bool = False) -> DemoPaths:
         build_master(engine)
         init_master(engine, parse_settings(DEMO_SETTINGS, str(paths.settings)))
         with engine.begin() as conn:
-            store.write_meta(conn, {"demo": "true"})
+            records.write_meta(conn, {"demo": "true"})
         checkout(engine, paths.replica, owner)
     finally:
         engine.dispose()
@@ -207,7 +207,7 @@ def prepare_demo(home: Path, owner: str, force: bool = False) -> DemoPaths:
 def _is_demo_master(path: Path) -> bool:
     engine = sa.create_engine(f"sqlite:///{path}")
     try:
-        return store.read_meta(engine).get("demo") == "true"
+        return records.read_meta(engine).get("demo") == "true"
     except Exception:
         return False
     finally:

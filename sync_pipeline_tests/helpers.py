@@ -16,7 +16,7 @@ from sync_pipeline.engine.checkout import checkout
 from sync_pipeline.engine.load import advance_sequence
 from sync_pipeline.engine.master import connect_master, init_master
 from sync_pipeline.engine.schema import reflect_tables
-from sync_pipeline.settings import parse_settings
+from sync_pipeline.engine.settings import parse_settings
 
 
 def sample_metadata() -> sa.MetaData:

@@ -14,8 +14,9 @@ from click.testing import CliRunner
 
 from sync_pipeline.accounts import Accounts, AccountsError
 from sync_pipeline.cli import main
+from sync_pipeline.engine.queries import get_conflict
+from sync_pipeline.engine.records import latest_decision_id
 from sync_pipeline.engine.session import run_sync
-from sync_pipeline.review.data import get_conflict, latest_decision_id
 from sync_pipeline_tests.test_review_http import make_review_master
 
 PASSWORD = "correct horse battery"

@@ -31,8 +31,8 @@ from sync_pipeline.engine.errors import BadInputError, ReplicaError
 from sync_pipeline.engine.master import connect_master, init_master
 from sync_pipeline.engine.replica import open_replica
 from sync_pipeline.engine.session import decide_module, open_session_of
+from sync_pipeline.engine.settings import parse_settings
 from sync_pipeline.reports import markdown as md
-from sync_pipeline.settings import parse_settings
 
 # The demo's settings with the manual CRM module settled automatically: nothing waits for a person.
 AUTOMATIC_SETTINGS = DEMO_SETTINGS.replace("policy: manual", "policy: local_wins")

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sync_pipeline.engine import store
 from sync_pipeline.engine.master import connect_master, init_master
 from sync_pipeline.engine.session import run_sync
-from sync_pipeline.settings import parse_settings
+from sync_pipeline.engine.settings import parse_settings
 from sync_pipeline_tests.helpers import make_replica, pause
 
 MARK = uuid.uuid4().hex[:8]

@@ -30,8 +30,8 @@ from sync_pipeline.engine.master import default_master_url, init_master
 from sync_pipeline.engine.replica import open_replica
 from sync_pipeline.engine.schema import reflect_tables
 from sync_pipeline.engine.session import run_sync
+from sync_pipeline.engine.settings import parse_settings
 from sync_pipeline.engine.signing_key import KEY_TABLE, key_schema_name, require_signing_key
-from sync_pipeline.settings import parse_settings
 from sync_pipeline_tests.conftest import PG_URL
 from sync_pipeline_tests.helpers import TABLES, make_master, make_replica, master_state, replica_engine
 

@@ -50,8 +50,8 @@ from sync_pipeline.engine.master import connect_master, init_master
 from sync_pipeline.engine.queries import list_conflicts
 from sync_pipeline.engine.schema import reflect_tables
 from sync_pipeline.engine.session import decide, run_sync
+from sync_pipeline.engine.settings import parse_settings
 from sync_pipeline.engine.signing_key import drop_key_store
-from sync_pipeline.settings import parse_settings
 from sync_pipeline_tests.conftest import PG_URL, require_postgres
 from sync_pipeline_tests.helpers import TABLES, make_master, make_replica, replica_engine
 

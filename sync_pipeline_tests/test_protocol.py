@@ -33,9 +33,9 @@ from sync_pipeline.engine.protocol import build_protocol
 from sync_pipeline.engine.queries import list_conflicts
 from sync_pipeline.engine.schema import encode, reflect_tables
 from sync_pipeline.engine.session import decide, decide_module, run_sync
+from sync_pipeline.engine.settings import parse_settings
 from sync_pipeline.reports import formatting, render_html, render_json, render_markdown, write_protocol_files
 from sync_pipeline.reports import markdown as md
-from sync_pipeline.settings import parse_settings
 from sync_pipeline_tests.helpers import TABLES, make_master, make_replica, pause, replica_engine, row
 
 ALL_KINDS = {"update_update", "update_delete", "delete_update", "insert_insert", "duplicate", "orphan"}

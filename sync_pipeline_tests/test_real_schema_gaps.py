@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 
 from sync_pipeline.engine.master import connect_master, init_master
 from sync_pipeline.engine.session import run_sync
-from sync_pipeline.settings import parse_settings
+from sync_pipeline.engine.settings import parse_settings
 from sync_pipeline_tests.helpers import make_replica, replica_engine
 
 

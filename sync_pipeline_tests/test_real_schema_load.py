@@ -37,7 +37,7 @@ from sync_pipeline.engine.session import (
     session_context,
     start_session,
 )
-from sync_pipeline.settings import parse_settings
+from sync_pipeline.engine.settings import parse_settings
 from sync_pipeline_tests.helpers import make_replica, replica_engine
 
 SETTINGS = """\

@@ -26,7 +26,7 @@ from sync_pipeline.cli import main
 from sync_pipeline.engine.errors import BadInputError, ReplicaError
 from sync_pipeline.engine.master import connect_master, init_master
 from sync_pipeline.engine.session import run_sync
-from sync_pipeline.settings import parse_settings
+from sync_pipeline.engine.settings import parse_settings
 from sync_pipeline_tests.conftest import fresh_master_url
 from sync_pipeline_tests.helpers import make_replica, master_state, pause
 

@@ -20,9 +20,9 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from sync_pipeline.accounts import Account, Accounts
 from sync_pipeline.demo import make_demo_edits, prepare_demo
 from sync_pipeline.engine.master import connect_master
+from sync_pipeline.engine.queries import get_conflict, session_conflicts, session_summary
 from sync_pipeline.engine.session import run_sync
 from sync_pipeline.review.app import create_app
-from sync_pipeline.review.data import get_conflict, session_conflicts, session_summary
 from sync_pipeline.review.server import BackgroundServer
 
 CHROMIUM = Path("/usr/bin/chromium")

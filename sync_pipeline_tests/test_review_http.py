@@ -20,11 +20,12 @@ from argon2 import PasswordHasher
 from sqlalchemy.engine import Engine
 
 from sync_pipeline.accounts import Account, Accounts
+from sync_pipeline.engine.queries import get_conflict
+from sync_pipeline.engine.records import latest_decision_id
 from sync_pipeline.engine.session import run_sync
 from sync_pipeline.review import links
 from sync_pipeline.review.app import create_app
 from sync_pipeline.review.auth import AuthSettings
-from sync_pipeline.review.data import get_conflict, latest_decision_id
 from sync_pipeline.review.server import BackgroundServer
 from sync_pipeline_tests.helpers import TABLES, make_master, make_replica, replica_engine, row
 

@@ -25,7 +25,8 @@ from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from sync_pipeline.accounts import Account, Accounts, accounts_group
+from sync_pipeline.accounts import Account, Accounts
+from sync_pipeline.cli_accounts import accounts_group
 from sync_pipeline.review.app import COOKIE_NAME, create_app
 from sync_pipeline.review.auth import AuthSettings
 from sync_pipeline.review.login_guard import ThrottlePolicy, VerificationGate

@@ -30,8 +30,8 @@ from sync_pipeline.cli import main
 from sync_pipeline.engine import store
 from sync_pipeline.engine.master import init_master
 from sync_pipeline.engine.session import run_sync
+from sync_pipeline.engine.settings import parse_settings
 from sync_pipeline.engine.signing_key import require_signing_key
-from sync_pipeline.settings import parse_settings
 from sync_pipeline_tests.helpers import (
     TABLES,
     make_master,

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from sync_pipeline.cli import main
 from sync_pipeline.engine.errors import SettingsError
 from sync_pipeline.engine.master import check_settings_against_schema, connect_master
-from sync_pipeline.settings import load_settings, parse_settings
+from sync_pipeline.engine.settings import load_settings, parse_settings
 from sync_pipeline_tests.helpers import master_state, sample_metadata, settings_yaml
 
 GOOD = """\

@@ -22,9 +22,9 @@ from sync_pipeline.defs.failures import reports_sync_errors
 from sync_pipeline.defs.partitions import replica_id_of_partition, replicas_partitions
 from sync_pipeline.defs.resources import MasterDatabase
 from sync_pipeline.defs.run_keys import STATE_TAG
-from sync_pipeline.engine import store
 from sync_pipeline.engine.errors import SyncError
 from sync_pipeline.engine.queries import list_conflicts
+from sync_pipeline.engine.records import decision_version, latest_session, replica_record
 from sync_pipeline.engine.run_driver import driver_for, finish_retirement, resolve_step
 from sync_pipeline.engine.schema import TableInfo
 from sync_pipeline.engine.session_state import SessionContext, counts_of, last_session_of, pending_of, session_context
@@ -35,31 +35,6 @@ SYNC_GROUP = "sync"
 # ------------------------------------------------------------------------------------------------
 # Reading a partition's session from the sync tables
 # ------------------------------------------------------------------------------------------------
-
-
-def replica_record(engine: Engine, replica_id: str) -> dict[str, Any] | None:
-    with engine.connect() as conn:
-        row = (
-            conn.execute(sa.select(store.sync_replica).where(store.sync_replica.c.replica_id == replica_id))
-            .mappings()
-            .first()
-        )
-    return dict(row) if row else None
-
-
-def latest_session(engine: Engine, replica_id: str) -> dict[str, Any] | None:
-    """The replica's newest session, whatever its status (a replica is synchronised once)."""
-    with engine.connect() as conn:
-        row = (
-            conn.execute(
-                sa.select(store.sync_session)
-                .where(store.sync_session.c.replica_id == replica_id)
-                .order_by(store.sync_session.c.started_at.desc())
-            )
-            .mappings()
-            .first()
-        )
-    return dict(row) if row else None
 
 
 def require_replica_id(engine: Engine, partition_key: str) -> str:
@@ -119,13 +94,6 @@ def pending_summary(pending: dict[str, int]) -> str:
 def session_metadata(ctx: SessionContext | dict[str, Any]) -> dict[str, dg.MetadataValue]:
     session_id = ctx.session_id if isinstance(ctx, SessionContext) else ctx["session_id"]
     return {"session_id": dg.MetadataValue.text(session_id)}
-
-
-def decision_version(engine: Engine, session_id: str) -> int:
-    with engine.connect() as conn:
-        return conn.execute(
-            sa.select(store.sync_session.c.decision_version).where(store.sync_session.c.session_id == session_id)
-        ).scalar_one()
 
 
 def retired_failure(record: dict[str, Any], session_id: str | None) -> dg.Failure:

@@ -13,12 +13,13 @@ from sqlalchemy.engine import Engine
 
 from sync_pipeline.defs.assets import table_row_counts
 from sync_pipeline.defs.gx_adapter import ExpectationSpec, FrameSuite
-from sync_pipeline.engine import store
+from sync_pipeline.engine import records as sync_records
 from sync_pipeline.engine.detect import fetch_rows_by_key
 from sync_pipeline.engine.queries import list_conflicts
+from sync_pipeline.engine.records import ConflictStatus
 from sync_pipeline.engine.schema import TableInfo, decode_row, dumps, encode, normalize, reflect_tables
 from sync_pipeline.engine.session import SessionContext, load_changes
-from sync_pipeline.settings import SyncSettings
+from sync_pipeline.engine.settings import SyncSettings
 
 OPERATIONS = ("insert", "update", "delete")
 
@@ -187,16 +188,9 @@ def decided_rows(engine: Engine, ctx: SessionContext) -> dict[str, list[dict[str
     field's chosen value (local, master or edited). Rows where the master's values are kept entirely
     are left out: they write nothing new."""
     records = {r["change_id"]: r for r in load_changes(engine, ctx)}
-    with engine.connect() as conn:
-        change_of = dict(
-            conn.execute(
-                sa.select(store.sync_conflict.c.conflict_id, store.sync_conflict.c.change_id).where(
-                    store.sync_conflict.c.session_id == ctx.session_id
-                )
-            ).all()
-        )
+    change_of = sync_records.conflict_changes(engine, ctx.session_id)
     out: dict[str, list[dict[str, Any]]] = {}
-    for item in list_conflicts(engine, ctx.session_id, "decided"):
+    for item in list_conflicts(engine, ctx.session_id, ConflictStatus.DECIDED):
         decision = item["decision"] or {}
         record = records.get(change_of.get(item["id"], -1))
         if record is None or item["table"] not in ctx.infos or record["local"] is None:
@@ -242,15 +236,7 @@ def decided_value_suites(engine: Engine, ctx: SessionContext) -> list[FrameSuite
 
 
 def _applied_latest(engine: Engine, session_id: str) -> list[dict[str, Any]]:
-    with engine.connect() as conn:
-        rows = [
-            dict(r)
-            for r in conn.execute(
-                sa.select(store.sync_applied)
-                .where(store.sync_applied.c.session_id == session_id)
-                .order_by(store.sync_applied.c.applied_id)
-            ).mappings()
-        ]
+    rows = sync_records.applied_rows(engine, session_id)
     latest: dict[tuple[str, str], dict[str, Any]] = {}
     for row in rows:
         latest[(row["table_name"], row["row_key"])] = row
@@ -277,7 +263,7 @@ def loaded_values_suite(engine: Engine, ctx: SessionContext) -> FrameSuite:
             current = fetch_rows_by_key(conn, info, keys.values())
             for item in items:
                 found = current.get(keys[item["row_key"]])
-                after = decode_row(store.loads(item["after"]), info.table)
+                after = decode_row(item["after"], info.table)
                 if after is None:  # a delete: the row must be gone
                     rows.append(
                         {
@@ -313,18 +299,13 @@ def row_count_suite(engine: Engine, ctx: SessionContext, before: dict[str, int])
     moved: defaultdict[str, int] = defaultdict(int)
     inserts: defaultdict[str, int] = defaultdict(int)
     deletes: defaultdict[str, int] = defaultdict(int)
-    with engine.connect() as conn:
-        for table, op, count in conn.execute(
-            sa.select(store.sync_applied.c.table_name, store.sync_applied.c.op, sa.func.count())
-            .where(store.sync_applied.c.session_id == ctx.session_id)
-            .group_by(store.sync_applied.c.table_name, store.sync_applied.c.op)
-        ):
-            if op == "insert":
-                inserts[table] += count
-                moved[table] += count
-            elif op == "delete":
-                deletes[table] += count
-                moved[table] -= count
+    for table, op, count in sync_records.applied_counts(engine, ctx.session_id):
+        if op == "insert":
+            inserts[table] += count
+            moved[table] += count
+        elif op == "delete":
+            deletes[table] += count
+            moved[table] -= count
     now = table_row_counts(engine, ctx.infos)
     rows = [
         {

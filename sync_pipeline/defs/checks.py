@@ -31,6 +31,7 @@ from sync_pipeline.defs.gx_adapter import (
 )
 from sync_pipeline.defs.resources import MasterDatabase
 from sync_pipeline.engine.queries import list_conflicts
+from sync_pipeline.engine.records import CLOSED_STATUSES, ConflictStatus
 from sync_pipeline.engine.session import SessionContext, mark_failed, pending_of
 
 # Importable from here as before the split (tests and callers name them through the checks).
@@ -56,8 +57,23 @@ def check_result(
 def fail_session_on(engine: Engine, ctx: SessionContext, result: dg.AssetCheckResult, check_name: str) -> None:
     """A replica whose changes fail validation cannot be synchronised: its session ends as failed, with the
     reason on the master, instead of staying open forever."""
-    if not result.passed and ctx.status not in ("done", "failed"):
+    if not result.passed and ctx.status not in CLOSED_STATUSES:
         mark_failed(engine, ctx.session_id, ctx.replica_id, f"blocking check {check_name} failed: {result.description}")
+
+
+def _local_changes_gate(
+    context: dg.AssetCheckExecutionContext, master: MasterDatabase, suite: str, check_name: str
+) -> dg.AssetCheckResult:
+    """Validate the session's changes against the `schema` or the `settings` suite; a failure ends the
+    session as failed (fail_session_on)."""
+    settings = suite == "settings"
+    what = "settings expectations of the local changes" if settings else "schema suite of the local changes"
+    with master.engine() as engine:
+        ctx = require_session(engine, context.partition_key)
+        report = validate(local_change_suites(engine, ctx, with_settings=settings, with_schema=not settings))
+        result = check_result(report, ctx, what)
+        fail_session_on(engine, ctx, result, check_name)
+    return result
 
 
 @dg.asset_check(
@@ -69,12 +85,7 @@ def fail_session_on(engine: Engine, ctx: SessionContext, result: dg.AssetCheckRe
 )
 @reports_sync_errors
 def local_changes_match_schema(context: dg.AssetCheckExecutionContext, master: MasterDatabase) -> dg.AssetCheckResult:
-    with master.engine() as engine:
-        ctx = require_session(engine, context.partition_key)
-        report = validate(local_change_suites(engine, ctx, with_settings=False, with_schema=True))
-        result = check_result(report, ctx, "schema suite of the local changes")
-        fail_session_on(engine, ctx, result, "local_changes_match_schema")
-    return result
+    return _local_changes_gate(context, master, "schema", "local_changes_match_schema")
 
 
 @dg.asset_check(
@@ -87,12 +98,7 @@ def local_changes_match_schema(context: dg.AssetCheckExecutionContext, master: M
 def local_changes_meet_settings_expectations(
     context: dg.AssetCheckExecutionContext, master: MasterDatabase
 ) -> dg.AssetCheckResult:
-    with master.engine() as engine:
-        ctx = require_session(engine, context.partition_key)
-        report = validate(local_change_suites(engine, ctx, with_settings=True, with_schema=False))
-        result = check_result(report, ctx, "settings expectations of the local changes")
-        fail_session_on(engine, ctx, result, "local_changes_meet_settings_expectations")
-    return result
+    return _local_changes_gate(context, master, "settings", "local_changes_meet_settings_expectations")
 
 
 @dg.asset_check(
@@ -108,7 +114,7 @@ def resolutions_all_decided(context: dg.AssetCheckExecutionContext, master: Mast
         pending = pending_of(engine, ctx.session_id)
         undecided = [
             {"conflict": c["id"], "module": c["module"], "table": c["table"], "key": c["key"], "kind": c["kind"]}
-            for c in list_conflicts(engine, ctx.session_id, "pending")
+            for c in list_conflicts(engine, ctx.session_id, ConflictStatus.PENDING)
         ][:MAX_FAILING_ROWS]
     rows = [{"module": m, "pending": n} for m, n in sorted(pending.items())]
     report = ValidationReport(

@@ -5,6 +5,7 @@ lists every replica) and the retention purge of the sync tables (a daily schedul
 import dagster as dg
 
 from sync_pipeline.defs.resources import MasterDatabase
+from sync_pipeline.engine.records import ReplicaStatus
 
 OVERVIEW_GROUP = "overview"
 
@@ -31,7 +32,7 @@ def offline_replicas(master: MasterDatabase) -> dg.MaterializeResult:
             "replicas": dg.MetadataValue.table(
                 records, schema=dg.TableSchema(columns=[dg.TableColumn(c, "string") for c in columns])
             ),
-            "out": dg.MetadataValue.int(sum(n for s, n in by_status.items() if s != "retired")),
+            "out": dg.MetadataValue.int(sum(n for s, n in by_status.items() if s != ReplicaStatus.RETIRED)),
             **{f"status/{status}": dg.MetadataValue.int(n) for status, n in sorted(by_status.items())},
         }
     )

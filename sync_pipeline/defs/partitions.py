@@ -10,11 +10,10 @@ master.
 from __future__ import annotations
 
 import dagster as dg
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
 
-from sync_pipeline.engine import store
+from sync_pipeline.engine import records
+from sync_pipeline.engine.records import ReplicaStatus
 from sync_pipeline.engine.replica_names import candidate_names
 
 REPLICAS_PARTITION_NAME = "replicas"
@@ -24,43 +23,28 @@ replicas_partitions = dg.DynamicPartitionsDefinition(name=REPLICAS_PARTITION_NAM
 
 def partition_key_of(engine: Engine, replica_id: str) -> str:
     """The replica's partition key: named at checkout; a replica from before names gets one here, once."""
-    table = store.sync_replica
-    with engine.connect() as conn:
-        row = conn.execute(
-            sa.select(table.c.owner, table.c.partition_key).where(table.c.replica_id == replica_id)
-        ).first()
-    if row is None:
+    found = records.replica_owner_and_key(engine, replica_id)
+    if found is None:
         raise LookupError(f"replica {replica_id} is not registered on this master")
-    if row.partition_key:
-        return str(row.partition_key)
-    for key in candidate_names(row.owner, replica_id):
-        try:
-            with engine.begin() as conn:
-                named = conn.execute(
-                    sa.update(table)
-                    .where(table.c.replica_id == replica_id, table.c.partition_key.is_(None))
-                    .values(partition_key=key)
-                ).rowcount
-        except IntegrityError:
+    owner, key = found
+    if key:
+        return key
+    for candidate in candidate_names(owner, replica_id):
+        named = records.claim_partition_key(engine, replica_id, candidate)
+        if named is None:
             continue  # another replica holds this key: try a longer one
         if named:
-            return key
+            return candidate
         break  # a concurrent caller named it first: read its key
-    with engine.connect() as conn:
-        stored = conn.execute(sa.select(table.c.partition_key).where(table.c.replica_id == replica_id)).scalar_one()
+    stored = records.stored_partition_key(engine, replica_id)
     if not stored:
         raise LookupError(f"replica {replica_id} could not be given a partition key")
-    return str(stored)
+    return stored
 
 
 def replica_id_of_partition(engine: Engine, partition_key: str) -> str | None:
     """The replica a partition key names: its stored key, else (partitions from before named keys) its id."""
-    table = store.sync_replica
-    with engine.connect() as conn:
-        found = conn.execute(sa.select(table.c.replica_id).where(table.c.partition_key == partition_key)).scalar()
-        if found is None:
-            found = conn.execute(sa.select(table.c.replica_id).where(table.c.replica_id == partition_key)).scalar()
-    return str(found) if found is not None else None
+    return records.replica_of_partition(engine, partition_key)
 
 
 def ensure_partition(engine: Engine, instance: dg.DagsterInstance, replica_id: str) -> str:
@@ -74,16 +58,11 @@ def ensure_partition(engine: Engine, instance: dg.DagsterInstance, replica_id: s
 def replica_partitions(engine: Engine) -> tuple[list[str], set[str]]:
     """(keys of the replicas still out, in checkout order; stale keys: those of retired replicas, and bare
     replica ids, the keys from before partitions had names). Replicas without a key are named here, once."""
-    table = store.sync_replica
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(table.c.replica_id, table.c.partition_key, table.c.status).order_by(table.c.checked_out_at)
-        ).all()
     out: list[str] = []
     stale: set[str] = set()
-    for replica_id, key, status in rows:
+    for replica_id, key, status in records.replica_keys(engine):
         stale.add(replica_id)
-        if status == "retired":
+        if status == ReplicaStatus.RETIRED:
             stale.update([key] if key else [])
         else:
             out.append(key or partition_key_of(engine, replica_id))

@@ -16,7 +16,7 @@ from pydantic import Field
 from sqlalchemy.engine import Engine
 
 from sync_pipeline.engine.master import connect_master, default_master_url, master_settings, sync_home
-from sync_pipeline.settings import SyncSettings, load_settings
+from sync_pipeline.engine.settings import SyncSettings, load_settings
 
 
 class MasterDatabase(dg.ConfigurableResource):

@@ -15,10 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import dagster as dg
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from sync_pipeline.engine import store
+from sync_pipeline.engine import records
 
 # Tags every run of a session carries, whoever launched it (sensor, UI, CLI), so that a session is
 # looked up in the run history and no launcher repeats another's run.
@@ -69,18 +68,7 @@ def runs_under_key(instance: dg.DagsterInstance, tag: str, key: str, sensor_runs
 def claim_apply(engine: Engine, session_id: str, decision_version: int, attempt: int) -> bool:
     """True for the one launcher that may create the load run of this version and attempt."""
     token = f"{apply_key(session_id, decision_version)}#{attempt}"
-    table = store.sync_session
-    with engine.begin() as conn:
-        claimed = conn.execute(
-            sa.update(table)
-            .where(
-                table.c.session_id == session_id,
-                table.c.decision_version == decision_version,
-                sa.or_(table.c.apply_claim.is_(None), table.c.apply_claim != token),
-            )
-            .values(apply_claim=token)
-        ).rowcount
-    return claimed == 1
+    return records.claim_apply(engine, session_id, decision_version, token)
 
 
 def claim_cli_apply(engine: Engine, instance: dg.DagsterInstance, session_id: str, decision_version: int) -> str | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from sqlalchemy.engine import Engine
 
-from sync_pipeline.engine import store
+from sync_pipeline.engine import records
 
 MASTER_TAG = "sync/master"
 STAGE_TAG = "sync/stage"
@@ -22,7 +22,7 @@ LOAD_STAGE = "load"
 
 def stage_tags(engine: Engine, stage: str) -> dict[str, str]:
     """The limit tags of a `sync_detect` (stage `detect`) or `sync_apply` (stage `load`) run."""
-    master_id = store.read_meta(engine).get("master_id", "unknown")
+    master_id = records.master_id(engine)
     tags = {MASTER_TAG: master_id, STAGE_TAG: stage}
     if stage == LOAD_STAGE:
         tags[LOAD_MASTER_TAG] = master_id

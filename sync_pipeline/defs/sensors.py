@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -42,7 +41,7 @@ from sync_pipeline.defs.run_keys import (
     runs_under_key,
 )
 from sync_pipeline.defs.run_tags import DETECT_STAGE, LOAD_STAGE, stage_tags
-from sync_pipeline.engine import store
+from sync_pipeline.engine import records
 from sync_pipeline.engine.errors import SyncError
 from sync_pipeline.engine.replica import open_replica
 
@@ -126,16 +125,7 @@ def approval_sensor(context: dg.SensorEvaluationContext, master: MasterDatabase)
     launched = _load_cursor(context.cursor)
     try:
         with master.engine() as engine:
-            with engine.connect() as conn:
-                ready = conn.execute(
-                    sa.select(
-                        store.sync_session.c.session_id,
-                        store.sync_session.c.replica_id,
-                        store.sync_session.c.decision_version,
-                    )
-                    .where(store.sync_session.c.status == "ready")
-                    .order_by(store.sync_session.c.started_at)
-                ).all()
+            ready = records.ready_sessions(engine)
             out, stale = replica_partitions(engine)
             requests = _load_requests(context, engine, list(ready), launched)
     except (SyncError, SQLAlchemyError) as exc:
@@ -235,7 +225,7 @@ def replica_sensor(
                     "SYNC_INBOX or the settings' `inbox`)",
                     cursor=context.cursor,
                 )
-            store.read_meta(engine)  # an uninitialised master: skip before taking any file
+            records.require_initialised(engine)  # an uninitialised master: skip before taking any file
             try:
                 _, refusals = take_new_files(folder, previous.get("refused", {}))
             except (InboxError, OSError) as exc:

@@ -26,6 +26,7 @@ from sync_pipeline.engine.column_types import carrier_of, replica_type
 from sync_pipeline.engine.errors import BadInputError, ReplicaError
 from sync_pipeline.engine.manifest import Manifest, schema_snapshot, write_manifest
 from sync_pipeline.engine.master import create_private_file, master_settings
+from sync_pipeline.engine.records import ReplicaStatus
 from sync_pipeline.engine.replica_names import free_name
 from sync_pipeline.engine.schema import TableInfo, dumps, fk_order, reflect_tables
 from sync_pipeline.engine.signing_key import require_signing_key
@@ -159,7 +160,7 @@ def checkout(
                     owner=owner,
                     modules=json.dumps(chosen),
                     checked_out_at=checked_out_at,
-                    status="offline",
+                    status=ReplicaStatus.OFFLINE,
                     path=str(path.resolve()),
                     settings=settings.source_text,
                     schema_hash=manifest.schema_hash,

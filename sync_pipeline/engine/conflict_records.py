@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from sync_pipeline.engine import store
+from sync_pipeline.engine import records, store
 from sync_pipeline.engine.protocol_model import (
     BATCH,
     OUTCOMES,
@@ -28,6 +28,7 @@ from sync_pipeline.engine.protocol_model import (
     FieldOutcome,
     KeyRemap,
 )
+from sync_pipeline.engine.records import ConflictStatus, SessionStatus
 from sync_pipeline.engine.resolve import CurrentDecision, current_decision
 
 # ------------------------------------------------------------------------------------------------
@@ -91,7 +92,7 @@ def dropped_rows(summary: Mapping[str, Any], pks: PrimaryKeys) -> list[DroppedRo
 
 
 def _decision_history(conn: Connection, conflict_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
-    return defaultdict(list, store.decision_history(conn, conflict_ids))
+    return defaultdict(list, records.decision_history(conn, conflict_ids))
 
 
 @dataclass
@@ -152,7 +153,7 @@ def _applied_rows(
 
 
 def _take_of(status: str, kind_fields: list[str], current: CurrentDecision) -> str | None:
-    if status != "decided":
+    if status != ConflictStatus.DECIDED:
         return None
     if current.row is not None:
         return current.row
@@ -160,17 +161,6 @@ def _take_of(status: str, kind_fields: list[str], current: CurrentDecision) -> s
     if len(choices) == 1:
         return choices.pop()
     return "mixed" if choices else None
-
-
-def _covering_decisions(history: list[dict[str, Any]], names: list[str]) -> dict[str, dict[str, Any]]:
-    """The decision row that currently decides each field (the latest covering it), for attribution."""
-    covering: dict[str, dict[str, Any]] = {}
-    for row in history:
-        if row["field"] is None:
-            covering = {name: row for name in names}
-        else:
-            covering[row["field"]] = row
-    return covering
 
 
 def read_conflicts(
@@ -190,7 +180,7 @@ def read_conflicts(
         for change_id, found in change_rows(conn, session_id, [r["change_id"] for r in rows]).items():
             compared[(session_id, change_id)] = found
         facts = sessions[session_id]
-        if facts.status == "done":
+        if facts.status == SessionStatus.DONE:
             applied[session_id] = _applied_rows(conn, session_id, {r["table_name"] for r in rows})
             remaps[session_id] = {
                 (r.table, canonical_key(r.local_key)): r.master_key for r in remapped_keys(facts.summary, pks, set())
@@ -200,13 +190,13 @@ def read_conflicts(
     for row in conflict_rows:
         session_id = row["session_id"]
         facts = sessions[session_id]
-        loaded = facts.status == "done"
+        loaded = facts.status == SessionStatus.DONE
         key = json.loads(row["row_key"])
         raw_fields = json.loads(row["fields"])
         names = [f["name"] for f in raw_fields]
         decisions = history.get(row["conflict_id"], [])
         current = current_decision(decisions, names)
-        covering = _covering_decisions(decisions, names)
+        covering = records.decisions_in_force(decisions, names)
         take = _take_of(row["status"], names, current)
         rows_of = compared.get((session_id, row["change_id"]))
         # The master row this conflict ends up in: a remapped local key (the load's key map, which also

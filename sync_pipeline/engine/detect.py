@@ -28,8 +28,8 @@ from sync_pipeline.engine.schema import (
     one_of,
     references_to,
 )
+from sync_pipeline.engine.settings import SyncSettings
 from sync_pipeline.engine.tombstones import NO_TOMBSTONE_REASON, SOURCE_TOMBSTONE, latest_tombstones
-from sync_pipeline.settings import SyncSettings
 
 BATCH = 500
 ARRAY_BATCH = 5000  # keys per lookup when they travel as one array parameter (PostgreSQL, single-column keys)

@@ -15,8 +15,8 @@ from sync_pipeline.engine.capture import capture_for
 from sync_pipeline.engine.column_types import refuse_uncarried_columns
 from sync_pipeline.engine.errors import BadInputError
 from sync_pipeline.engine.schema import TableInfo, reflect_tables
+from sync_pipeline.engine.settings import SyncSettings, parse_settings
 from sync_pipeline.engine.signing_key import read_signing_key, store_signing_key
-from sync_pipeline.settings import SyncSettings, parse_settings
 
 DEFAULT_HOME = Path.home() / ".sync_pipeline"
 

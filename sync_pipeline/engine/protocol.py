@@ -43,8 +43,8 @@ from sync_pipeline.engine.protocol_model import (
     SettingsInForce,
     Totals,
 )
-from sync_pipeline.engine.session import OPEN_STATUSES
-from sync_pipeline.settings import SyncSettings, parse_settings
+from sync_pipeline.engine.records import OPEN_STATUSES, ConflictStatus, SessionStatus
+from sync_pipeline.engine.settings import SyncSettings, parse_settings
 
 __all__ = [
     "KIND_ORDER",
@@ -106,7 +106,7 @@ def _state_and_notice(
     session: Mapping[str, Any], changes: int, applied: int, pending: Mapping[str, int]
 ) -> tuple[str, str]:
     status = session["status"]
-    if status == "failed":
+    if status == SessionStatus.FAILED:
         error = (session["error"] or "no error was recorded").strip().splitlines()[0]
         if applied:
             return "failed", f"The sync failed: {error}. Rows listed below were written before the failure."
@@ -116,7 +116,7 @@ def _state_and_notice(
             "(the load is one transaction, and it was rolled back). The replica can be synchronised again "
             "once the cause is fixed.",
         )
-    if status == "waiting":
+    if status == SessionStatus.WAITING:
         count = sum(pending.values())
         per_module = ", ".join(f"{m}: {n}" for m, n in sorted(pending.items()))
         return (
@@ -218,12 +218,12 @@ def build_protocol(engine: Engine, session_id: str, now: str | None = None) -> P
     pending_by_module: dict[str, int] = {}
     for name in module_names:
         own = [x for x in conflicts if x.module == name]
-        decided = [x for x in own if x.status == "decided" and x.rule]
+        decided = [x for x in own if x.status == ConflictStatus.DECIDED and x.rule]
         by_rule = Counter(x.rule for x in decided if x.rule)
         by_person = Counter(x.decided_by for x in decided if x.rule == "person" and x.decided_by)
         rules_total.update(by_rule)
         people_total.update(by_person)
-        pending = sum(1 for x in own if x.status == "pending")
+        pending = sum(1 for x in own if x.status == ConflictStatus.PENDING)
         if pending:
             pending_by_module[name] = pending
         module_settings = settings_in_force.modules.get(name, {})

@@ -9,17 +9,19 @@ for a `duplicate` the master row it matched (`matched`: its key, the natural key
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from sync_pipeline.engine import store
+from sync_pipeline.engine import records, store
 from sync_pipeline.engine.conflict_records import ChangeRows, change_rows
-from sync_pipeline.engine.errors import SettingsError
+from sync_pipeline.engine.errors import ConflictNotFoundError, SettingsError
+from sync_pipeline.engine.records import MANUAL, SessionSummary
 from sync_pipeline.engine.resolve import current_decision
-from sync_pipeline.settings import SyncSettings, parse_settings
+from sync_pipeline.engine.settings import SyncSettings, parse_settings
 
 # Without a `display` setting: the natural key, then text columns up to this many fields in all.
 IDENTITY_FIELDS = 3
@@ -119,18 +121,7 @@ def list_conflicts(
         query = query.where(c.c.conflict_id == conflict_id)
     with engine.connect() as conn:
         conflicts = [dict(r) for r in conn.execute(query).mappings()]
-        history: dict[int, list[dict[str, Any]]] = {}
-        ids = [x["conflict_id"] for x in conflicts]
-        for start in range(0, len(ids), 500):
-            rows = conn.execute(
-                sa.select(store.sync_decision)
-                .where(store.sync_decision.c.conflict_id.in_(ids[start : start + 500]))
-                .order_by(store.sync_decision.c.decision_id)
-            ).mappings()
-            for row in rows:
-                item = dict(row)
-                item["value"] = store.loads(item["value"])
-                history.setdefault(item["conflict_id"], []).append(item)
+        history = records.decision_history(conn, [x["conflict_id"] for x in conflicts])
         change_ids: dict[str, list[int]] = {}
         for x in conflicts:
             change_ids.setdefault(x["session_id"], []).append(x["change_id"])
@@ -221,3 +212,83 @@ def list_replicas(engine: Engine) -> list[dict[str, Any]]:
         }
         for x in replicas
     ]
+
+
+def sessions_with_status(engine: Engine, statuses: Iterable[str]) -> list[SessionSummary]:
+    return records.session_summaries(engine, statuses=statuses)
+
+
+def session_summary(engine: Engine, session_id: str) -> SessionSummary:
+    found = records.session_summaries(engine, session_id=session_id)
+    if not found:
+        raise ConflictNotFoundError(
+            f"session {session_id} does not exist on this master", "pick a session from the list of sessions"
+        )
+    return found[0]
+
+
+def session_conflicts(engine: Engine, session_id: str) -> list[dict[str, Any]]:
+    """The conflicts a person reviews: those of `manual` modules and tables, in id order."""
+    return [c for c in list_conflicts(engine, session_id) if c["policy"] == MANUAL]
+
+
+def conflict_session(engine: Engine, conflict_id: int) -> str:
+    session_id = records.conflict_session(engine, conflict_id)
+    if session_id is None:
+        raise ConflictNotFoundError(
+            f"conflict {conflict_id} does not exist", "list conflicts with `sync-pipeline conflicts list`"
+        )
+    return session_id
+
+
+def get_conflict(engine: Engine, conflict_id: int) -> dict[str, Any]:
+    """One conflict in the public JSON shape (`conflicts list --json`), plus `latest_decision_id`."""
+    records.require_initialised(engine)
+    session_id = conflict_session(engine, conflict_id)
+    for item in list_conflicts(engine, session_id, conflict_id=conflict_id):
+        if item["id"] == conflict_id:
+            item["latest_decision_id"] = records.latest_decision_id(engine, conflict_id)
+            return item
+    raise ConflictNotFoundError(f"conflict {conflict_id} does not exist", "list conflicts first")
+
+
+# A session may have thousands of conflicts its policies settled; a conflict's page links the first ones.
+SETTLED_SHOWN = 50
+
+
+@dataclass
+class SettledConflicts:
+    """Conflicts of a session that a policy (not a person) settled: the context of a manual decision."""
+
+    items: list[dict[str, Any]]
+    total: int
+
+    @property
+    def more(self) -> int:
+        return self.total - len(self.items)
+
+
+def settled_by_policy(
+    engine: Engine,
+    session_id: str,
+    may_see: Callable[[str], bool] | None = None,
+    limit: int = SETTLED_SHOWN,
+    exclude: int | None = None,
+) -> SettledConflicts:
+    """The session's conflicts of non-manual modules and tables (those a person may see, but `exclude`),
+    oldest first."""
+    items: list[dict[str, Any]] = []
+    total = 0
+    for item in records.conflicts_of_policies(engine, session_id, exclude):
+        if may_see is not None and not may_see(item["module"]):
+            continue
+        total += 1
+        if len(items) < limit:
+            items.append(item)
+    return SettledConflicts(items, total)
+
+
+def decision_context(engine: Engine, conflict: dict[str, Any], may_see: Callable[[str], bool]) -> dict[str, Any]:
+    """What the conflict page shows around the compared fields: the conflicts policies settled in the same
+    session."""
+    return {"settled": settled_by_policy(engine, conflict["session"], may_see, exclude=conflict["id"])}

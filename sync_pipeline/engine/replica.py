@@ -29,6 +29,7 @@ from sync_pipeline.engine.manifest import (
     schema_snapshot,
     set_manifest_status,
 )
+from sync_pipeline.engine.records import ReplicaStatus, SessionStatus
 from sync_pipeline.engine.replica_guard import (
     READ_SECONDS,
     VERIFY_SECONDS,
@@ -40,8 +41,8 @@ from sync_pipeline.engine.replica_guard import (
     shown,
 )
 from sync_pipeline.engine.schema import TableInfo, normalize_row, reflect_tables
+from sync_pipeline.engine.settings import SyncSettings, parse_settings
 from sync_pipeline.engine.signing_key import require_signing_key
-from sync_pipeline.settings import SyncSettings, parse_settings
 
 # How often each file (by resolved path) was opened and fully verified in this process. A sync opens its
 # replica once per run (run_driver), not once per step; the tests hold the driver to that by this count.
@@ -116,7 +117,8 @@ def open_replica(engine: Engine, path: str | Path, *, allow_retired: bool = Fals
             )
             done = mconn.execute(
                 sa.select(store.sync_session.c.session_id).where(
-                    store.sync_session.c.replica_id == manifest.replica_id, store.sync_session.c.status == "done"
+                    store.sync_session.c.replica_id == manifest.replica_id,
+                    store.sync_session.c.status == SessionStatus.DONE,
                 )
             ).first()
         if record is None:
@@ -125,8 +127,8 @@ def open_replica(engine: Engine, path: str | Path, *, allow_retired: bool = Fals
                 "check out a new replica from this master",
             )
         _check_against_record(file, manifest, record)
-        if (record["status"] == "retired" or done is not None) and (
-            not allow_retired or record["file_retired_at"] is not None or record["status"] != "retired"
+        if (record["status"] == ReplicaStatus.RETIRED or done is not None) and (
+            not allow_retired or record["file_retired_at"] is not None or record["status"] != ReplicaStatus.RETIRED
         ):
             raise already_synchronised(file, manifest, record)
         settings = parse_settings(record["settings"], f"<settings of replica {manifest.replica_id} on the master>")
@@ -287,7 +289,7 @@ def retire(replica_path: str | Path, replica_tables: list[str], when: str, *, ma
             sa.update(store.sync_replica)
             .where(
                 store.sync_replica.c.replica_id == replica_id,
-                store.sync_replica.c.status == "retired",
+                store.sync_replica.c.status == ReplicaStatus.RETIRED,
                 store.sync_replica.c.file_retired_at.is_(None),
             )
             .values(file_retired_at=store.now_iso())

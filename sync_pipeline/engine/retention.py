@@ -25,10 +25,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from sync_pipeline.engine import store
 from sync_pipeline.engine.master import master_settings
-from sync_pipeline.engine.session import OPEN_STATUSES
+from sync_pipeline.engine.records import CLOSED_STATUSES, OPEN_STATUSES, ReplicaStatus
 
 BATCH = 500
-CLOSED_STATUSES = ("done", "failed")
 # Deleted children first, so that foreign keys hold at every step.
 PURGED_TABLES = (
     "sync_decision",
@@ -55,14 +54,16 @@ def _purgeable_sessions(conn: Connection, before: str) -> list[str]:
     s = store.sync_session
     closed_at = sa.func.coalesce(s.c.finished_at, s.c.started_at)
     assert not set(CLOSED_STATUSES) & set(OPEN_STATUSES)
-    query = sa.select(s.c.session_id).where(s.c.status.in_(CLOSED_STATUSES), closed_at < before)
+    query = sa.select(s.c.session_id).where(s.c.status.in_([str(x) for x in CLOSED_STATUSES]), closed_at < before)
     return [row[0] for row in conn.execute(query.order_by(s.c.session_id))]
 
 
 def _clock_cutoff(conn: Connection, before: str) -> str:
     """Clock rows older than this can no longer matter: before the cutoff and every live checkout."""
     r = store.sync_replica
-    oldest_live = conn.execute(sa.select(sa.func.min(r.c.checked_out_at)).where(r.c.status != "retired")).scalar()
+    oldest_live = conn.execute(
+        sa.select(sa.func.min(r.c.checked_out_at)).where(r.c.status != str(ReplicaStatus.RETIRED))
+    ).scalar()
     return min(before, oldest_live) if oldest_live else before
 
 

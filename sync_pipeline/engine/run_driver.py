@@ -26,6 +26,7 @@ from sqlalchemy.engine import Engine
 from sync_pipeline.engine import store
 from sync_pipeline.engine.errors import BadInputError, SyncError
 from sync_pipeline.engine.faults import checkpoint
+from sync_pipeline.engine.records import replica_record_by_path
 from sync_pipeline.engine.replica import OpenReplica, already_synchronised, open_replica, retire_replica
 from sync_pipeline.engine.session_apply import load_with_redetection
 from sync_pipeline.engine.session_decide import resolve_session
@@ -39,7 +40,6 @@ from sync_pipeline.engine.session_state import (
     open_session_of,
     pending_of,
     record_replica_path,
-    replica_retirement,
     session_context,
 )
 
@@ -213,9 +213,9 @@ def finish_retirement(engine: Engine, path: str | None) -> bool:
     not on record yet (otherwise the master refuses the file anyway)."""
     if not path or not Path(path).is_file():
         return False
-    status, file_retired_at = replica_retirement(engine, str(path))
-    if status is not None and (status != "retired" or file_retired_at is not None):
-        return False
+    record = replica_record_by_path(engine, str(path))
+    if record is not None and (record["status"] != "retired" or record["file_retired_at"] is not None):
+        return False  # not loaded, or its file's retirement is on record already (the master refuses it now)
     replica = open_replica(engine, path, allow_retired=True)
     replica.close()
     if replica.record["status"] != "retired" or replica.manifest.status == "retired":

@@ -6,13 +6,12 @@ detection (`session_detect`), decisions by policies and people (`session_decide`
 from here; the modules import each other, never this one.
 """
 
+from sync_pipeline.engine.records import DECIDABLE_STATUSES, OPEN_STATUSES
 from sync_pipeline.engine.run_driver import RunDriver, open_run, run_sync
 from sync_pipeline.engine.session_apply import MAX_REDETECT_ROUNDS, load_session, load_with_redetection
 from sync_pipeline.engine.session_decide import decide, decide_module, resolve_session
 from sync_pipeline.engine.session_detect import begin_session, detect_session, dry_run, start_session
 from sync_pipeline.engine.session_state import (
-    DECIDABLE_STATUSES,
-    OPEN_STATUSES,
     SessionContext,
     SyncResult,
     counts_of,

@@ -19,6 +19,7 @@ from sync_pipeline.engine.errors import (
     DecisionError,
 )
 from sync_pipeline.engine.faults import checkpoint
+from sync_pipeline.engine.records import DECIDABLE_STATUSES
 from sync_pipeline.engine.resolve import (
     FIELD_KINDS,
     auto_decide,
@@ -28,7 +29,6 @@ from sync_pipeline.engine.resolve import (
 )
 from sync_pipeline.engine.schema import dumps, encode, normalize, reflect_tables
 from sync_pipeline.engine.session_state import (
-    DECIDABLE_STATUSES,
     SessionContext,
     conflicts_of,
     decisions_of,

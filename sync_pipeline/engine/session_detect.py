@@ -24,6 +24,7 @@ from sync_pipeline.engine.errors import (
 from sync_pipeline.engine.extract import ChangeSet, canonicalize_local_values, extract_changes
 from sync_pipeline.engine.faults import checkpoint
 from sync_pipeline.engine.progress import report
+from sync_pipeline.engine.records import OPEN_STATUSES
 from sync_pipeline.engine.replica import (
     OpenReplica,
     already_synchronised,
@@ -33,7 +34,6 @@ from sync_pipeline.engine.replica import (
 )
 from sync_pipeline.engine.schema import TableInfo, dumps, encode_row
 from sync_pipeline.engine.session_state import (
-    OPEN_STATUSES,
     SessionContext,
     SyncResult,
     change_from_record,
@@ -46,7 +46,7 @@ from sync_pipeline.engine.session_state import (
     set_replica_status,
     set_status,
 )
-from sync_pipeline.settings import SyncSettings
+from sync_pipeline.engine.settings import SyncSettings
 
 
 def start_session(engine: Engine, replica: OpenReplica, dagster_run_id: str | None = None) -> str:

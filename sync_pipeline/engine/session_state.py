@@ -24,14 +24,12 @@ from sync_pipeline.engine.errors import (
 )
 from sync_pipeline.engine.extract import RowChange
 from sync_pipeline.engine.progress import report
+from sync_pipeline.engine.records import OPEN_STATUSES, decision_history
 from sync_pipeline.engine.replica import (
     unfreeze_file,
 )
 from sync_pipeline.engine.schema import TableInfo, decode_row, dumps, encode, normalize, reflect_tables
-from sync_pipeline.settings import SyncSettings, parse_settings
-
-OPEN_STATUSES = ("extracted", "detected", "waiting", "ready", "loading")
-DECIDABLE_STATUSES = ("detected", "waiting", "ready")
+from sync_pipeline.engine.settings import SyncSettings, parse_settings
 
 
 @dataclass
@@ -123,17 +121,6 @@ def record_replica_path(engine: Engine, replica_id: str, path: str) -> None:
         conn.execute(
             sa.update(store.sync_replica).where(store.sync_replica.c.replica_id == replica_id).values(path=path)
         )
-
-
-def replica_retirement(engine: Engine, path: str) -> tuple[str | None, str | None]:
-    """(status, file_retired_at) of the replica registered at `path`; (None, None) when none is."""
-    with engine.connect() as conn:
-        row = conn.execute(
-            sa.select(store.sync_replica.c.status, store.sync_replica.c.file_retired_at).where(
-                store.sync_replica.c.path == path
-            )
-        ).first()
-    return (None, None) if row is None else (row.status, row.file_retired_at)
 
 
 def open_session_of(engine: Engine, replica_id: str) -> dict[str, Any] | None:
@@ -238,7 +225,7 @@ def conflicts_of(conn: Connection, session_id: str, **filters: Any) -> list[dict
 
 
 def decisions_of(conn: Connection, conflict_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
-    return defaultdict(list, store.decision_history(conn, conflict_ids))
+    return defaultdict(list, decision_history(conn, conflict_ids))
 
 
 def pending_per_module(conn: Connection, session_id: str) -> dict[str, int]:

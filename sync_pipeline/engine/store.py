@@ -301,19 +301,3 @@ def _copy_statement(table: sa.Table, columns: list[str]) -> Any:
 
 def loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
-
-
-def decision_history(conn: Connection, conflict_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
-    """Every decision of each conflict, oldest first (values decoded): the one reader of `sync_decision`."""
-    out: dict[int, list[dict[str, Any]]] = {}
-    for start in range(0, len(conflict_ids), 500):
-        found = conn.execute(
-            sa.select(sync_decision)
-            .where(sync_decision.c.conflict_id.in_(conflict_ids[start : start + 500]))
-            .order_by(sync_decision.c.decision_id)
-        ).mappings()
-        for row in found:
-            item = dict(row)
-            item["value"] = loads(item["value"])
-            out.setdefault(item["conflict_id"], []).append(item)
-    return out

@@ -130,3 +130,13 @@ def counts(mapping: Mapping[str, int]) -> str:
 
 def take(item: str | None) -> str:
     return EMPTY if item is None else TAKE_LABELS.get(item, item)
+
+
+def key_text(key: Mapping[str, Any]) -> str:
+    """A row key as `id=5, code="A"` (strings quoted as JSON)."""
+    return ", ".join(f"{k}={json.dumps(v, ensure_ascii=False) if isinstance(v, str) else v}" for k, v in key.items())
+
+
+def identity_text(conflict: Mapping[str, Any]) -> str:
+    """The row's identifying fields in one line (`name=Ada Lovelace, email=ada@example.com`)."""
+    return key(conflict.get("identity") or {}) if conflict.get("identity") else ""

@@ -18,7 +18,7 @@ from sync_pipeline.review.auth import log_in, log_out
 from sync_pipeline.review.login_guard import GateBusy, Lockout
 
 if TYPE_CHECKING:
-    from sync_pipeline.review.app import ReviewApp
+    from sync_pipeline.review.state import ReviewApp
 
 log = logging.getLogger("sync_pipeline.review")
 
