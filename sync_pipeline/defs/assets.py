@@ -2,11 +2,11 @@
 
     local_changes -> conflicts -> resolutions -> master_load -> sync_protocol
 
-Each asset is a thin call into the engine's session steps. Durable state lives in the master's sync
-tables, so assets pass nothing through Dagster's IO managers: every step finds its session on the
-master by the partition key (owner + short id, which the master maps to the replica id). That is what
-lets the apply run, launched days after the detect run, or from another process, continue where the
-detect run stopped.
+Each asset is a thin call into a step of the engine's run driver (engine/run_driver.py). Durable state
+lives in the master's sync tables, so assets pass nothing through Dagster's IO managers: every step
+finds its session on the master by the partition key (owner + short id, which the master maps to the
+replica id). That is what lets the apply run, launched days after the detect run, or from another
+process, continue where the detect run stopped.
 """
 
 from collections.abc import Iterator
