@@ -92,7 +92,7 @@ def sync_command(
     master_url: str | None, replica_path: str, dry_run: bool, as_json: bool, without_dagster: bool
 ) -> None:
     """Synchronise a replica into the master (or continue its waiting session)."""
-    from sync_pipeline.engine.session import dry_run as run_dry
+    from sync_pipeline.engine.session_detect import dry_run as run_dry
     from sync_pipeline.progress import sync_progress
 
     def say_plainly(message: str) -> None:
@@ -106,7 +106,7 @@ def sync_command(
         if dry_run:
             result = run_dry(engine, replica_path)
         elif without_dagster:
-            from sync_pipeline.engine.session import run_sync
+            from sync_pipeline.engine.run_driver import run_sync
 
             result = run_sync(engine, replica_path, say)
         else:

@@ -18,7 +18,6 @@ import dagster as dg
 from sqlalchemy.engine import Engine
 
 from sync_pipeline.definitions import build_definitions
-from sync_pipeline.defs.assets import finish_retirement, latest_session, open_for_sync, replica_record
 from sync_pipeline.defs.failures import error_of
 from sync_pipeline.defs.instance_config import write_instance_config
 from sync_pipeline.defs.jobs import APPLY_JOB_NAME, DETECT_JOB_NAME
@@ -26,9 +25,10 @@ from sync_pipeline.defs.partitions import ensure_partition
 from sync_pipeline.defs.run_keys import APPLY_KEY_TAG, DETECT_KEY_TAG, SESSION_TAG, claim_cli_apply, detect_key
 from sync_pipeline.defs.run_tags import DETECT_STAGE, LOAD_STAGE, stage_tags
 from sync_pipeline.engine.errors import SyncError
-from sync_pipeline.engine.manifest import open_replica_file, read_manifest
 from sync_pipeline.engine.master import connect_master, sync_home
-from sync_pipeline.engine.session import SyncResult, counts_of, last_session_of, pending_of
+from sync_pipeline.engine.records import latest_session
+from sync_pipeline.engine.run_driver import LOAD_LEFT_CONFLICTS, WAITING, RunDriver, holding, open_run
+from sync_pipeline.engine.session_state import SyncResult, counts_of, pending_of
 
 
 def default_dagster_home() -> Path:
@@ -58,16 +58,6 @@ def sync_instance() -> Iterator[dg.DagsterInstance]:
         yield instance
     finally:
         instance.dispose()
-
-
-def _replica_id_of(engine: Engine, replica_path: str) -> str:
-    # Only after open_for_sync verified the file and finished its retirement: the master now refuses to
-    # open it (its retirement is recorded), so the id is read from the verified manifest.
-    conn = open_replica_file(replica_path)
-    try:
-        return read_manifest(conn, replica_path).replica_id
-    finally:
-        conn.close()
 
 
 def _step_failures(result: dg.ExecuteInProcessResult) -> list[tuple[str, SyncError | None]]:
@@ -163,7 +153,7 @@ def _run_job(
         )
 
 
-def _failed(result: dg.ExecuteInProcessResult, engine: Engine, replica_id: str) -> SyncResult:
+def _failed(result: dg.ExecuteInProcessResult, engine: Engine, driver: RunDriver) -> SyncResult:
     """What a failed run means for the sync, which is what the session on the master says.
 
     A run can fail after the load committed (the protocol could not be written, a check after the load
@@ -171,29 +161,22 @@ def _failed(result: dg.ExecuteInProcessResult, engine: Engine, replica_id: str) 
     an engine error a step raised is raised here with its type and fix, as `run_sync` raises it (bad input:
     exit code 2, nothing written); any other failure reports the session failed.
     """
-    session = latest_session(engine, replica_id)
+    session = latest_session(engine, driver.replica_id)
     if session is not None and session["status"] == "done":
-        # The process that loaded it may not have retired the file (the retirement failed, or was next).
-        finish_retirement(engine, (replica_record(engine, replica_id) or {}).get("path"))
-        later = f"after the load committed: {_failure_message(result)}"
-        return _done(engine, session["session_id"], replica_id, [later])
+        driver.retire_file()  # the run may have ended before it retired the file (done once at most)
+        return driver.done(session["session_id"], [f"after the load committed: {_failure_message(result)}"])
     for _message, error in _step_failures(result):
         if error is not None:
             raise error
     session_id = session["session_id"] if session else None
     return SyncResult(
         session_id,
-        replica_id,
+        driver.replica_id,
         "failed",
         counts_of(engine, session_id) if session_id else {},
         pending_of(engine, session_id) if session_id else {},
         _failure_message(result),
     )
-
-
-def _done(engine: Engine, session_id: str, replica_id: str, notes: list[str]) -> SyncResult:
-    message = "synchronised" + "".join(f"; {note}" for note in notes)
-    return SyncResult(session_id, replica_id, "done", counts_of(engine, session_id), {}, message)
 
 
 def materialize_sync(
@@ -202,66 +185,74 @@ def materialize_sync(
     """Run (or continue) a replica's session through the asset graph: `sync_detect`, then `sync_apply`
     when nothing is pending. Returns what `run_sync` returns (status done, waiting or failed).
 
-    The replica is validated before any run starts, so bad input raises `BadInputError` with nothing
-    written, neither to the master nor to the Dagster instance.
+    The replica is opened and verified once, here, before any run starts (`run_driver.open_run`): bad
+    input raises `BadInputError` with nothing written, neither to the master nor to the Dagster instance,
+    and the runs' steps use the driver held for them instead of opening the file again.
     """
     engine = connect_master(master_url)
     try:
-        replica = open_for_sync(engine, replica_path)
-        if replica is None:  # loaded before a crash; open_for_sync finished its retirement
-            manifest_id = _replica_id_of(engine, replica_path)
-            done = last_session_of(engine, manifest_id)
-            return SyncResult(done, manifest_id, "done", counts_of(engine, done) if done else {}, {}, "synchronised")
-        replica_id = replica.manifest.replica_id
-        resolved_path = str(replica.path.resolve())
-        replica.close()
-        with _instance_or(instance) as dagster:
-            partition = ensure_partition(engine, dagster, replica_id)
-            detect = _run_job(
-                DETECT_JOB_NAME,
-                master_url,
-                dagster,
-                partition,
-                {"ops": {"local_changes": {"config": {"replica_path": resolved_path}}}},
-                {
-                    "sync/replica_file": resolved_path,
-                    DETECT_KEY_TAG: detect_key(replica_id),
-                    **stage_tags(engine, DETECT_STAGE),
-                },
-            )
-            if not detect.success:
-                return _failed(detect, engine, replica_id)
-            session = latest_session(engine, replica_id)
-            assert session is not None, "sync_detect succeeded without a session"
-            session_id = session["session_id"]
-            # `loading`: an earlier load stopped half-way (nothing was committed); loading again is safe.
-            load_attempted = session["status"] in ("ready", "loading")
-            if load_attempted:
-                # Claimed on the master and tagged like approval_sensor's runs: only one of them loads.
-                key = claim_cli_apply(engine, dagster, session_id, session["decision_version"])
-                if key is None:
-                    message = "approval_sensor launched the load of this decision version: see its run in Dagster"
-                    return SyncResult(session_id, replica_id, "waiting", counts_of(engine, session_id), {}, message)
-                tags = {SESSION_TAG: session_id, APPLY_KEY_TAG: key, **stage_tags(engine, LOAD_STAGE)}
-                apply = _run_job(APPLY_JOB_NAME, master_url, dagster, partition, tags=tags)
-                if not apply.success:
-                    return _failed(apply, engine, replica_id)
-        session = latest_session(engine, replica_id)
-        assert session is not None
-        counts = counts_of(engine, session_id)
-        if session["status"] == "done":
-            return _done(engine, session_id, replica_id, _warnings(apply) if load_attempted else [])
-        pending = pending_of(engine, session_id)
-        if session["status"] == "failed":
-            return SyncResult(session_id, replica_id, "failed", counts, pending, session["error"] or "failed")
-        message = (
-            "the master changed during the load; new conflicts wait for decisions"
-            if load_attempted
-            else "waiting for manual decisions"
-        )
-        return SyncResult(session_id, replica_id, "waiting", counts, pending, message)
+        with open_run(engine, replica_path) as driver:
+            if driver.finished is not None:  # loaded before an interruption: opening retired the file
+                return driver.finished
+            with holding(driver), _instance_or(instance) as dagster:
+                return _run_jobs(master_url, engine, dagster, driver)
     finally:
         engine.dispose()
+
+
+def _run_jobs(master_url: str | None, engine: Engine, dagster: dg.DagsterInstance, driver: RunDriver) -> SyncResult:
+    replica_id = driver.replica_id
+    resolved_path = str(driver.replica.path.resolve())
+    partition = ensure_partition(engine, dagster, replica_id)
+    detect = _run_job(
+        DETECT_JOB_NAME,
+        master_url,
+        dagster,
+        partition,
+        {"ops": {"local_changes": {"config": {"replica_path": resolved_path}}}},
+        {
+            "sync/replica_file": resolved_path,
+            DETECT_KEY_TAG: detect_key(replica_id),
+            **stage_tags(engine, DETECT_STAGE),
+        },
+    )
+    if not detect.success:
+        return _failed(detect, engine, driver)
+    session = latest_session(engine, replica_id)
+    assert session is not None, "sync_detect succeeded without a session"
+    session_id = session["session_id"]
+    # `loading`: an earlier load stopped half-way (nothing was committed); loading again is safe.
+    if session["status"] not in ("ready", "loading"):
+        return _outcome(engine, driver, session_id, WAITING, [])
+    # Claimed on the master and tagged like approval_sensor's runs: only one of them loads.
+    key = claim_cli_apply(engine, dagster, session_id, session["decision_version"])
+    if key is None:
+        message = "approval_sensor launched the load of this decision version: see its run in Dagster"
+        return SyncResult(session_id, replica_id, "waiting", counts_of(engine, session_id), {}, message)
+    tags = {SESSION_TAG: session_id, APPLY_KEY_TAG: key, **stage_tags(engine, LOAD_STAGE)}
+    apply = _run_job(APPLY_JOB_NAME, master_url, dagster, partition, tags=tags)
+    if not apply.success:
+        return _failed(apply, engine, driver)
+    return _outcome(engine, driver, session_id, LOAD_LEFT_CONFLICTS, _warnings(apply))
+
+
+def _outcome(engine: Engine, driver: RunDriver, session_id: str, waiting: str, warnings: list[str]) -> SyncResult:
+    """The result of runs that succeeded, from the session's state on the master."""
+    session = latest_session(engine, driver.replica_id)
+    assert session is not None
+    if session["status"] == "done":
+        return driver.done(session_id, warnings)
+    if session["status"] == "failed":
+        pending = pending_of(engine, session_id)
+        return SyncResult(
+            session_id,
+            driver.replica_id,
+            "failed",
+            counts_of(engine, session_id),
+            pending,
+            session["error"] or "failed",
+        )
+    return driver.waiting(session_id, waiting)
 
 
 @contextmanager

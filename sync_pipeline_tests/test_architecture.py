@@ -87,7 +87,7 @@ def test_the_package_is_read() -> None:
     assert "sync_pipeline.defs.assets" in MODULES
     assert shell_of("sync_pipeline.cli_conflicts") == "cli"
     assert shell_of("sync_pipeline.engine.store") is None
-    assert "sync_pipeline.engine.store" in MODULES["sync_pipeline.engine.session"]
+    assert "sync_pipeline.engine.store" in MODULES["sync_pipeline.engine.session_state"]
 
 
 def test_the_engine_imports_no_shell_and_nothing_outside_the_engine() -> None:

@@ -29,8 +29,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from sync_pipeline.engine import session as session_module
-from sync_pipeline.engine import store
+from sync_pipeline.engine import session_apply, store
 from sync_pipeline.engine.errors import SyncError
 from sync_pipeline.engine.load import advance_sequence
 from sync_pipeline.engine.master import connect_master
@@ -239,7 +238,7 @@ def test_change_just_before_the_load_transaction(
         r.execute(sa.update(P).where(P.c.id == 2).values(city="Local"))
         r.execute(sa.delete(C).where(C.c.id == 4))
     other = connect_master(master_url)
-    real_build_plan = session_module.build_plan
+    real_build_plan = session_apply.build_plan
     calls: list[int] = []
 
     def build_plan_then_write(*args: Any, **kwargs: Any) -> Any:
@@ -251,7 +250,7 @@ def test_change_just_before_the_load_transaction(
         calls.append(1)
         return plan
 
-    monkeypatch.setattr(session_module, "build_plan", build_plan_then_write)
+    monkeypatch.setattr(session_apply, "build_plan", build_plan_then_write)
     result = run_sync(engine, replica)
     assert result.status == "done" and len(calls) == 2  # stale, detected again, loaded
     kinds = sorted(c["kind"] for c in sync_rows(engine, store.sync_conflict))

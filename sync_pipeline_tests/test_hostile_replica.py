@@ -307,7 +307,7 @@ def test_a_load_committed_before_the_file_was_retired_still_finishes(
 ) -> None:
     """The one case where the master says retired and the file does not: the process ended between the
     load's commit and the file's retirement. The next sync retires the file (exit 0), the one after refuses."""
-    import sync_pipeline.engine.session as session
+    import sync_pipeline.engine.run_driver as run_driver
 
     engine = make_master(master_url)
     replica = _edited_replica(engine, tmp_path)
@@ -315,7 +315,7 @@ def test_a_load_committed_before_the_file_was_retired_still_finishes(
     def ended(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(session, "retire_replica", ended)
+    monkeypatch.setattr(run_driver, "retire_replica", ended)
     with pytest.raises(KeyboardInterrupt):
         run_sync(engine, replica)
     monkeypatch.undo()

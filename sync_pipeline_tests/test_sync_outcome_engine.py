@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-import sync_pipeline.engine.session as session
+import sync_pipeline.engine.run_driver as run_driver
 from sync_pipeline.cli import main
 from sync_pipeline.engine import store
 from sync_pipeline.engine.errors import ReplicaError
@@ -33,7 +33,7 @@ def test_a_file_that_cannot_be_retired_after_the_commit_still_reports_done(
     def unwritable(*args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied", str(replica))
 
-    monkeypatch.setattr(session, "retire_replica", unwritable)
+    monkeypatch.setattr(run_driver, "retire_replica", unwritable)
     result = CliRunner().invoke(
         main, ["sync", "--master", master_url, "--replica", str(replica), "--without-dagster", "--json"]
     )

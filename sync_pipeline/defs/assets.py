@@ -2,16 +2,15 @@
 
     local_changes -> conflicts -> resolutions -> master_load -> sync_protocol
 
-Each asset is a thin call into the engine's session steps. Durable state lives in the master's sync
-tables, so assets pass nothing through Dagster's IO managers: every step finds its session on the
-master by the partition key (owner + short id, which the master maps to the replica id). That is what
-lets the apply run, launched days after the detect run, or from another process, continue where the
-detect run stopped.
+Each asset is a thin call into a step of the engine's run driver (engine/run_driver.py). Durable state
+lives in the master's sync tables, so assets pass nothing through Dagster's IO managers: every step
+finds its session on the master by the partition key (owner + short id, which the master maps to the
+replica id). That is what lets the apply run, launched days after the detect run, or from another
+process, continue where the detect run stopped.
 """
 
 from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from contextlib import ExitStack
 from typing import Any
 
 import dagster as dg
@@ -23,31 +22,12 @@ from sync_pipeline.defs.failures import reports_sync_errors
 from sync_pipeline.defs.partitions import replica_id_of_partition, replicas_partitions
 from sync_pipeline.defs.resources import MasterDatabase
 from sync_pipeline.defs.run_keys import STATE_TAG
-from sync_pipeline.engine.errors import BadInputError, SyncError
-from sync_pipeline.engine.faults import checkpoint
+from sync_pipeline.engine.errors import SyncError
 from sync_pipeline.engine.queries import list_conflicts
-from sync_pipeline.engine.records import (
-    decision_version,
-    latest_session,
-    now_iso,
-    replica_record,
-    replica_record_by_path,
-)
-from sync_pipeline.engine.replica import OpenReplica, already_synchronised, open_replica, retire_replica
+from sync_pipeline.engine.records import decision_version, latest_session, replica_record
+from sync_pipeline.engine.run_driver import driver_for, finish_retirement, resolve_step
 from sync_pipeline.engine.schema import TableInfo
-from sync_pipeline.engine.session import (
-    SessionContext,
-    counts_of,
-    detect_session,
-    last_session_of,
-    load_with_redetection,
-    mark_failed,
-    open_session_of,
-    pending_of,
-    resolve_session,
-    session_context,
-    start_session,
-)
+from sync_pipeline.engine.session_state import SessionContext, counts_of, last_session_of, pending_of, session_context
 from sync_pipeline.links import review_session_url
 
 SYNC_GROUP = "sync"
@@ -132,46 +112,6 @@ def retired_failure(record: dict[str, Any], session_id: str | None) -> dg.Failur
     )
 
 
-def open_for_sync(engine: Engine, path: str) -> OpenReplica | None:
-    """The replica, validated for a sync; None when its load committed but the process ended before the
-    file was retired: the retirement is finished here and there is nothing left to synchronise."""
-    replica = open_replica(engine, path, allow_retired=True)
-    if replica.record["status"] != "retired":
-        return replica
-    replica.close()
-    if replica.manifest.status == "retired":
-        raise already_synchronised(replica.path, replica.manifest, replica.record)
-    retire_replica(engine, replica)
-    return None
-
-
-def finish_retirement(engine: Engine, path: str | None) -> bool:
-    """Retire the replica file of a loaded session if a crash left it open; True if it had to be done."""
-    if not path or not Path(path).is_file():
-        return False
-    record = replica_record_by_path(engine, str(path))
-    if record is not None and (record["status"] != "retired" or record["file_retired_at"] is not None):
-        return False  # not loaded, or its file's retirement is on record already (the master refuses it now)
-    replica = open_replica(engine, path, allow_retired=True)
-    replica.close()
-    if replica.record["status"] != "retired" or replica.manifest.status == "retired":
-        return False
-    retire_replica(engine, replica)
-    return True
-
-
-@contextmanager
-def failing_marks_session(engine: Engine, ctx: SessionContext) -> Iterator[None]:
-    """An unexpected error ends the session as failed (as `run_sync` does); bad input leaves it open."""
-    try:
-        yield
-    except (BadInputError, dg.Failure):
-        raise
-    except Exception as exc:
-        mark_failed(engine, ctx.session_id, ctx.replica_id, f"{type(exc).__name__}: {exc}")
-        raise
-
-
 # ------------------------------------------------------------------------------------------------
 # Assets
 # ------------------------------------------------------------------------------------------------
@@ -188,68 +128,50 @@ class LocalChangesConfig(dg.Config):
 @dg.asset(
     partitions_def=replicas_partitions,
     group_name=SYNC_GROUP,
-    description="The replica's net local changes, stored as a session in the master's sync tables; the replica "
-    "is frozen from here on. A session already open for the replica continues instead.",
+    description="The replica's net local changes, detected against the master while the verified file is open "
+    "and stored as a session in the master's sync tables; the replica is frozen from here on. A session already "
+    "open for the replica continues instead.",
 )
 @reports_sync_errors
 def local_changes(
     context: dg.AssetExecutionContext, config: LocalChangesConfig, master: MasterDatabase
 ) -> dg.MaterializeResult:
-    with master.engine() as engine:
+    with master.engine() as engine, ExitStack() as stack:
         replica_id = require_replica_id(engine, context.partition_key)
         record = replica_record(engine, replica_id)
         assert record is not None
-        retired = record["status"] == "retired"
         path = config.replica_path or record["path"]
-        if not path:
-            if retired:
-                raise retired_failure(record, last_session_of(engine, replica_id))
-            raise dg.Failure(
-                description=f"the master knows no file for replica {replica_id}",
-                metadata={"fix": "launch with config local_changes.replica_path"},
-            )
         try:
-            replica = open_for_sync(engine, path)
-        except SyncError:
+            if not path:
+                raise dg.Failure(
+                    description=f"the master knows no file for replica {replica_id}",
+                    metadata={"fix": "launch with config local_changes.replica_path"},
+                )
+            driver = stack.enter_context(driver_for(engine, replica_id, path))
+        except (SyncError, dg.Failure):
             # A retired replica launched again: not an error of the code, so the reason and no stack trace.
-            # (A file the crash left unretired is not an error: open_for_sync retires it.)
-            if retired:
+            # (A file an interrupted run left unretired is no error: opening it retires it.)
+            if record["status"] == "retired":
                 raise retired_failure(record, last_session_of(engine, replica_id)) from None
             raise
-        if replica is None:
-            done = last_session_of(engine, replica_id)
-            context.log.info(f"replica {replica_id} was loaded before (session {done}); its file is retired now")
-            return dg.MaterializeResult(
-                metadata={
-                    **session_metadata({"session_id": done or ""}),
-                    "replica_path": dg.MetadataValue.path(str(path)),
-                    "resumed": dg.MetadataValue.bool(True),
-                    **counts_metadata(counts_of(engine, done) if done else {}),
-                }
+        if driver.replica_id != replica_id:
+            raise dg.Failure(
+                description=f"{path} holds replica {driver.replica_id}, not {replica_id}",
+                metadata={"fix": "launch the partition named by the file's replica id"},
             )
-        try:
-            if replica.manifest.replica_id != replica_id:
-                raise dg.Failure(
-                    description=f"{path} holds replica {replica.manifest.replica_id}, not {replica_id}",
-                    metadata={"fix": "launch the partition named by the file's replica id"},
-                )
-            existing = open_session_of(engine, replica_id)
-            if existing is None:
-                session_id = start_session(engine, replica, dagster_run_id=context.run.run_id)
-                context.log.info(f"session {session_id}: local changes of {path} extracted; replica frozen")
-                resumed = False
-            else:
-                session_id = existing["session_id"]
-                context.log.info(f"continuing session {session_id} ({existing['status']})")
-                resumed = True
-        finally:
-            replica.close()
-        counts = counts_of(engine, session_id)
+        owner = driver.replica.manifest.owner
+        if driver.finished is not None:
+            context.log.info(f"replica {replica_id} was loaded before; its file is retired now")
+            session_id, resumed = driver.finished.session_id or "", True
+        else:
+            session_id, resumed = driver.start(dagster_run_id=context.run.run_id).session_id, driver.continued
+            context.log.info(f"session {session_id}: {'continued' if resumed else 'extracted and detected'}")
+        counts = counts_of(engine, session_id) if session_id else {}
     return dg.MaterializeResult(
         metadata={
             **session_metadata({"session_id": session_id}),
             "replica_path": dg.MetadataValue.path(str(path)),
-            "owner": dg.MetadataValue.text(replica.manifest.owner),
+            "owner": dg.MetadataValue.text(owner),
             "resumed": dg.MetadataValue.bool(resumed),
             "changes": dg.MetadataValue.int(
                 sum(v for m in counts.values() for k, v in m.items() if k.startswith("local_"))
@@ -263,22 +185,17 @@ def local_changes(
     partitions_def=replicas_partitions,
     group_name=SYNC_GROUP,
     deps=[local_changes],
-    description="Three-way, field-level conflict detection of the session's changes against the master.",
+    description="Three-way, field-level conflict detection of the session's changes against the master (done "
+    "with the extraction, which holds the replica open; here only for a session stored undetected).",
 )
 @reports_sync_errors
 def conflicts(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg.MaterializeResult:
     with master.engine() as engine:
         ctx = require_session(engine, context.partition_key)
-        if ctx.status == "extracted":
-            with failing_marks_session(engine, ctx):
-                replica = open_replica(engine, ctx.replica_path or "")
-                try:
-                    detected = detect_session(engine, ctx, replica.row)
-                finally:
-                    replica.close()
-            context.log.info(f"session {ctx.session_id}: {len(detected)} change(s) detected")
-        else:
-            context.log.info(f"session {ctx.session_id} is {ctx.status}: detection already done")
+        if ctx.status == "extracted":  # stored without detection (start_session): only then is the file needed
+            with driver_for(engine, ctx.replica_id, ctx.replica_path or "") as driver:
+                driver.detect(ctx)
+        context.log.info(f"session {ctx.session_id} is {ctx.status}: its changes are detected")
         counts = counts_of(engine, ctx.session_id)
     return dg.MaterializeResult(
         metadata={
@@ -300,12 +217,7 @@ def conflicts(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg.M
 def resolutions(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg.MaterializeResult:
     with master.engine() as engine:
         ctx = require_session(engine, context.partition_key)
-        # Only right after detection do policies run: resolving again would bump the decision
-        # version and make approval_sensor launch the same load once more.
-        if ctx.status == "detected":
-            with failing_marks_session(engine, ctx):
-                resolve_session(engine, ctx)
-        pending = pending_of(engine, ctx.session_id)
+        pending = resolve_step(engine, ctx)  # policies run only right after detection
         version = decision_version(engine, ctx.session_id)
         status = (latest_session(engine, ctx.replica_id) or {}).get("status", ctx.status)
         items = list_conflicts(engine, ctx.session_id)
@@ -358,13 +270,12 @@ def master_load(context: dg.AssetExecutionContext, master: MasterDatabase) -> It
                 }
             )
             return
-        replica = open_replica(engine, ctx.replica_path or "")
-        try:
+        with driver_for(engine, ctx.replica_id, ctx.replica_path or "") as driver:
             before = table_row_counts(engine, ctx.infos)
-            with failing_marks_session(engine, ctx):
-                summary = load_with_redetection(engine, ctx, replica.row, dagster_run_id=context.run.run_id)
-        finally:
-            replica.close()
+            # The load, and after its commit the file's retirement (a failure of that is a note, not an error).
+            summary = driver.load(ctx, dagster_run_id=context.run.run_id)
+            for note in driver.notes:
+                context.log.warning(f"session {ctx.session_id}: {note}")
         if summary is None:
             pending = pending_of(engine, ctx.session_id)
             context.log.warning(
@@ -373,8 +284,6 @@ def master_load(context: dg.AssetExecutionContext, master: MasterDatabase) -> It
             )
             context.instance.add_run_tags(context.run.run_id, {STATE_TAG: "waiting"})
             return
-        checkpoint("retire")  # the crash-safety tests aim here, as at the same point of run_sync
-        retire_replica(engine, replica, now_iso())
         after = table_row_counts(engine, ctx.infos)
         counts = counts_of(engine, ctx.session_id)
     context.instance.add_run_tags(context.run.run_id, {STATE_TAG: "done"})

@@ -10,8 +10,8 @@ message and the fix and exits with the error's code (2 for bad input), as withou
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
+import json
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -19,7 +19,7 @@ import dagster as dg
 
 from sync_pipeline.engine.errors import SyncError
 
-ERROR_TYPE, PROBLEM, FIX = "error_type", "problem", "fix"
+ERROR_TYPE, PROBLEM, FIX, ATTRIBUTES = "error_type", "problem", "fix", "error_attributes"
 _FUNCTION = TypeVar("_FUNCTION", bound=Callable[..., Any])
 
 
@@ -31,6 +31,9 @@ def as_failure(error: SyncError) -> dg.Failure:
             ERROR_TYPE: f"{type(error).__module__}.{type(error).__qualname__}",
             PROBLEM: error.problem,
             FIX: error.fix or "",
+            # What a subclass keeps besides problem and fix (SettingsError: path, line, key), so that the
+            # error rebuilt from the event is the one raised, attribute for attribute.
+            ATTRIBUTES: dg.MetadataValue.json(_attributes(error)),
         },
         allow_retries=False,
     )
@@ -59,16 +62,28 @@ def reports_sync_errors(step: _FUNCTION) -> _FUNCTION:
     return returning  # type: ignore[return-value]
 
 
-def _error_class(name: str) -> type[SyncError] | None:
-    """The engine error class named `module.QualName`, if it is one of the package's `SyncError`s."""
-    module_name, _, class_name = name.rpartition(".")
-    if not module_name.startswith("sync_pipeline."):
-        return None
-    try:
-        found = getattr(importlib.import_module(module_name), class_name, None)
-    except ImportError:
-        return None
-    return found if isinstance(found, type) and issubclass(found, SyncError) else None
+def _attributes(error: SyncError) -> dict[str, Any]:
+    """The error's own attributes that survive JSON (problem and fix travel as metadata of their own)."""
+    kept: dict[str, Any] = {}
+    for name, value in vars(error).items():
+        try:
+            json.dumps(value)
+        except TypeError:
+            continue
+        kept[name] = value
+    return kept
+
+
+def _sync_error_classes() -> dict[str, type[SyncError]]:
+    """Every engine error class by `module.QualName`: the types a failure's metadata may name. Only
+    these are rebuilt; a name that is no `SyncError` of the loaded engine comes back as `SyncError`."""
+    found: dict[str, type[SyncError]] = {}
+    pending: list[type[SyncError]] = [SyncError]
+    while pending:
+        cls = pending.pop()
+        found[f"{cls.__module__}.{cls.__qualname__}"] = cls
+        pending.extend(cls.__subclasses__())
+    return found
 
 
 def error_of(description: str | None, metadata: Mapping[str, Any]) -> SyncError | None:
@@ -82,9 +97,14 @@ def error_of(description: str | None, metadata: Mapping[str, Any]) -> SyncError 
         return None
     problem = str(plain.get(PROBLEM) or description or "the step failed")
     fix = str(plain[FIX]) or None
-    cls = _error_class(str(plain.get(ERROR_TYPE) or "")) or SyncError
-    # Subclasses may take other constructor arguments (SettingsError: path, line, key); the message and
-    # fix are all the base class keeps, so the error is built through it.
+    cls = _sync_error_classes().get(str(plain.get(ERROR_TYPE) or ""), SyncError)
+    # Subclasses take other constructor arguments (SettingsError: path, line, key): the error is built
+    # through the base class, which makes the message from problem and fix, then given its own attributes.
     error = cls.__new__(cls)
     SyncError.__init__(error, problem, fix)
+    attributes = plain.get(ATTRIBUTES)
+    if isinstance(attributes, dict):
+        for name, value in attributes.items():
+            if name not in ("problem", "fix"):
+                setattr(error, name, value)
     return error

@@ -21,11 +21,11 @@ POINTS = (
     "detect",  # detect.detect_conflicts: per table detected
     "detect_store",  # session.detect_session: detection written, not committed
     "decide",  # session.resolve_session: per conflict a policy decided, not committed
-    "decide_person",  # session._record_decision: a person's decision written, not committed
+    "decide_person",  # session_decide._record_decision: a person's decision written, not committed
     "load_begin",  # session.load_session: status `loading` committed, load transaction not begun
     "load_write",  # load.execute_plan: after each batch of master writes
     "load_commit",  # session.load_session: everything written, session done, not committed
-    "retire",  # session.run_sync: load committed, replica file not retired yet
+    "retire",  # run_driver.RunDriver.retire_file: load committed, replica file not retired yet
     "protocol",  # protocol.build_protocol: reading the session to write its protocol
 )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,10 @@ from sync_pipeline.engine.replica_guard import (
 from sync_pipeline.engine.schema import TableInfo, normalize_row, reflect_tables
 from sync_pipeline.engine.settings import SyncSettings, parse_settings
 from sync_pipeline.engine.signing_key import require_signing_key
+
+# How often each file (by resolved path) was opened and fully verified in this process. A sync opens its
+# replica once per run (run_driver), not once per step; the tests hold the driver to that by this count.
+verified_opens: Counter[str] = Counter()
 
 
 @dataclass
@@ -86,6 +91,7 @@ def open_replica(engine: Engine, path: str | Path, *, allow_retired: bool = Fals
     not retired yet is returned (to finish that); once the master recorded the file's retirement, never.
     """
     file = Path(path)
+    verified_opens[str(file.resolve())] += 1
     conn = open_replica_file(file)
     try:
         manifest = read_manifest(conn, file)
