@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 from sync_pipeline.defs.failures import reports_sync_errors
 from sync_pipeline.defs.partitions import replica_id_of_partition, replicas_partitions
 from sync_pipeline.defs.resources import MasterDatabase
-from sync_pipeline.defs.run_keys import STATE_TAG
+from sync_pipeline.defs.run_keys import STATE_TAG, may_load_in_run
 from sync_pipeline.engine import store
 from sync_pipeline.engine.errors import BadInputError, SyncError
 from sync_pipeline.engine.faults import checkpoint
@@ -389,6 +389,8 @@ def master_load(context: dg.AssetExecutionContext, master: MasterDatabase) -> It
                 }
             )
             return
+        if not may_load_in_run(context, engine, ctx.session_id, ctx.status):
+            return  # the `sync` job with decisions pending, or another launcher's load: not materialized
         replica = open_replica(engine, ctx.replica_path or "")
         try:
             before = table_row_counts(engine, ctx.infos)
