@@ -281,12 +281,15 @@ def measure_sync(rows: int, changes: int, use_sqlite: bool, folder: Path, repeat
     return median(ours), median(raw), median(raw_captured)
 
 
-def measure_dagster(rows: int, changes: int, use_sqlite: bool, folder: Path, repeat: int) -> tuple[float, float]:
-    """The whole asset graph with its GX checks (in-process, ephemeral instance) vs the engine alone."""
+def measure_dagster(rows: int, changes: int, use_sqlite: bool, folder: Path, repeat: int) -> tuple[float, float, float]:
+    """The whole asset graph with its GX checks (in-process, ephemeral instance) vs the engine alone, both
+    in a warm process; and the one-off import of Great Expectations, paid once per process, apart."""
     import dagster as dg
 
     from sync_pipeline.dagster_run import materialize_sync
+    from sync_pipeline.defs.gx_adapter import warm_up
 
+    gx_import = timed(warm_up)
     dagster_times, engine_times = [], []
     for n in range(repeat):
         for path_kind in ("dagster", "engine"):
@@ -309,7 +312,7 @@ def measure_dagster(rows: int, changes: int, use_sqlite: bool, folder: Path, rep
                 replica.unlink()
             finally:
                 master.drop()
-    return median(dagster_times), median(engine_times)
+    return median(dagster_times), median(engine_times), gx_import
 
 
 def extract_and_detect(master: Master, replica: Path) -> None:
@@ -500,12 +503,13 @@ def main() -> None:
             )
             print(f"scaling: {large_t:.2f}s vs {small_t:.2f}s", file=sys.stderr)
         if "dagster" in only:
-            dagster_t, engine_t = measure_dagster(rows, changes, args.sqlite, folder, args.repeat)
+            dagster_t, engine_t, gx_t = measure_dagster(rows, changes, args.sqlite, folder, args.repeat)
             results.append(
                 Row(f"Dagster path (graph + GX checks) for {changes:,} changes", dagster_t, 0, 15, "s", "abs")
             )
-            results.append(Row("Dagster path over the engine path", dagster_t, engine_t, float("inf")))
-            print(f"dagster: {dagster_t:.2f}s vs engine {engine_t:.2f}s", file=sys.stderr)
+            # sync_detect + sync_apply with their checks and the JSON/Markdown/HTML protocol (issue 14: ≤ 2 ×).
+            results.append(Row("Dagster path over the engine path", dagster_t, engine_t, 2.0))
+            print(f"dagster: {dagster_t:.2f}s vs engine {engine_t:.2f}s; GX import once {gx_t:.2f}s", file=sys.stderr)
     size = "quick" if args.quick else "full"
     print_table(results, f"{backend}, {size} size, median of {args.repeat}")
 

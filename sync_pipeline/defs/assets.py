@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 from sync_pipeline.defs.failures import reports_sync_errors
 from sync_pipeline.defs.partitions import replica_id_of_partition, replicas_partitions
 from sync_pipeline.defs.resources import MasterDatabase
-from sync_pipeline.defs.run_keys import STATE_TAG
+from sync_pipeline.defs.run_keys import STATE_TAG, may_load_in_run
 from sync_pipeline.engine.errors import SyncError
 from sync_pipeline.engine.queries import list_conflicts
 from sync_pipeline.engine.records import decision_version, latest_session, replica_record
@@ -270,6 +270,8 @@ def master_load(context: dg.AssetExecutionContext, master: MasterDatabase) -> It
                 }
             )
             return
+        if not may_load_in_run(context, engine, ctx.session_id, ctx.status):
+            return  # the `sync` job with decisions pending, or another launcher's load: not materialized
         with driver_for(engine, ctx.replica_id, ctx.replica_path or "") as driver:
             before = table_row_counts(engine, ctx.infos)
             # The load, and after its commit the file's retirement (a failure of that is a note, not an error).

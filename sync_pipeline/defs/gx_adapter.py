@@ -147,6 +147,12 @@ def _great_expectations() -> _GreatExpectations:
     return _loaded
 
 
+def warm_up() -> None:
+    """Import GX and build its context now (once per process), e.g. to time it apart from a run's checks."""
+    with _lock:
+        _great_expectations()
+
+
 def expectation_class(gxe: Any, name: str) -> Any:
     """`expect_column_values_to_be_between` -> `gxe.ExpectColumnValuesToBeBetween`."""
     camel = "".join(part.capitalize() for part in name.split("_"))

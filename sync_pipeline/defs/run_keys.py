@@ -8,6 +8,8 @@ file gets one detect run and one decision version gets one load, whoever starts 
   a launcher claims `<key>#<attempt>` on the master (`sync_session.apply_claim`) with one conditional
   UPDATE: of a sensor tick and a CLI sync racing for the same load, exactly one wins; the other
   launches nothing. A new decision (a new version) or a failed attempt makes a new key.
+  The `sync` job (detect and load in one run) claims the same way from inside its run, right before
+  its load (`may_load_in_run`), and then carries the key like any load run.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ APPLY_KEY_TAG = "sync/apply_key"
 DETECT_KEY_TAG = "sync/detect_key"
 # Set by `resolutions` on the run: `waiting` when manual decisions are pending, else `ready`.
 STATE_TAG = "sync/state"
+# The job that detects and loads in one run (defs/jobs.py); named here, where its load is claimed.
+SYNC_JOB_NAME = "sync"
 
 SENSOR_NAME_TAG = "dagster/sensor_name"  # set by the sensor daemon on the runs it launches
 _ENDED_WITHOUT_SUCCESS = frozenset({dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED})
@@ -79,3 +83,27 @@ def claim_cli_apply(engine: Engine, instance: dg.DagsterInstance, session_id: st
     if runs.active_run_id is not None:
         return None
     return key if claim_apply(engine, session_id, decision_version, runs.attempts) else None
+
+
+def may_load_in_run(context: dg.AssetExecutionContext, engine: Engine, session_id: str, status: str) -> bool:
+    """Whether master_load loads in this run. Always in `sync_apply` (its gate ran before). In the `sync`
+    job, where the load follows detection in the same run: not while manual decisions are pending (the
+    run ends waiting, as a detect run does; approval_sensor launches `sync_apply` once they are decided),
+    and for a session ready to load only with the apply claim of its decision version, which the run
+    then carries as its apply key, so that neither approval_sensor nor `sync-pipeline sync` starts a
+    second load of it."""
+    if context.job_name != SYNC_JOB_NAME:
+        return True
+    if status == records.SessionStatus.WAITING:
+        context.log.info(f"session {session_id}: manual decisions pending; the load waits for them (sync_apply)")
+        context.instance.add_run_tags(context.run.run_id, {STATE_TAG: "waiting"})
+        return False
+    if status not in (records.SessionStatus.READY, records.SessionStatus.LOADING):
+        return True  # done (nothing to load) or a state the load step reports itself
+    version = records.decision_version(engine, session_id)
+    key = claim_cli_apply(engine, context.instance, session_id, version)
+    if key is None:
+        context.log.info(f"session {session_id}: another launcher has the load of decision version {version}")
+        return False
+    context.instance.add_run_tags(context.run.run_id, {SESSION_TAG: session_id, APPLY_KEY_TAG: key})
+    return True
