@@ -1,0 +1,288 @@
+"""MariaDB and MySQL as the master (SQLAlchemy's `mariadb` and `mysql` dialects, driver mysqlclient).
+
+What differs from PostgreSQL, and how it is handled here:
+- one trigger per event and no transition tables: change capture is three row triggers per table
+  (AFTER INSERT / UPDATE / DELETE), each a single statement or a BEGIN … END block;
+- identifiers are quoted with backticks (a backtick doubled); names that are data go into trigger bodies
+  as hex literals (`_utf8mb4 X'…'`), which no sql_mode (NO_BACKSLASH_ESCAPES, ANSI_QUOTES) reads otherwise;
+- DDL commits implicitly, so every step of `init-master` is idempotent (CREATE OR REPLACE TRIGGER,
+  CREATE TABLE IF NOT EXISTS through `create_all`): a run that failed half-way is simply run again;
+- the field clock compares old and new values as bytes (`CAST(… AS BINARY)`): under a case-insensitive
+  collation `'Muller' <=> 'MULLER'` is true, yet the change must be recorded;
+- AUTO_INCREMENT moves past explicit keys by itself (nothing to advance);
+- every session is strict (`STRICT_ALL_TABLES`, zero dates refused) and in UTC, with `||` as
+  concatenation (the engine's `key_text` uses it), and READ COMMITTED like PostgreSQL's default; the
+  checkout's snapshot is REPEATABLE READ (one read view for every table).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import Cast
+
+from sync_pipeline.engine.column_types import CARRIER_INFO, Carrier, DialectTypes, generic_carrier
+from sync_pipeline.engine.dialects.base import DialectImpl, TriggerRow, catalog_connection
+from sync_pipeline.engine.dialects.capture import trigger_name
+from sync_pipeline.engine.schema import KEY_SEPARATOR, TableInfo
+from sync_pipeline.engine.triggers import read_source, without_comments_and_strings
+
+# The trigger clock: UTC with microseconds, in the format every dialect's triggers write.
+NOW = "DATE_FORMAT(UTC_TIMESTAMP(6), '%Y-%m-%dT%H:%i:%s.%f')"
+SESSION_MODES = "STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ZERO_IN_DATE,ERROR_FOR_DIVISION_BY_ZERO,PIPES_AS_CONCAT"
+# Driver error numbers of aborts caused by other transactions (retried like PostgreSQL's 40P01/40001).
+TRANSIENT_ERRORS = {1213: "deadlock", 1205: "lock_wait_timeout"}
+# Integer widths in bits (an unsigned column holds one bit more of positive range).
+_INT_BITS = {mysql.TINYINT: 8, mysql.SMALLINT: 16, mysql.MEDIUMINT: 24, mysql.INTEGER: 32, mysql.BIGINT: 64}
+
+
+def quote_identifier(name: str) -> str:
+    """A MySQL delimited identifier: in backticks, a backtick doubled. Always quoted (reserved words such
+    as `order`, spaces, quotes, `%`). MySQL identifiers cannot hold NUL."""
+    if "\x00" in name:
+        raise ValueError(f"an identifier with a NUL character cannot be quoted: {name!r}")
+    return "`" + name.replace("`", "``") + "`"
+
+
+def text_literal(value: str) -> str:
+    """A utf8mb4 string literal written as hex: no quote, backslash or sql_mode can change how it reads."""
+    return f"_utf8mb4 X'{value.encode().hex()}' COLLATE utf8mb4_bin" if value else "_utf8mb4 '' COLLATE utf8mb4_bin"
+
+
+_q = quote_identifier
+
+
+def _key_sql(info: TableInfo, ref: str) -> str:
+    """The row's key as text, as `schema.key_text` renders it (CAST(col AS CHAR), joined by KEY_SEPARATOR)."""
+    sep = f"CHAR({ord(KEY_SEPARATOR)} USING utf8mb4)"
+    parts = [f"CAST({ref}.{_q(c)} AS CHAR CHARACTER SET utf8mb4)" for c in info.pk]
+    return parts[0] if len(parts) == 1 else "CONCAT(" + f", {sep}, ".join(parts) + ")"
+
+
+def _clock_row(info: TableInfo, ref: str, column: str) -> str:
+    return (
+        "INSERT INTO `sync_field_clock` (`table_name`, `row_key`, `column_name`, `changed_at`) "
+        f"VALUES ({text_literal(info.name)}, {_key_sql(info, ref)}, {text_literal(column)}, {NOW}) "
+        "ON DUPLICATE KEY UPDATE `changed_at` = VALUES(`changed_at`)"
+    )
+
+
+def _changed_columns(info: TableInfo) -> str:
+    """One INSERT … SELECT of the columns whose bytes differ between OLD and NEW (MySQL has no
+    transition tables and no VALUES list as a table on older servers: a UNION ALL of one-row selects)."""
+    rows = " UNION ALL ".join(
+        f"SELECT {text_literal(c)} AS col, NOT (CAST(OLD.{_q(c)} AS BINARY) <=> CAST(NEW.{_q(c)} AS BINARY)) AS changed"
+        for c in info.columns
+    )
+    return (
+        "INSERT INTO `sync_field_clock` (`table_name`, `row_key`, `column_name`, `changed_at`) "
+        f"SELECT {text_literal(info.name)}, {_key_sql(info, 'NEW')}, v.col, {NOW} FROM ({rows}) AS v WHERE v.changed "
+        "ON DUPLICATE KEY UPDATE `changed_at` = VALUES(`changed_at`)"
+    )
+
+
+def _row_image(info: TableInfo, ref: str) -> str:
+    """The deleted row as a JSON object; binary values as hex (JSON holds text only)."""
+    pairs = []
+    for c in info.columns:
+        value = f"{ref}.{_q(c)}"
+        if isinstance(info.table.columns[c].type, sa.types._Binary):
+            value = f"HEX({value})"
+        pairs.append(f"{text_literal(c)}, {value}")
+    return "JSON_OBJECT(" + ", ".join(pairs) + ")"
+
+
+def _tombstone_row(info: TableInfo) -> str:
+    deleted_by = "JSON_OBJECT('current_user', CURRENT_USER(), 'session_user', SESSION_USER())"
+    return (
+        "INSERT INTO `sync_tombstone` (`table_name`, `row_key`, `deleted_at`, `row_image`, `deleted_by`) "
+        f"VALUES ({text_literal(info.name)}, {_key_sql(info, 'OLD')}, {NOW}, {_row_image(info, 'OLD')}, {deleted_by}) "
+        "ON DUPLICATE KEY UPDATE `row_image` = VALUES(`row_image`), `deleted_by` = VALUES(`deleted_by`)"
+    )
+
+
+def _ddl(conn: Connection, statement: str) -> None:
+    """Trigger DDL straight through the driver without parameters: a `%` in a name stays a `%`."""
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(statement)
+    finally:
+        cursor.close()
+
+
+class MySQLImpl(DialectImpl):
+    __dialect__ = "mysql"
+
+    # -- connecting --------------------------------------------------------------------------------
+
+    def prepare_url(self, url: URL) -> URL:
+        if url.drivername in ("mysql", "mariadb"):
+            url = url.set(drivername=f"{url.drivername}+mysqldb")
+        if "charset" not in url.query:
+            url = url.update_query_dict({"charset": "utf8mb4"})  # 4-byte characters (emoji, CJK ext.)
+        return url
+
+    def engine_options(self) -> dict[str, Any]:
+        return {"isolation_level": "READ COMMITTED"}
+
+    def on_connect(self, dbapi_conn: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        try:
+            cursor.execute(f"SET SESSION sql_mode = CONCAT(@@sql_mode, ',{SESSION_MODES}'), time_zone = '+00:00'")
+        finally:
+            cursor.close()
+
+    # -- clock and change capture -----------------------------------------------------------------
+
+    def now(self, conn: Connection) -> str:
+        return conn.execute(
+            sa.select(sa.func.date_format(sa.func.utc_timestamp(6), "%Y-%m-%dT%H:%i:%s.%f"))
+        ).scalar_one()
+
+    def _names(self, info: TableInfo) -> list[str]:
+        return [trigger_name("sync_clock", info.name, s) for s in ("_ins", "_upd", "_del")]
+
+    def install_capture(self, conn: Connection, info: TableInfo) -> None:
+        ins, upd, dele = (_q(n) for n in self._names(info))
+        table = _q(info.name)
+        # CREATE OR REPLACE: each statement commits by itself, and re-running init-master after a failure
+        # half-way replaces what the failed run left.
+        _ddl(
+            conn, f"CREATE OR REPLACE TRIGGER {ins} AFTER INSERT ON {table} FOR EACH ROW {_clock_row(info, 'NEW', '*')}"
+        )
+        _ddl(conn, f"CREATE OR REPLACE TRIGGER {upd} AFTER UPDATE ON {table} FOR EACH ROW {_changed_columns(info)}")
+        _ddl(
+            conn,
+            f"CREATE OR REPLACE TRIGGER {dele} AFTER DELETE ON {table} FOR EACH ROW "
+            f"BEGIN {_clock_row(info, 'OLD', '*')}; {_tombstone_row(info)}; END",
+        )
+
+    def remove_capture(self, conn: Connection, info: TableInfo) -> None:
+        for name in self._names(info):
+            _ddl(conn, f"DROP TRIGGER IF EXISTS {_q(name)}")
+
+    def capture_installed(self, conn: Connection, info: TableInfo) -> bool:
+        found = conn.execute(
+            sa.text(
+                "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS "
+                "WHERE TRIGGER_SCHEMA = DATABASE() AND EVENT_OBJECT_TABLE = :t"
+            ),
+            {"t": info.name},
+        ).scalars()
+        return set(self._names(info)) <= set(found)
+
+    def tombstone_bytes(self, text: str) -> str:
+        return text  # HEX() in the row image: plain hex already
+
+    # -- keys -------------------------------------------------------------------------------------
+
+    def insert_returning_key(self, conn: Connection, info: TableInfo, values: Any) -> tuple[Any, ...]:
+        # MySQL has no INSERT … RETURNING (MariaDB from 10.5 only): the driver's last insert id.
+        result = conn.execute(self.insert_statement(info, values).values(dict(values)))
+        return tuple(result.inserted_primary_key)
+
+    # -- checkout ---------------------------------------------------------------------------------
+
+    def snapshot(self, conn: Connection) -> Connection:
+        # REPEATABLE READ: the transaction's first read opens one read view that every later read uses.
+        return conn.execution_options(isolation_level="REPEATABLE READ")
+
+    def stream_rows(self, conn: Connection, query: sa.Select[Any], chunk_rows: int) -> Iterator[list[tuple[Any, ...]]]:
+        """A server-side (unbuffered) cursor: rows come as they are read, memory stays constant."""
+        from MySQLdb.cursors import SSCursor
+
+        compiled = query.compile(dialect=conn.dialect)
+        dbapi = conn.connection.dbapi_connection
+        assert dbapi is not None
+        cursor = dbapi.cursor(SSCursor)
+        cursor.execute(str(compiled), [compiled.params[name] for name in compiled.positiontup or []])
+        try:
+            while chunk := cursor.fetchmany(chunk_rows):
+                yield list(chunk)
+        finally:
+            cursor.close()
+
+    # -- reflection -------------------------------------------------------------------------------
+
+    @property
+    def types(self) -> DialectTypes:
+        return _TYPES
+
+    def master_triggers(self, bind: Engine | Connection) -> list[TriggerRow]:
+        query = sa.text(
+            "SELECT TRIGGER_NAME, EVENT_OBJECT_TABLE, ACTION_TIMING, EVENT_MANIPULATION, ACTION_STATEMENT "
+            "FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE() ORDER BY 2, 1"
+        )
+        with catalog_connection(bind) as conn:
+            rows = conn.execute(query).all()
+        found: list[TriggerRow] = []
+        for name, table, timing, event, statement in rows:
+            # MySQL assigns with `SET NEW.x = …`: read as the assignment form read_source knows.
+            text = _SET_NEW.sub("; NEW.", without_comments_and_strings(statement or ""))
+            effects = read_source(text, fold=False)
+            found.append((name, table, timing.upper(), (event.upper(),), effects))
+        return found
+
+
+@compiles(Cast, "mysql")
+@compiles(Cast, "mariadb")
+def _cast_to_text(cast: Cast[Any], compiler: SQLCompiler, **kw: Any) -> str:
+    """`CAST(x AS TEXT)` (the engine's text of a value: keys as the triggers render them, text-carried
+    columns) is `CAST(x AS CHAR CHARACTER SET utf8mb4)` here; SQLAlchemy's MySQL compiler would drop the
+    CAST altogether, leaving a number or a date where text is expected. Other casts are its own."""
+    if isinstance(cast.type, sa.String) and not isinstance(cast.type, sa.Enum):
+        return f"CAST({compiler.process(cast.clause, **kw)} AS CHAR CHARACTER SET utf8mb4)"
+    return compiler.visit_cast(cast, **kw)
+
+
+_SET_NEW = re.compile(r"\bSET\s+(?=NEW\s*\.)", re.IGNORECASE)
+
+
+class MySQLTypes(DialectTypes):
+    """MySQL's types: TINYINT(1) is a boolean, unsigned integers hold one bit more, DATETIME(n) keeps n
+    digits of a second, SET values travel as their text ('a,b'), binary strings as bytes."""
+
+    def prepare(self, bind: Engine | Connection, table: sa.Table) -> None:
+        for column in table.columns:
+            t = column.type
+            if isinstance(t, mysql.TINYINT) and t.display_width == 1:
+                column.type = sa.Boolean(create_constraint=False)
+            elif isinstance(t, mysql.SET):
+                column.type = sa.String(getattr(t, "length", None))
+            column.info[CARRIER_INFO] = self.carrier(column)
+
+    def carrier(self, column: sa.Column[Any]) -> Carrier:
+        t = column.type
+        for cls, bits in _INT_BITS.items():
+            if isinstance(t, cls):
+                return Carrier("int", int_bits=bits + (1 if getattr(t, "unsigned", False) else 0))
+        if isinstance(t, mysql.YEAR):
+            return Carrier("int", int_bits=16)
+        if isinstance(t, mysql.BIT):
+            return Carrier("int", int_bits=64)
+        if isinstance(t, sa.DateTime):
+            return Carrier("datetime", zoned=False, second_digits=getattr(t, "fsp", None) or 0)
+        if isinstance(t, sa.Time):
+            return Carrier("time", second_digits=getattr(t, "fsp", None) or 0)
+        if isinstance(t, sa.types._Binary):
+            return Carrier("bytes")
+        if isinstance(t, sa.String) and not isinstance(t, sa.Enum):
+            # MySQL cuts spaces beyond a VARCHAR's length (a note, not an error, even in strict mode).
+            return Carrier("str", length=getattr(t, "length", None), cuts_excess_spaces=True)
+        return generic_carrier(t)
+
+
+_TYPES = MySQLTypes()
+
+
+class MariaDBImpl(MySQLImpl):
+    """`mariadb://` URLs: SQLAlchemy names the dialect `mariadb`; the behaviour is the same."""
+
+    __dialect__ = "mariadb"
