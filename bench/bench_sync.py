@@ -33,9 +33,9 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sync_pipeline.engine.capture import capture_for  # noqa: E402
 from sync_pipeline.engine.checkout import checkout  # noqa: E402
 from sync_pipeline.engine.detect import detect_conflicts  # noqa: E402
+from sync_pipeline.engine.dialects import impl_for  # noqa: E402
 from sync_pipeline.engine.extract import extract_changes  # noqa: E402
 from sync_pipeline.engine.master import connect_master, init_master  # noqa: E402
 from sync_pipeline.engine.replica import open_replica  # noqa: E402
@@ -217,7 +217,7 @@ def raw_apply(master: Master, plan: ChangePlan, with_capture: bool = False) -> f
         copy.create(conn)
         conn.execute(sa.insert(copy).from_select([c.name for c in item.c], sa.select(item)))
         if with_capture:
-            capture_for(conn.dialect.name).install(conn, reflect_tables(conn, ["item_raw"])["item_raw"])
+            impl_for(conn).install_capture(conn, reflect_tables(conn, ["item_raw"])["item_raw"])
     raw = master.engine.raw_connection()
     try:
         cur = raw.cursor()
@@ -237,7 +237,7 @@ def raw_apply(master: Master, plan: ChangePlan, with_capture: bool = False) -> f
         raw.close()
     with master.engine.begin() as conn:
         if with_capture:
-            capture_for(conn.dialect.name).remove(conn, reflect_tables(conn, ["item_raw"])["item_raw"])
+            impl_for(conn).remove_capture(conn, reflect_tables(conn, ["item_raw"])["item_raw"])
             clock = sa.Table("sync_field_clock", sa.MetaData(), autoload_with=conn)
             conn.execute(sa.delete(clock).where(clock.c.table_name == "item_raw"))
         copy.drop(conn)

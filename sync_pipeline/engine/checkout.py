@@ -10,7 +10,7 @@ import json
 import os
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +20,9 @@ from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.engine import Engine
 
 from sync_pipeline.engine import store
-from sync_pipeline.engine.capture import capture_for
-from sync_pipeline.engine.capture.sqlite import install_replica_log
 from sync_pipeline.engine.column_types import carrier_of, replica_type
+from sync_pipeline.engine.dialects import impl_for
+from sync_pipeline.engine.dialects.sqlite_replica import install_replica_log
 from sync_pipeline.engine.errors import BadInputError, ReplicaError
 from sync_pipeline.engine.manifest import Manifest, schema_snapshot, write_manifest
 from sync_pipeline.engine.master import create_private_file, master_settings
@@ -141,8 +141,7 @@ def checkout(
             replica.execute("BEGIN")
             # One snapshot of the master for every table, so parents and children agree.
             with engine.connect() as mconn:
-                if mconn.dialect.name == "postgresql":
-                    mconn = mconn.execution_options(isolation_level="REPEATABLE READ")
+                mconn = impl_for(mconn).snapshot(mconn)
                 with mconn.begin():
                     for name in fk_order(infos):
                         rows[name] = _copy_table(mconn, replica, infos[name], rmeta.tables[name], progress)
@@ -181,35 +180,14 @@ def _converter_for(column: sa.Column[Any]) -> Callable[[Any], Any] | None:
     return sqlite_value
 
 
-def _stream_rows(mconn: sa.Connection, query: sa.Select[Any]) -> Iterator[list[tuple[Any, ...]]]:
-    """Rows of a Core query in chunks, straight from the driver: a server-side cursor on PostgreSQL,
-    so a table of any size streams in constant memory, without SQLAlchemy's per-row processing.
-    """
-    compiled = query.compile(dialect=mconn.dialect)
-    dbapi = mconn.connection.dbapi_connection
-    assert dbapi is not None
-    if mconn.dialect.name == "postgresql":
-        cursor = dbapi.cursor(name=f"sync_checkout_{uuid.uuid4().hex}")
-        cursor.itersize = CHUNK_ROWS
-        cursor.execute(str(compiled), compiled.params)
-    else:
-        cursor = dbapi.cursor()
-        cursor.execute(str(compiled), [compiled.params[name] for name in compiled.positiontup or []])
-    try:
-        while chunk := cursor.fetchmany(CHUNK_ROWS):
-            yield chunk
-    finally:
-        cursor.close()
-
-
 def _master_clock(engine: Engine) -> str:
-    """The checkout time on the master's own clock, so that it compares with its change times."""
+    """The checkout time on the master's own clock, so that it compares with its change times (the
+    machine's clock where the master has no change capture)."""
     try:
-        capture = capture_for(engine.dialect.name)
+        with engine.connect() as conn:
+            return impl_for(conn).now(conn)
     except BadInputError:
         return store.now_iso()
-    with engine.connect() as conn:
-        return capture.now(conn)
 
 
 def _copy_table(
@@ -234,7 +212,9 @@ def _copy_table(
     copied = 0
     if progress:
         progress(info.name, 0, total)
-    for chunk in _stream_rows(mconn, sa.select(*[info.table.columns[c] for c in info.columns])):
+    query = sa.select(*[info.table.columns[c] for c in info.columns])
+    # Streamed in chunks straight from the driver, so a table of any size is copied in constant memory.
+    for chunk in impl_for(mconn).stream_rows(mconn, query, CHUNK_ROWS):
         if any(converters):
             chunk = [
                 tuple(v if f is None or v is None else f(v) for f, v in zip(converters, row, strict=True))

@@ -11,11 +11,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from sync_pipeline.engine import store
-from sync_pipeline.engine.capture.base import rendered_keys
-from sync_pipeline.engine.schema import TableInfo, one_of
-
-BATCH = 500
-ARRAY_BATCH = 5000  # keys per lookup when they travel as one array parameter (PostgreSQL)
+from sync_pipeline.engine.dialects import impl_for
+from sync_pipeline.engine.dialects.capture import rendered_keys
+from sync_pipeline.engine.schema import TableInfo
 
 
 def fetch_master_times(
@@ -29,12 +27,13 @@ def fetch_master_times(
     out: dict[tuple[Any, ...], dict[str, str]] = {}
     texts = rendered_keys(conn, info, key_list)
     wanted = list(texts)
-    batch = ARRAY_BATCH if conn.dialect.name == "postgresql" else BATCH
+    impl = impl_for(conn)
+    batch = impl.lookup_batch()
     for start in range(0, len(wanted), batch):
         chunk = wanted[start : start + batch]
         rows = conn.execute(
             sa.select(clock.c.row_key, clock.c.column_name, clock.c.changed_at).where(
-                clock.c.table_name == info.name, one_of(clock.c.row_key, chunk, conn.dialect.name)
+                clock.c.table_name == info.name, impl.in_list(clock.c.row_key, chunk)
             )
         )
         for row_key, column, changed_at in rows:

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from sync_pipeline.engine.clock import NONE, changed_after_checkout, fetch_master_times
+from sync_pipeline.engine.dialects import impl_for
 from sync_pipeline.engine.errors import ReplicaError
 from sync_pipeline.engine.extract import ChangeSet, RowChange
 from sync_pipeline.engine.faults import checkpoint
@@ -25,14 +26,12 @@ from sync_pipeline.engine.schema import (
     Reference,
     TableInfo,
     normalize_row,
-    one_of,
     references_to,
 )
 from sync_pipeline.engine.tombstones import NO_TOMBSTONE_REASON, SOURCE_TOMBSTONE, latest_tombstones
 from sync_pipeline.settings import SyncSettings
 
 BATCH = 500
-ARRAY_BATCH = 5000  # keys per lookup when they travel as one array parameter (PostgreSQL, single-column keys)
 
 # Master rows already read in this process, per table: (the keys looked up, the rows found, their clock).
 Prefetched = dict[
@@ -86,16 +85,17 @@ def fetch_rows_by_key(
     key_list = list(dict.fromkeys(keys))
     found: dict[tuple[Any, ...], dict[str, Any]] = {}
     table = info.table
-    batch = ARRAY_BATCH if conn.dialect.name == "postgresql" and len(columns) == 1 else BATCH
+    impl = impl_for(conn)
+    batch = impl.lookup_batch(len(columns))
     for start in range(0, len(key_list), batch):
         chunk = key_list[start : start + batch]
         if len(columns) == 1:
-            condition = one_of(table.columns[columns[0]], [k[0] for k in chunk], conn.dialect.name)
+            condition = impl.in_list(table.columns[columns[0]], [k[0] for k in chunk])
         else:
             condition = sa.tuple_(*[table.columns[c] for c in columns]).in_(chunk)
         query = sa.select(table).where(condition)
-        if for_update and conn.dialect.name == "postgresql":
-            query = query.with_for_update()
+        if for_update:
+            query = impl.lock_rows(query)
         for row in conn.execute(query).mappings():
             normal = normalize_row(row, table) if normalized else dict(row)
             found[tuple(normal[c] for c in columns)] = normal
@@ -398,7 +398,7 @@ def still_referenced(
             by_fk = {w: k for w, k in zip(wanted, chunk, strict=True)}
             fk_columns = [child.columns[c] for c in reference.columns]
             condition = (
-                one_of(fk_columns[0], [w[0] for w in wanted], conn.dialect.name)
+                impl_for(conn).in_list(fk_columns[0], [w[0] for w in wanted])
                 if len(fk_columns) == 1
                 else (sa.tuple_(*fk_columns).in_(wanted))
             )

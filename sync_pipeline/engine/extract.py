@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 from sqlalchemy.engine import Engine
 
-from sync_pipeline.engine.column_types import TextRejected, carrier_of, dialect_types
+from sync_pipeline.engine.column_types import TextRejected, carrier_of
+from sync_pipeline.engine.dialects import impl_for
 from sync_pipeline.engine.errors import ReplicaError
 from sync_pipeline.engine.faults import armed, checkpoint
 from sync_pipeline.engine.progress import report
@@ -258,7 +259,7 @@ def canonicalize_local_values(engine: Engine, changes: ChangeSet, infos: dict[st
                 wanted.setdefault((change.table, name), set()).add(value)
     if not wanted:
         return
-    rules = dialect_types(engine.dialect.name)
+    rules = impl_for(engine).types
     canonical: dict[tuple[str, str], dict[str, str]] = {}
     with engine.connect() as conn:
         for (table, name), values in wanted.items():

@@ -1,4 +1,4 @@
-"""Which columns the load writes, and how a dialect inserts into identity columns.
+"""Which columns the load writes, and the INSERT that writes explicit values into identity columns.
 
 - Computed columns (GENERATED ALWAYS AS … STORED, SQLite generated columns) are never written, on insert
   or update: the database computes them; the load reads them back (`load_verify`).
@@ -12,14 +12,14 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.dml import Insert
 
+from sync_pipeline.engine.dialects import impl_for
 from sync_pipeline.engine.schema import TableInfo
 
 
@@ -41,51 +41,10 @@ def _filled_by_default(column: sa.Column) -> bool:
     return not column.nullable and (column.server_default is not None or column.identity is not None)
 
 
-class _OverridingInsert(Insert):
-    """INSERT … OVERRIDING SYSTEM VALUE (PostgreSQL): explicit values into GENERATED ALWAYS identities."""
-
-    inherit_cache = True
-
-
-@compiles(_OverridingInsert, "postgresql")
-def _compile_overriding(element: _OverridingInsert, compiler: Any, **kw: Any) -> str:
-    text: str = compiler.visit_insert(element, **kw)
-    return text[: (end := _column_list_end(text))] + " OVERRIDING SYSTEM VALUE" + text[end:]
-
-
-def _column_list_end(sql: str) -> int:
-    """The position after `INSERT INTO name (columns)`, skipping quoted identifiers."""
-    i, depth, quoted = 0, 0, False
-    while i < len(sql):
-        char = sql[i]
-        if char == '"':
-            quoted = not quoted
-        elif not quoted and char == "(":
-            depth += 1
-        elif not quoted and char == ")":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-        i += 1
-    raise ValueError("an INSERT without a column list")
-
-
-def _plain_insert(info: TableInfo, columns: Iterable[str]) -> Insert:
-    return sa.insert(info.table)
-
-
-def _postgresql_insert(info: TableInfo, columns: Iterable[str]) -> Insert:
-    if info.identity_always & set(columns):
-        return _OverridingInsert(info.table)
-    return sa.insert(info.table)
-
-
-_INSERTS: dict[str, Callable[[TableInfo, Iterable[str]], Insert]] = {"postgresql": _postgresql_insert}
-
-
 def insert_statement(conn: Connection, info: TableInfo, columns: Iterable[str]) -> Insert:
-    """An INSERT into the table that accepts explicit values for every one of `columns`."""
-    return _INSERTS.get(conn.dialect.name, _plain_insert)(info, columns)
+    """An INSERT into the table that accepts explicit values for every one of `columns` (PostgreSQL:
+    OVERRIDING SYSTEM VALUE for GENERATED ALWAYS identities; `DialectImpl.insert_statement`)."""
+    return impl_for(conn).insert_statement(info, columns)
 
 
 def grouped_by_columns(rows: Iterable[dict[str, Any]]) -> Iterator[tuple[tuple[str, ...], list[dict[str, Any]]]]:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError
 
 from sync_pipeline.engine import store
-from sync_pipeline.engine.capture import capture_for
 from sync_pipeline.engine.column_types import refuse_uncarried_columns
+from sync_pipeline.engine.dialects import impl_for
 from sync_pipeline.engine.errors import BadInputError
 from sync_pipeline.engine.schema import TableInfo, reflect_tables
 from sync_pipeline.engine.signing_key import read_signing_key, store_signing_key
@@ -44,7 +44,8 @@ def default_master_url() -> str:
 
 
 def connect_master(url: str | None = None, *, must_exist: bool = True) -> Engine:
-    """An engine for the master. `postgresql://` URLs use psycopg 3; SQLite enforces foreign keys."""
+    """An engine for the master, set up by its database's `DialectImpl` (`postgresql://` URLs use psycopg 3;
+    SQLite enforces foreign keys and its file must exist unless `must_exist=False`)."""
     url = url or default_master_url()
     try:
         parsed = make_url(url)
@@ -52,40 +53,8 @@ def connect_master(url: str | None = None, *, must_exist: bool = True) -> Engine
         raise BadInputError(
             f"{url!r} is not a database URL", "use e.g. sqlite:///path/master.db or postgresql://user@host/db"
         ) from None
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    if parsed.get_backend_name() == "sqlite":
-        database = parsed.database or ""
-        if must_exist and database not in ("", ":memory:") and not Path(database).exists():
-            raise BadInputError(
-                f"the master database file {database} does not exist",
-                "check --master / SYNC_MASTER_URL, or run `sync-pipeline init-master` first",
-            )
-        if database not in ("", ":memory:") and Path(database).parent.is_dir():
-            # A new master file holds the signing key: 0600 from the start (SQLite gives its journals the
-            # same mode).
-            create_private_file(Path(database))
-        # hide_parameters: an operator's SQL log must never show the signing key or row values.
-        engine = sa.create_engine(parsed, connect_args={"timeout": 30}, hide_parameters=True)
-
-        @sa.event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
-            cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA foreign_keys = ON")
-            cursor.close()
-
-        return engine
-    engine = sa.create_engine(parsed, pool_pre_ping=True, hide_parameters=True)
-    try:
-        with engine.connect():
-            pass
-    except OperationalError as exc:
-        raise BadInputError(
-            f"cannot connect to the master at {parsed.render_as_string(hide_password=True)}: "
-            f"{str(exc.orig).strip().splitlines()[0]}",
-            "check that the server runs and the URL is right",
-        ) from None
-    return engine
+    impl = impl_for(parsed)
+    return impl.create_engine(impl.prepare_url(parsed), must_exist=must_exist)
 
 
 def check_settings_against_schema(settings: SyncSettings, bind: Engine | Connection) -> dict[str, TableInfo]:
@@ -156,9 +125,9 @@ def init_master(engine: Engine, settings: SyncSettings) -> dict[str, TableInfo]:
             },
         )
         if settings.master_change_capture:
-            capture = capture_for(conn.dialect.name)
+            impl = impl_for(conn)
             for info in infos.values():
-                capture.install(conn, info)
+                impl.install_capture(conn, info)
     return infos
 
 

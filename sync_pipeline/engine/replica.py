@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from sync_pipeline.engine import store
-from sync_pipeline.engine.capture.sqlite import set_replica_frozen
 from sync_pipeline.engine.checkout import sqlite_value
+from sync_pipeline.engine.dialects.sqlite_replica import set_replica_frozen
 from sync_pipeline.engine.errors import ReplicaError, SchemaDriftError
 from sync_pipeline.engine.faults import checkpoint
 from sync_pipeline.engine.manifest import (

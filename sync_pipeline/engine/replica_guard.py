@@ -22,7 +22,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from sync_pipeline.engine.capture.sqlite import (
+from sync_pipeline.engine.dialects.sqlite_replica import (
     FROZEN_OPS,
     LOG_TABLE,
     LOG_TABLE_SQL,

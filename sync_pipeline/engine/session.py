@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 from sync_pipeline.engine import store
 from sync_pipeline.engine.clock import checkout_time
 from sync_pipeline.engine.detect import Detected, FieldDiff, Prefetched, detect_conflicts, verify_bases
+from sync_pipeline.engine.dialects import impl_for
 from sync_pipeline.engine.errors import (
     AlreadyDecidedError,
     BadInputError,
@@ -754,13 +755,13 @@ def load_session(
     items = _load_items(engine, ctx)
     plan = build_plan(items, ctx.infos)
     with engine.begin() as conn:
-        if conn.dialect.name == "sqlite":
-            # A write takes SQLite's lock now, so that no writer slips in between check and write.
-            conn.execute(
-                sa.update(store.sync_session)
-                .where(store.sync_session.c.session_id == ctx.session_id)
-                .values(status=store.sync_session.c.status)
-            )
+        # A write takes SQLite's lock now, so that no writer slips in between check and write.
+        impl_for(conn).lock_for_write(
+            conn,
+            sa.update(store.sync_session)
+            .where(store.sync_session.c.session_id == ctx.session_id)
+            .values(status=store.sync_session.c.status),
+        )
         status = conn.execute(
             sa.select(store.sync_session.c.status)
             .where(store.sync_session.c.session_id == ctx.session_id)

@@ -3,20 +3,21 @@
 PostgreSQL: a schema of its own, `<master schema>_sync_key`, owned by the role that ran `init-master`,
 with every privilege revoked from PUBLIC and from any other role that holds one (also grants made by
 default privileges): a role granted SELECT on all tables of the master's schema finds neither the key
-nor the schema. SQLite has no roles: whoever reads the file reads every table, so the key stays in the
-master file (`sync_signing_key`) and the file is created 0600 (see `master.connect_master`).
+nor the schema (`DialectImpl.signing_key_schema`, `protect_key_store`). SQLite has no roles: whoever
+reads the file reads every table, so the key stays in the master file (`sync_signing_key`) and the file
+is created 0600 (see `dialects/sqlite.py`).
 The key is never in `sync_meta`, which reporting tools may read; `init-master` moves it out of there.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from sync_pipeline.engine import store
+from sync_pipeline.engine.dialects import impl_for
 from sync_pipeline.engine.errors import NotInitialisedError
 
 KEY_TABLE = "sync_signing_key"
@@ -42,10 +43,7 @@ def _key_table(schema: str | None) -> sa.Table:
 
 
 def _table_for(conn: Connection) -> sa.Table:
-    if conn.dialect.name != "postgresql":
-        return _key_table(None)
-    master_schema = conn.execute(sa.select(sa.func.current_schema())).scalar_one()
-    return _key_table(key_schema_name(master_schema))
+    return _key_table(impl_for(conn).signing_key_schema(conn))
 
 
 def store_signing_key(conn: Connection, master_id: str, key: str) -> None:
@@ -55,7 +53,7 @@ def store_signing_key(conn: Connection, master_id: str, key: str) -> None:
         conn.execute(sa.schema.CreateSchema(table.schema, if_not_exists=True))
     table.create(conn, checkfirst=True)
     if table.schema is not None:
-        _revoke_from_everyone_else(conn, table)
+        impl_for(conn).protect_key_store(conn, table)
     conn.execute(sa.delete(table))
     conn.execute(sa.insert(table).values(master_id=master_id, signing_key=key))
 
@@ -84,30 +82,3 @@ def require_signing_key(bind: Engine | Connection, master_id: str) -> str:
 def drop_key_store(conn: Connection, master_schema: str) -> None:
     """Remove the key schema of the master in `master_schema` (PostgreSQL; tests and teardown)."""
     conn.execute(sa.schema.DropSchema(key_schema_name(master_schema), cascade=True, if_exists=True))
-
-
-def _revoke_from_everyone_else(conn: Connection, table: sa.Table) -> None:
-    """No privilege on the key's schema or table for PUBLIC or any role but the owner.
-
-    Statements are composed by psycopg's identifier quoting: no name is pasted into SQL text.
-    """
-    from psycopg import sql
-
-    assert table.schema is not None
-    schema, name = sql.Identifier(table.schema), sql.Identifier(table.schema, table.name)
-    grantees = conn.execute(
-        sa.text(
-            "SELECT DISTINCT pg_get_userbyid(a.grantee) FROM pg_namespace n, aclexplode(n.nspacl) a "
-            "WHERE n.nspname = :schema AND a.grantee <> 0 AND a.grantee <> n.nspowner "
-            "UNION SELECT DISTINCT pg_get_userbyid(a.grantee) FROM pg_class c "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace, aclexplode(c.relacl) a "
-            "WHERE n.nspname = :schema AND a.grantee <> 0 AND a.grantee <> c.relowner"
-        ),
-        {"schema": table.schema},
-    ).scalars()
-    cursor: Any = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    cursor.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(schema))
-    cursor.execute(sql.SQL("REVOKE ALL ON TABLE {} FROM PUBLIC").format(name))
-    for role in grantees:
-        cursor.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM {}").format(schema, sql.Identifier(role)))
-        cursor.execute(sql.SQL("REVOKE ALL ON TABLE {} FROM {}").format(name, sql.Identifier(role)))

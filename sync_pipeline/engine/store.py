@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Engine
 
+from sync_pipeline.engine.dialects import impl_for
 from sync_pipeline.engine.errors import NotInitialisedError
 
 metadata = sa.MetaData()
@@ -278,37 +279,20 @@ def insert_rows(
 ) -> None:
     """Insert many rows into one of the sync tables, in chunks; `on_chunk(done, total)` after each.
 
-    On PostgreSQL through COPY, several times faster than executemany for the tens of thousands of
-    change and history rows a large session writes. The COPY statement names only our own sync table and
-    its columns, composed by psycopg's identifier quoting: no outside name or value is pasted into it.
+    The database's fastest bulk insert (`DialectImpl.bulk_insert`: COPY on PostgreSQL), several times
+    faster than executemany for the tens of thousands of change and history rows a large session writes.
     """
     if table.name not in SYNC_TABLES:
         raise ValueError(f"bulk inserts are only for the sync tables, not {table.name}")
     if not rows:
         return
     columns = list(rows[0])
-    copy = _copy_statement(table, columns) if conn.dialect.name == "postgresql" else None
+    impl = impl_for(conn)
     for start in range(0, len(rows), BULK_CHUNK):
         chunk = rows[start : start + BULK_CHUNK]
-        if copy is None:
-            conn.execute(sa.insert(table), chunk)
-        else:
-            cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-            with cursor.copy(copy) as writer:
-                for row in chunk:
-                    writer.write_row([row[c] for c in columns])
+        impl.bulk_insert(conn, table, columns, chunk)
         if on_chunk is not None:
             on_chunk(start + len(chunk), len(rows))
-
-
-def _copy_statement(table: sa.Table, columns: list[str]) -> Any:
-    from psycopg import sql
-
-    if not set(columns) <= set(table.columns.keys()):
-        raise ValueError(f"COPY is only for the sync tables' own columns, not {table.name}({columns})")
-    return sql.SQL("COPY {} ({}) FROM STDIN").format(
-        sql.Identifier(table.name), sql.SQL(", ").join(sql.Identifier(c) for c in columns)
-    )
 
 
 def loads(text: str | None) -> Any:

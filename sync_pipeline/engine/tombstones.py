@@ -24,8 +24,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from sync_pipeline.engine import store
-from sync_pipeline.engine.capture.base import rendered_keys
-from sync_pipeline.engine.schema import TableInfo, ValueRejected, decode_row, one_of
+from sync_pipeline.engine.dialects import DialectImpl, impl_for
+from sync_pipeline.engine.dialects.capture import rendered_keys
+from sync_pipeline.engine.schema import TableInfo, ValueRejected, decode_row
 
 BATCH = 500
 # Where a re-created parent's values come from, as the protocol and the review page say it.
@@ -49,6 +50,7 @@ def latest_tombstones(
     """The newest tombstone of each key (primary key values), where the master kept one."""
     if not sa.inspect(conn).has_table(store.sync_tombstone.name):
         return {}
+    impl = impl_for(conn)
     texts = rendered_keys(conn, info, keys)
     wanted = list(texts)
     t = store.sync_tombstone
@@ -57,17 +59,17 @@ def latest_tombstones(
         chunk = wanted[start : start + BATCH]
         query = (
             sa.select(t.c.row_key, t.c.deleted_at, t.c.row_image, t.c.deleted_by)
-            .where(t.c.table_name == info.name, one_of(t.c.row_key, chunk, conn.dialect.name))
+            .where(t.c.table_name == info.name, impl.in_list(t.c.row_key, chunk))
             .order_by(t.c.row_key, t.c.deleted_at)
         )
         for row_key, deleted_at, image, deleted_by in conn.execute(query):
-            row = _decode_image(image, info)
+            row = _decode_image(image, info, impl)
             if row is not None:  # ordered by time: the newest readable image wins
                 found[texts[row_key]] = Tombstone(row, deleted_at, _who(deleted_by))
     return found
 
 
-def _decode_image(image: str, info: TableInfo) -> dict[str, Any] | None:
+def _decode_image(image: str, info: TableInfo, impl: DialectImpl) -> dict[str, Any] | None:
     """The row of a tombstone's JSON image, or None where it does not fit the table as it is now."""
     try:
         data = json.loads(image, parse_float=decimal.Decimal)
@@ -76,9 +78,8 @@ def _decode_image(image: str, info: TableInfo) -> dict[str, Any] | None:
     if not isinstance(data, dict) or set(data) != set(info.columns):
         return None  # the table's columns changed since the row was deleted
     for name, value in data.items():
-        # PostgreSQL's to_jsonb writes bytea as '\x…' hex; SQLite's trigger writes plain hex.
         if isinstance(info.table.columns[name].type, sa.LargeBinary) and isinstance(value, str):
-            data[name] = value.removeprefix("\\x")
+            data[name] = impl.tombstone_bytes(value)  # each database writes binary values its own way
     try:
         return decode_row(data, info.table)
     except ValueRejected:

@@ -9,7 +9,8 @@ lists of UPDATE statements in PL/pgSQL functions and SQLite trigger bodies, and 
 the built-in functions that take one (`tsvector_update_trigger`, `moddatetime`, …). A trigger whose
 effect cannot be read (dynamic SQL, a whole-row assignment, a function in C or another language, a
 REPLACE) counts as maintaining every column of its table: its rows are then checked for presence only.
-The engine's own change-capture triggers (`sync_clock…`) are left out.
+The engine's own change-capture triggers (`sync_clock…`) are left out. Each database lists its triggers
+(`DialectImpl.master_triggers`, in `dialects/`).
 """
 
 from __future__ import annotations
@@ -17,15 +18,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from sync_pipeline.engine.sequences import catalog_connection
+from sync_pipeline.engine.dialects import impl_for
 
 ANY_COLUMN = "*"
-OWN_TRIGGER_PREFIX = "sync_clock"  # the engine's change capture (capture/)
+OWN_TRIGGER_PREFIX = "sync_clock"  # the engine's change capture (dialects/)
 
 
 @dataclass(frozen=True)
@@ -42,11 +42,6 @@ class MasterTrigger:
     def describe(self) -> str:
         writes = "; ".join(f"{t}: {', '.join(c)}" for t, c in self.sets) or "no column of a synchronised row"
         return f"{self.name} ({self.timing} {' OR '.join(self.events)} ON {self.table}) maintains {writes}"
-
-
-class TriggerDialect(Protocol):
-    def triggers(self, bind: Engine | Connection) -> list[tuple[str, str, str, tuple[str, ...], SourceEffects]]:
-        """Every user trigger of the master: (name, table, timing, events, what its source writes)."""
 
 
 @dataclass
@@ -76,17 +71,17 @@ _NEW_ASSIGN = re.compile(
 _WHOLE_ROW = re.compile(r"(?:\bNEW\s*:?=(?!=)|\bINTO\s+NEW\b(?!\s*\.))", re.IGNORECASE)
 _DYNAMIC = re.compile(r"\bEXECUTE\b", re.IGNORECASE)
 _REPLACE = re.compile(rf"\b(?:REPLACE|INSERT\s+OR\s+REPLACE)\s+INTO\s+({_QUALIFIED})", re.IGNORECASE)
-_FIRST_ARG_COLUMN = {
+FIRST_ARG_COLUMN = {
     "tsvector_update_trigger",
     "tsvector_update_trigger_column",
     "moddatetime",
     "insert_username",
     "autoinc",
 }
-_CHANGES_NOTHING = {"suppress_redundant_updates_trigger"}
+CHANGES_NOTHING = {"suppress_redundant_updates_trigger"}
 
 
-def _without_comments_and_strings(source: str) -> str:
+def without_comments_and_strings(source: str) -> str:
     """The source with comments removed and string literals emptied: names in them are not code."""
     out, i, n = [], 0, len(source)
     while i < n:
@@ -156,7 +151,7 @@ def _set_columns(text: str, start: int, fold: bool) -> list[str]:
 
 def read_source(source: str, fold: bool) -> SourceEffects:
     """What a PL/pgSQL function body or a SQLite trigger body writes."""
-    text = _without_comments_and_strings(source)
+    text = without_comments_and_strings(source)
     effects = SourceEffects(set(), [], set())
     for found in _NEW_ASSIGN.finditer(text):
         effects.own_columns.add(unquote(found.group(1), fold))
@@ -170,87 +165,18 @@ def read_source(source: str, fold: bool) -> SourceEffects:
     return effects
 
 
-# ------------------------------------------------------------------------------------------------
-# Dialects
-# ------------------------------------------------------------------------------------------------
-
-_PG_TRIGGERS = sa.text(
-    """
-    SELECT t.tgname AS name, c.relname AS table_name, t.tgtype AS type, p.proname AS function,
-           l.lanname AS language, p.prosrc AS source, t.tgargs AS args, t.tgnargs AS nargs
-    FROM pg_trigger t
-    JOIN pg_class c ON c.oid = t.tgrelid
-    JOIN pg_proc p ON p.oid = t.tgfoid
-    JOIN pg_language l ON l.oid = p.prolang
-    WHERE NOT t.tgisinternal AND pg_table_is_visible(c.oid)
-    ORDER BY c.relname, t.tgname
-    """
-)
-
-
-class _PostgreSQL:
-    def triggers(self, bind: Engine | Connection) -> list[tuple[str, str, str, tuple[str, ...], SourceEffects]]:
-        with catalog_connection(bind) as conn:
-            rows = conn.execute(_PG_TRIGGERS).all()
-        found = []
-        for row in rows:
-            kind = row.type
-            timing = "INSTEAD OF" if kind & 64 else "BEFORE" if kind & 2 else "AFTER"
-            events = tuple(
-                e for bit, e in ((4, "INSERT"), (16, "UPDATE"), (8, "DELETE"), (32, "TRUNCATE")) if kind & bit
-            )
-            args = [a.decode() for a in bytes(row.args or b"").split(b"\x00")[: row.nargs]]
-            if row.language == "plpgsql":
-                effects = read_source(row.source or "", fold=True)
-            elif row.function in _FIRST_ARG_COLUMN and args:
-                effects = SourceEffects({args[0]}, [], set())
-            elif row.function in _CHANGES_NOTHING:
-                effects = SourceEffects(set(), [], set())
-            else:
-                effects = SourceEffects(set(), [], set(), opaque_own=True)
-            found.append((row.name, row.table_name, timing, events, effects))
-        return found
-
-
-_SQLITE_HEAD = re.compile(
-    r"\b(BEFORE|AFTER|INSTEAD\s+OF)?\s*\b(DELETE|INSERT|UPDATE)\b(?:\s+OF\s+.*?)?\s+ON\b", re.IGNORECASE | re.DOTALL
-)
-
-
-class _SQLite:
-    def triggers(self, bind: Engine | Connection) -> list[tuple[str, str, str, tuple[str, ...], SourceEffects]]:
-        query = sa.text("SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'trigger' ORDER BY tbl_name, name")
-        with catalog_connection(bind) as conn:
-            rows = conn.execute(query).all()
-        found = []
-        for name, table, sql in rows:
-            text = _without_comments_and_strings(sql or "")
-            head = _SQLITE_HEAD.search(text)
-            timing = " ".join((head.group(1) or "BEFORE").upper().split()) if head else "BEFORE"
-            events = (head.group(2).upper(),) if head else ()
-            begin = re.search(r"\bBEGIN\b", text, re.IGNORECASE)
-            effects = read_source(text[begin.end() :] if begin else "", fold=False)
-            effects.opaque_own = False  # SQLite triggers cannot assign NEW; EXECUTE does not exist
-            found.append((name, table, timing, events, effects))
-        return found
-
-
-_BY_DIALECT: dict[str, TriggerDialect] = {"postgresql": _PostgreSQL(), "sqlite": _SQLite()}
-
-
 def find_triggers(bind: Engine | Connection, tables: Mapping[str, sa.Table]) -> dict[str, list[MasterTrigger]]:
     """For each synchronised table, the master's triggers declared on it or writing into it."""
-    dialect = _BY_DIALECT.get(bind.dialect.name)
-    if dialect is None or not tables:
+    if not tables:
         return {}
-    fold = bind.dialect.name == "postgresql"  # unquoted names fold to lower case; SQLite ignores case
-    by_name = {(name if fold else name.lower()): name for name in tables}
+    impl = impl_for(bind)
+    by_name = {impl.name_key(name): name for name in tables}
 
     def synced(table: str) -> str | None:
-        return by_name.get(table if fold else table.lower())
+        return by_name.get(impl.name_key(table))
 
     out: dict[str, list[MasterTrigger]] = {}
-    for name, declared_on, timing, events, effects in dialect.triggers(bind):
+    for name, declared_on, timing, events, effects in impl.master_triggers(bind):
         if name.startswith(OWN_TRIGGER_PREFIX):
             continue
         targets = [(declared_on, effects.own_columns), *effects.updates]

@@ -1,10 +1,13 @@
-"""The interface every dialect's master change capture implements, and helpers shared by them."""
+"""Helpers shared by every dialect's change-capture trigger DDL: quoting, trigger names, and keys
+rendered the way the triggers write them into `row_key`.
+
+Trigger DDL is the one place where SQL is written as text (checked by test_security's reviewed-DDL rule);
+every identifier in it goes through `quote_identifier` (or the database's own quoting rule)."""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import Any
 
@@ -74,23 +77,3 @@ def rendered_keys(conn: Connection, info: TableInfo, keys: Iterable[tuple[Any, .
         ).one()
         out.update(zip(rendered, chunk, strict=True))
     return out
-
-
-class MasterCapture(ABC):
-    """Per-field change times on the master, written by triggers into `sync_field_clock`."""
-
-    @abstractmethod
-    def now(self, conn: Connection) -> str:
-        """The master's clock, in the triggers' format: checkout times compare with change times."""
-
-    @abstractmethod
-    def install(self, conn: Connection, table: TableInfo) -> None:
-        """Create (or replace) the triggers of one table."""
-
-    @abstractmethod
-    def remove(self, conn: Connection, table: TableInfo) -> None:
-        """Drop the triggers of one table."""
-
-    @abstractmethod
-    def installed(self, conn: Connection, table: TableInfo) -> bool:
-        """Whether the table's triggers exist."""

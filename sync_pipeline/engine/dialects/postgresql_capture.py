@@ -1,19 +1,13 @@
 """PostgreSQL master change capture: one PL/pgSQL trigger function per table feeding the field clock,
-and keeping a tombstone (the row's image, time and roles) of every row the master deletes."""
+and keeping a tombstone (the row's image, time and roles) of every row the master deletes. The
+`PostgreSQLImpl` installs them (`postgresql.py`)."""
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from sync_pipeline.engine.capture.base import (
-    MasterCapture,
-    dollar_quoted,
-    quote_identifier,
-    sql_string,
-    trigger_name,
-)
 from sync_pipeline.engine.column_types import carrier_of
+from sync_pipeline.engine.dialects.capture import dollar_quoted, quote_identifier, sql_string, trigger_name
 from sync_pipeline.engine.schema import KEY_SEPARATOR, TableInfo
 
 NOW = """to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US')"""
@@ -81,7 +75,7 @@ END
 """
 
 
-def _ddl(conn: Connection, statement: str) -> None:
+def run_ddl(conn: Connection, statement: str) -> None:
     """Run trigger DDL through the driver without parameters: the driver then parses no placeholder in
     it, so a `%s` or `%(x)s` in a name stays part of the name (exec_driver_sql would parse them)."""
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
@@ -91,36 +85,27 @@ def _ddl(conn: Connection, statement: str) -> None:
         cursor.close()
 
 
-class PostgreSQLMasterCapture(MasterCapture):
-    def now(self, conn: Connection) -> str:
-        utc = sa.func.timezone("UTC", sa.func.clock_timestamp())
-        return conn.execute(sa.select(sa.func.to_char(utc, 'YYYY-MM-DD"T"HH24:MI:SS.US'))).scalar_one()
+def function_of(info: TableInfo) -> str:
+    return trigger_name("sync_clock_fn", info.name)
 
-    def _function(self, info: TableInfo) -> str:
-        return trigger_name("sync_clock_fn", info.name)
 
-    def _trigger(self, info: TableInfo) -> str:
-        return trigger_name("sync_clock", info.name)
+def trigger_of(info: TableInfo) -> str:
+    return trigger_name("sync_clock", info.name)
 
-    def install(self, conn: Connection, info: TableInfo) -> None:
-        function = _q(self._function(info))
-        body = dollar_quoted(function_body(info))
-        _ddl(conn, f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {body}")
-        trigger = _q(self._trigger(info))
-        _ddl(conn, f"DROP TRIGGER IF EXISTS {trigger} ON {_q(info.name)}")
-        _ddl(
-            conn,
-            f"CREATE TRIGGER {trigger} AFTER INSERT OR UPDATE OR DELETE ON {_q(info.name)} "
-            f"FOR EACH ROW EXECUTE FUNCTION {function}()",
-        )
 
-    def remove(self, conn: Connection, info: TableInfo) -> None:
-        _ddl(conn, f"DROP TRIGGER IF EXISTS {_q(self._trigger(info))} ON {_q(info.name)}")
-        _ddl(conn, f"DROP FUNCTION IF EXISTS {_q(self._function(info))}()")
+def install(conn: Connection, info: TableInfo) -> None:
+    function = _q(function_of(info))
+    body = dollar_quoted(function_body(info))
+    run_ddl(conn, f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {body}")
+    trigger = _q(trigger_of(info))
+    run_ddl(conn, f"DROP TRIGGER IF EXISTS {trigger} ON {_q(info.name)}")
+    run_ddl(
+        conn,
+        f"CREATE TRIGGER {trigger} AFTER INSERT OR UPDATE OR DELETE ON {_q(info.name)} "
+        f"FOR EACH ROW EXECUTE FUNCTION {function}()",
+    )
 
-    def installed(self, conn: Connection, info: TableInfo) -> bool:
-        found = conn.execute(
-            sa.text("SELECT 1 FROM pg_trigger WHERE tgname = :n AND tgrelid = CAST(:t AS regclass)"),
-            {"n": self._trigger(info), "t": _q(info.name)},
-        ).first()
-        return found is not None
+
+def remove(conn: Connection, info: TableInfo) -> None:
+    run_ddl(conn, f"DROP TRIGGER IF EXISTS {_q(trigger_of(info))} ON {_q(info.name)}")
+    run_ddl(conn, f"DROP FUNCTION IF EXISTS {_q(function_of(info))}()")

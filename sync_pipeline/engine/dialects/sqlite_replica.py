@@ -1,6 +1,8 @@
-"""SQLite change capture: the master's field clock, and the replica's change log and freeze.
+"""The replica's change log and freeze: SQLite triggers on every replica table (the replica is always
+SQLite, whatever the master's database).
 
-The replica is always SQLite, so its change log lives here too.
+The change log `_sync_log` holds one row per insert, update and delete with the row's old and new values
+as JSON; a frozen replica refuses every write with a message naming the sync that holds it.
 """
 
 from __future__ import annotations
@@ -10,16 +12,15 @@ import sqlite3
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from sync_pipeline.engine.capture.base import MasterCapture, quote_identifier, sql_string, trigger_name
 from sync_pipeline.engine.column_types import carrier_of
-from sync_pipeline.engine.schema import KEY_SEPARATOR, TableInfo
+from sync_pipeline.engine.dialects.capture import quote_identifier, sql_string, trigger_name
+from sync_pipeline.engine.schema import TableInfo
 
 NOW = "strftime('%Y-%m-%dT%H:%M:%f', 'now')"
 LOG_TABLE = "_sync_log"
 JSON_ARGS_PER_CALL = 60  # SQLite limits a function to 127 arguments (2 per column)
 
 AnyConnection = Connection | sqlite3.Connection
-
 
 FROZEN_OPS = ("INSERT", "UPDATE", "DELETE")
 
@@ -35,79 +36,7 @@ def _exec(conn: AnyConnection, sql: str) -> None:
         conn.exec_driver_sql(sql)
 
 
-def _key_sql(conn: Connection, info: TableInfo, ref: str) -> str:
-    sep = f"char({ord(KEY_SEPARATOR)})"
-    return f" || {sep} || ".join(f"CAST({ref}.{_q(conn, c)} AS TEXT)" for c in info.pk)
-
-
-def _clock_upsert(table: str, key_sql: str, column_sql: str, where: str = "") -> str:
-    return (
-        "INSERT INTO sync_field_clock (table_name, row_key, column_name, changed_at) "
-        f"SELECT {sql_string(table)}, {key_sql}, {column_sql}, {NOW} WHERE 1 {where} "
-        "ON CONFLICT (table_name, row_key, column_name) DO UPDATE SET changed_at = excluded.changed_at;"
-    )
-
-
-def _tombstone_insert(conn: AnyConnection, info: TableInfo) -> str:
-    # SQLite knows no user: who deleted the row stays unknown (NULL).
-    return (
-        "INSERT INTO sync_tombstone (table_name, row_key, deleted_at, row_image, deleted_by) "
-        f"VALUES ({sql_string(info.name)}, {_key_sql(conn, info, 'OLD')}, {NOW}, "
-        f"{_json_object_sql(conn, info, 'OLD')}, NULL) "
-        "ON CONFLICT (table_name, row_key, deleted_at) DO UPDATE SET row_image = excluded.row_image;"
-    )
-
-
-class SQLiteMasterCapture(MasterCapture):
-    def now(self, conn: Connection) -> str:
-        return conn.execute(sa.select(sa.func.strftime("%Y-%m-%dT%H:%M:%f", "now"))).scalar_one()
-
-    def _names(self, info: TableInfo) -> list[str]:
-        return [trigger_name("sync_clock", info.name, s) for s in ("_ins", "_upd", "_del")]
-
-    def install(self, conn: Connection, info: TableInfo) -> None:
-        self.remove(conn, info)
-        ins, upd, dele = self._names(info)
-        table = _q(conn, info.name)
-        star = sql_string("*")
-        conn.exec_driver_sql(
-            f"CREATE TRIGGER {_q(conn, ins)} AFTER INSERT ON {table} BEGIN "
-            f"{_clock_upsert(info.name, _key_sql(conn, info, 'NEW'), star)} END"
-        )
-        conn.exec_driver_sql(
-            f"CREATE TRIGGER {_q(conn, dele)} AFTER DELETE ON {table} BEGIN "
-            f"{_clock_upsert(info.name, _key_sql(conn, info, 'OLD'), star)} "
-            f"{_tombstone_insert(conn, info)} END"
-        )
-        per_column = " ".join(
-            _clock_upsert(
-                info.name,
-                _key_sql(conn, info, "NEW"),
-                sql_string(c),
-                f"AND OLD.{_q(conn, c)} IS NOT NEW.{_q(conn, c)}",
-            )
-            for c in info.columns
-        )
-        conn.exec_driver_sql(f"CREATE TRIGGER {_q(conn, upd)} AFTER UPDATE ON {table} BEGIN {per_column} END")
-
-    def remove(self, conn: Connection, info: TableInfo) -> None:
-        for name in self._names(info):
-            conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {_q(conn, name)}")
-
-    def installed(self, conn: Connection, info: TableInfo) -> bool:
-        names = set(self._names(info))
-        found = conn.execute(
-            sa.text("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = :t"), {"t": info.name}
-        ).scalars()
-        return names <= set(found)
-
-
-# ----------------------------------------------------------------------------------------------
-# Replica
-# ----------------------------------------------------------------------------------------------
-
-
-def _json_object_sql(conn: AnyConnection | None, info: TableInfo, ref: str) -> str:
+def json_object_sql(conn: AnyConnection | None, info: TableInfo, ref: str) -> str:
     """json_object of every column of a row, chunked under SQLite's argument limit; blobs as hex."""
 
     def value(column: sa.Column) -> str:
@@ -157,7 +86,7 @@ def replica_log_triggers(conn: AnyConnection | None, info: TableInfo) -> dict[st
     table = _q(conn, info.name)
     name = sql_string(info.name)
     same_key = " AND ".join(f"OLD.{_q(conn, c)} IS NEW.{_q(conn, c)}" for c in info.pk)
-    new_obj, old_obj = _json_object_sql(conn, info, "NEW"), _json_object_sql(conn, info, "OLD")
+    new_obj, old_obj = json_object_sql(conn, info, "NEW"), json_object_sql(conn, info, "OLD")
     new_key, old_key = _json_key_sql(conn, info, "NEW"), _json_key_sql(conn, info, "OLD")
     insert_log = f"INSERT INTO {LOG_TABLE} (table_name, op, row_key, old_values, new_values, changed_at) VALUES"
     statements = {

@@ -1,0 +1,204 @@
+"""PostgreSQL as the master: psycopg 3, row locks, sequences and identities, COPY, server-side cursors,
+partitions, roles (the signing key in a schema of its own).
+
+Change capture is one PL/pgSQL function and one row trigger per table (`postgresql_capture.py`); catalog
+queries are in `postgresql_catalog.py`, column-type rules in `postgresql_types.py`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY, REGCLASS
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.dml import Insert
+
+from sync_pipeline.engine.column_types import DialectTypes
+from sync_pipeline.engine.dialects import postgresql_capture as capture
+from sync_pipeline.engine.dialects import postgresql_catalog as catalog
+from sync_pipeline.engine.dialects.base import DialectImpl, PartitionKey, TriggerRow
+from sync_pipeline.engine.dialects.capture import quote_identifier
+from sync_pipeline.engine.dialects.postgresql_types import PostgreSQLTypes
+from sync_pipeline.engine.schema import TableInfo
+
+ARRAY_BATCH = 5000  # keys per look-up when they travel as one array parameter
+# Column types whose values PostgreSQL takes as a typed array parameter without surprises.
+_ARRAY_SAFE = (sa.Integer, sa.String, sa.Uuid, sa.Date, sa.DateTime, sa.Numeric)
+
+
+class PostgreSQLImpl(DialectImpl):
+    __dialect__ = "postgresql"
+
+    def prepare_url(self, url: URL) -> URL:
+        if url.drivername in ("postgresql", "postgres"):
+            return url.set(drivername="postgresql+psycopg")
+        return url
+
+    # -- clock and change capture -----------------------------------------------------------------
+
+    def now(self, conn: Connection) -> str:
+        utc = sa.func.timezone("UTC", sa.func.clock_timestamp())
+        return conn.execute(sa.select(sa.func.to_char(utc, 'YYYY-MM-DD"T"HH24:MI:SS.US'))).scalar_one()
+
+    def install_capture(self, conn: Connection, info: TableInfo) -> None:
+        capture.install(conn, info)
+
+    def remove_capture(self, conn: Connection, info: TableInfo) -> None:
+        capture.remove(conn, info)
+
+    def capture_installed(self, conn: Connection, info: TableInfo) -> bool:
+        found = conn.execute(
+            sa.text("SELECT 1 FROM pg_trigger WHERE tgname = :n AND tgrelid = CAST(:t AS regclass)"),
+            {"n": capture.trigger_of(info), "t": quote_identifier(info.name)},
+        ).first()
+        return found is not None
+
+    def tombstone_bytes(self, text: str) -> str:
+        return text.removeprefix("\\x")  # to_jsonb writes bytea as '\x…' hex
+
+    # -- key look-ups -----------------------------------------------------------------------------
+
+    def lookup_batch(self, width: int = 1) -> int:
+        return ARRAY_BATCH if width == 1 else super().lookup_batch(width)
+
+    def in_list(self, column: sa.ColumnElement[Any], values: list[Any]) -> sa.ColumnElement[bool]:
+        """`column = ANY(:array)`: one typed parameter instead of one per value, which spares the driver
+        parsing and the server planning a statement hundreds of parameters long for every batch of keys."""
+        if isinstance(column.type, _ARRAY_SAFE) and not isinstance(column.type, sa.Enum):
+            return column == sa.any_(sa.bindparam(None, values, type_=ARRAY(column.type)))
+        return column.in_(values)
+
+    # -- generated keys and sequences -------------------------------------------------------------
+
+    def find_sequences(self, bind: Engine | Connection, tables: Iterable[str]) -> dict[str, dict[str, str]]:
+        return catalog.find_sequences(bind, tables)
+
+    def advance_sequence(self, conn: Connection, sequence: str, highest: int, lowest: int) -> None:
+        catalog.advance_sequence(conn, sequence, highest, lowest)
+
+    def advance_sequence_to_max(self, conn: Connection, info: TableInfo) -> None:
+        column = info.table.columns[info.pk[0]]
+        sequence = conn.execute(
+            sa.select(sa.func.pg_get_serial_sequence(conn.dialect.identifier_preparer.quote(info.name), column.name))
+        ).scalar()
+        if not sequence:
+            return
+        highest = sa.select(sa.func.max(column)).scalar_subquery()
+        last = sa.func.coalesce(sa.func.pg_sequence_last_value(sa.cast(sequence, REGCLASS)), 0)
+        conn.execute(sa.select(sa.func.setval(sequence, sa.func.greatest(highest, last, 1))))
+
+    def insert_statement(self, info: TableInfo, columns: Iterable[str]) -> Insert:
+        if info.identity_always & set(columns):
+            return _OverridingInsert(info.table)
+        return sa.insert(info.table)
+
+    # -- bulk writes of the sync tables -----------------------------------------------------------
+
+    def bulk_insert(
+        self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: list[dict[str, Any]]
+    ) -> None:
+        """COPY, several times faster than executemany for the tens of thousands of change and history rows
+        a large session writes. The statement names only our own sync table and its columns, composed by
+        psycopg's identifier quoting: no outside name or value is pasted into it."""
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        with cursor.copy(_copy_statement(table, list(columns))) as writer:
+            for row in rows:
+                writer.write_row([row[c] for c in columns])
+
+    # -- checkout ---------------------------------------------------------------------------------
+
+    def snapshot(self, conn: Connection) -> Connection:
+        return conn.execution_options(isolation_level="REPEATABLE READ")
+
+    def streaming_cursor(self, dbapi_conn: Any, chunk_rows: int) -> Any:
+        cursor = dbapi_conn.cursor(name=f"sync_checkout_{uuid.uuid4().hex}")  # server-side: constant memory
+        cursor.itersize = chunk_rows
+        return cursor
+
+    # -- reflection -------------------------------------------------------------------------------
+
+    @property
+    def types(self) -> DialectTypes:
+        return _TYPES
+
+    def partition_foreign_keys(self, bind: Engine | Connection, tables: Iterable[str]) -> list[PartitionKey]:
+        return catalog.partition_foreign_keys(bind, tables)
+
+    def master_triggers(self, bind: Engine | Connection) -> list[TriggerRow]:
+        return catalog.master_triggers(bind)
+
+    # -- the signing key's store ------------------------------------------------------------------
+
+    def signing_key_schema(self, conn: Connection) -> str | None:
+        from sync_pipeline.engine.signing_key import key_schema_name
+
+        return key_schema_name(conn.execute(sa.select(sa.func.current_schema())).scalar_one())
+
+    def protect_key_store(self, conn: Connection, table: sa.Table) -> None:
+        """Statements are composed by psycopg's identifier quoting: no name is pasted into SQL text."""
+        from psycopg import sql
+
+        assert table.schema is not None
+        schema, name = sql.Identifier(table.schema), sql.Identifier(table.schema, table.name)
+        grantees = conn.execute(
+            sa.text(
+                "SELECT DISTINCT pg_get_userbyid(a.grantee) FROM pg_namespace n, aclexplode(n.nspacl) a "
+                "WHERE n.nspname = :schema AND a.grantee <> 0 AND a.grantee <> n.nspowner "
+                "UNION SELECT DISTINCT pg_get_userbyid(a.grantee) FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace, aclexplode(c.relacl) a "
+                "WHERE n.nspname = :schema AND a.grantee <> 0 AND a.grantee <> c.relowner"
+            ),
+            {"schema": table.schema},
+        ).scalars()
+        cursor: Any = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(schema))
+        cursor.execute(sql.SQL("REVOKE ALL ON TABLE {} FROM PUBLIC").format(name))
+        for role in grantees:
+            cursor.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM {}").format(schema, sql.Identifier(role)))
+            cursor.execute(sql.SQL("REVOKE ALL ON TABLE {} FROM {}").format(name, sql.Identifier(role)))
+
+
+def _copy_statement(table: sa.Table, columns: list[str]) -> Any:
+    from psycopg import sql
+
+    if not set(columns) <= set(table.columns.keys()):
+        raise ValueError(f"COPY is only for the sync tables' own columns, not {table.name}({columns})")
+    return sql.SQL("COPY {} ({}) FROM STDIN").format(
+        sql.Identifier(table.name), sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    )
+
+
+class _OverridingInsert(Insert):
+    """INSERT … OVERRIDING SYSTEM VALUE: explicit values into GENERATED ALWAYS identities."""
+
+    inherit_cache = True
+
+
+@compiles(_OverridingInsert, PostgreSQLImpl.__dialect__)
+def _compile_overriding(element: _OverridingInsert, compiler: Any, **kw: Any) -> str:
+    text: str = compiler.visit_insert(element, **kw)
+    return text[: (end := _column_list_end(text))] + " OVERRIDING SYSTEM VALUE" + text[end:]
+
+
+def _column_list_end(sql: str) -> int:
+    """The position after `INSERT INTO name (columns)`, skipping quoted identifiers."""
+    i, depth, quoted = 0, 0, False
+    while i < len(sql):
+        char = sql[i]
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and char == "(":
+            depth += 1
+        elif not quoted and char == ")":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    raise ValueError("an INSERT without a column list")
+
+
+_TYPES = PostgreSQLTypes()

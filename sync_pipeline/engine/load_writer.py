@@ -1,0 +1,217 @@
+"""The load's writer: batches of one table and kind written into the master, with the key map of
+remapped rows, what was dropped (and why) and what was applied."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from sync_pipeline.engine.detect import fetch_rows_by_key, still_referenced
+from sync_pipeline.engine.dialects import impl_for
+from sync_pipeline.engine.faults import checkpoint
+from sync_pipeline.engine.load_columns import grouped_by_columns, insert_statement
+from sync_pipeline.engine.load_order import unique_column_sets
+from sync_pipeline.engine.load_plan import Dropped, Op, Operation, Plan, Source, TableKey
+from sync_pipeline.engine.load_verify import WrittenRows
+from sync_pipeline.engine.schema import TableInfo, references_to
+from sync_pipeline.engine.sequences import advance_past
+
+
+@dataclass
+class AppliedRow:
+    change_id: int
+    table: str
+    key: tuple[Any, ...]
+    op: Op
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    source: Source
+
+
+class Writer:
+    """Writes batches of one table and kind, keeps the key map, what was dropped and what was applied."""
+
+    def __init__(self, conn: Connection, plan: Plan, infos: dict[str, TableInfo]) -> None:
+        self.conn, self.infos = conn, infos
+        self.key_map: dict[TableKey, tuple[Any, ...]] = dict(plan.key_map)
+        self.dropped = list(plan.dropped)
+        self.dropped_keys: set[TableKey] = set(plan.gone)
+        self.applied: list[AppliedRow] = []
+        self.written = WrittenRows()  # for `verify_load`
+        self.deleted = {(o.table, o.key) for o in plan.operations if o.op == "delete"}
+        tables = {o.table for o in plan.operations if o.op == "delete"}
+        self.references = references_to(conn, tables) if tables else {}
+
+    def drop(self, operation: Operation, why: str) -> None:
+        """Leave a write out of the load, with the reason the protocol shows."""
+        self.dropped.append(Dropped(operation.change_id, operation.table, operation.key, why))
+
+    def rewrite(self, operation: Operation) -> bool:
+        """Point references at remapped parents; False if a parent was dropped (drop this row too)."""
+        info = self.infos[operation.table]
+        # An update may write part of a composite reference: the rest is the master row's.
+        row = {**operation.before, **operation.values} if operation.before is not None else operation.values
+        for fk in info.foreign_keys:
+            if not set(fk.columns) & set(operation.values) or not set(fk.columns) <= set(row):
+                continue
+            parent_key = tuple(row[c] for c in fk.columns)
+            mapped = self.key_map.get((fk.parent_table, parent_key))
+            if mapped is not None:
+                operation.values.update(dict(zip(fk.columns, mapped, strict=True)))
+            elif (fk.parent_table, parent_key) in self.dropped_keys:
+                return False
+        return True
+
+    def insert(self, table: str, operations: list[Operation]) -> None:
+        conn, info = self.conn, self.infos[table]
+        plain: list[Operation] = []
+        remapped: list[Operation] = []
+        for operation in operations:
+            if not self.rewrite(operation):
+                self.drop(operation, "its parent row was not synchronised")
+                self.dropped_keys.add((table, operation.key))
+                continue
+            (remapped if operation.new_key else plain).append(operation)
+        plain = self._without_missing_parents(table, plain, "orphan_parent")
+        for columns, rows in grouped_by_columns(o.values for o in plain):
+            conn.execute(insert_statement(conn, info, columns), rows)
+            checkpoint("load_write")
+        for o in plain:
+            self.applied.append(
+                AppliedRow(o.change_id, table, info.key_of(o.values), "insert", None, o.values, o.source)
+            )
+            self.written.wrote(table, info.key_of(o.values), o.values)
+        advance_past(conn, info.sequences, [o.values for o in plain])  # before the remapped rows take keys
+        for operation in remapped:
+            new_key = impl_for(conn).insert_returning_key(conn, info, operation.values)
+            checkpoint("load_write")
+            self.key_map[(table, operation.key)] = new_key
+            after = dict(operation.values) | info.key_dict(new_key)
+            self.written.wrote(table, new_key, after)
+            self.applied.append(AppliedRow(operation.change_id, table, new_key, "insert", None, after, "remap"))
+
+    def update(self, table: str, operations: list[Operation]) -> None:
+        conn, info = self.conn, self.infos[table]
+        kept: list[Operation] = []
+        for operation in operations:
+            if not self.rewrite(operation):
+                self.drop(operation, "it points at a row that was not synchronised")
+                continue
+            kept.append(operation)
+        kept = self._without_missing_parents(table, kept, "decision")
+        # Updates of the same columns go to the database as one executemany.
+        by_columns: dict[tuple[str, ...], list[Operation]] = defaultdict(list)
+        for operation in kept:
+            values = {k: v for k, v in operation.values.items() if k not in info.pk}
+            if values:
+                operation.values = values
+                by_columns[tuple(sorted(values))].append(operation)
+        for columns, batch in by_columns.items():
+            statement = (
+                sa.update(info.table)
+                .where(*[info.table.columns[c] == sa.bindparam(f"_key_{c}") for c in info.pk])
+                .values({c: sa.bindparam(f"_new_{c}") for c in columns})
+            )
+            params = [
+                {
+                    **{f"_key_{c}": v for c, v in zip(info.pk, o.key, strict=True)},
+                    **{f"_new_{c}": o.values[c] for c in columns},
+                }
+                for o in batch
+            ]
+            for start in range(0, len(params), 1000):
+                conn.execute(statement, params[start : start + 1000])
+                checkpoint("load_write")
+            advance_past(conn, info.sequences, [o.values for o in batch])
+            for o in batch:
+                self.written.wrote(table, o.key, o.values)
+                before = o.before
+                after = (dict(before) if before else {}) | o.values
+                self.applied.append(AppliedRow(o.change_id, table, o.key, "update", before, after, o.source))
+
+    def _without_missing_parents(self, table: str, operations: list[Operation], source: str) -> list[Operation]:
+        """Writes of `source` whose reference points at a row the master no longer has are dropped, as an
+        orphan decided 'master' is, before the database refuses the whole load:
+        - decided updates (a conflict decided 'local'): detection brings the parent back where it knows the
+          tombstone of it (see `_decided_parent`); this catches the rest (a composite reference decided
+          field by field);
+        - parents brought back from their tombstone (`orphan_parent`) whose own parent the master deleted too:
+          detection reads the tombstone of the first parent only. Rows that need them are dropped too."""
+        info = self.infos[table]
+        missing: set[int] = set()
+        for fk in info.foreign_keys:
+            wanted: dict[int, tuple[Any, ...]] = {}
+            for n, o in enumerate(operations):
+                if o.source == source and set(fk.columns) & set(o.values):
+                    row = {**(o.before or {}), **o.values}
+                    parent_key = tuple(row.get(c) for c in fk.columns)
+                    if None not in parent_key:
+                        wanted[n] = parent_key
+            if not wanted:
+                continue
+            parent_info = self.infos.get(fk.parent_table) or TableInfo(
+                info.table.metadata.tables[fk.parent_table], fk.parent_columns, False
+            )
+            present = fetch_rows_by_key(self.conn, parent_info, wanted.values(), fk.parent_columns)
+            missing.update(n for n, parent_key in wanted.items() if parent_key not in present)
+        for n in sorted(missing):
+            o = operations[n]
+            self.drop(o, "it points at a row the master deleted")
+            if o.op == "insert":
+                self.dropped_keys.add((table, o.key))
+        return [o for n, o in enumerate(operations) if n not in missing]
+
+    def release(self, table: str, operations: list[Operation]) -> None:
+        """Write NULL into the unique columns these updates are about to write, or the nullable unique
+        columns of rows about to be deleted (see `write_order`): their old values are free for other rows;
+        the updates and deletes themselves follow and are recorded then."""
+        info = self.infos[table]
+        unique = {c for columns in unique_column_sets(info) for c in columns}
+        by_columns: dict[tuple[str, ...], list[Operation]] = defaultdict(list)
+        for o in operations:
+            lets_go = set(o.values) if o.op == "update" else {c for c in unique if info.table.columns[c].nullable}
+            by_columns[tuple(sorted(unique & lets_go))].append(o)
+        for columns, batch in by_columns.items():
+            statement = (
+                sa.update(info.table)
+                .where(*[info.table.columns[c] == sa.bindparam(f"_key_{c}") for c in info.pk])
+                .values({c: sa.null() for c in columns})
+            )
+            params = [{f"_key_{c}": v for c, v in zip(info.pk, o.key or (), strict=True)} for o in batch]
+            for start in range(0, len(params), 1000):
+                self.conn.execute(statement, params[start : start + 1000])
+                checkpoint("load_write")
+            for o in batch:  # the update that follows writes them; if it is dropped, they must be as before
+                before = o.before or {}
+                self.written.wrote(table, o.key, {c: before.get(c) for c in columns})
+
+    def delete(self, table: str, operations: list[Operation]) -> None:
+        conn, info = self.conn, self.infos[table]
+        deletes = operations
+        if self.references.get(table):
+            # Never delete a row that master rows still reference (an FK error, or worse, a cascade). The rows
+            # this load deletes or re-points elsewhere were written before (see `_dependencies`).
+            referenced = still_referenced(conn, info, self.references[table], [o.key for o in deletes], self.deleted)
+            for o in deletes:
+                if o.key in referenced:
+                    self.drop(o, "rows in the master still reference it")
+                    self.deleted.discard((table, o.key))  # so its parents see it stay
+            deletes = [o for o in deletes if o.key not in referenced]
+        for start in range(0, len(deletes), 500):
+            chunk = deletes[start : start + 500]
+            keys = [o.key for o in chunk]
+            if len(info.pk) == 1:
+                condition = impl_for(conn).in_list(info.table.columns[info.pk[0]], [k[0] for k in keys])
+            else:
+                condition = sa.tuple_(*[info.table.columns[c] for c in info.pk]).in_(keys)
+            conn.execute(sa.delete(info.table).where(condition))
+            checkpoint("load_write")
+            for o in chunk:
+                self.written.deleted(table, o.key)
+            self.applied.extend(
+                AppliedRow(o.change_id, table, o.key, "delete", o.before, None, o.source) for o in chunk
+            )
