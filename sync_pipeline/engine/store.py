@@ -12,23 +12,12 @@ from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Engine
 
-from sync_pipeline.engine.dialects import impl_for
+from sync_pipeline.engine.dialects import exact_key_text, impl_for
 from sync_pipeline.engine.errors import NotInitialisedError
 
 metadata = sa.MetaData()
-
-
-def _exact(generic: sa.types.TypeEngine[Any], mysql_length: int) -> sa.types.TypeEngine[Any]:
-    """A key column of the trigger-written tables. MySQL/MariaDB cannot index TEXT and compares strings
-    ignoring case by default; there the column is a VARCHAR with the binary collation, so that row keys
-    and names match exactly, as on the other databases (the lengths keep the primary key under InnoDB's
-    3072 bytes; MySQL names are at most 64 characters)."""
-    return generic.with_variant(
-        mysql.VARCHAR(mysql_length, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb"
-    )
 
 
 sync_meta = sa.Table(
@@ -145,9 +134,9 @@ sync_applied = sa.Table(
 sync_field_clock = sa.Table(
     "sync_field_clock",
     metadata,
-    sa.Column("table_name", _exact(sa.String(200), 64), primary_key=True),
-    sa.Column("row_key", _exact(sa.Text(), 600), primary_key=True),
-    sa.Column("column_name", _exact(sa.String(200), 64), primary_key=True),  # '*': row inserted or deleted
+    sa.Column("table_name", exact_key_text(sa.String(200), 64), primary_key=True),
+    sa.Column("row_key", exact_key_text(sa.Text(), 600), primary_key=True),
+    sa.Column("column_name", exact_key_text(sa.String(200), 64), primary_key=True),  # '*': row inserted or deleted
     sa.Column("changed_at", sa.String(32), nullable=False),
 )
 
@@ -170,8 +159,8 @@ sync_web_session = sa.Table(
 sync_tombstone = sa.Table(
     "sync_tombstone",
     metadata,
-    sa.Column("table_name", _exact(sa.String(200), 64), primary_key=True),
-    sa.Column("row_key", _exact(sa.Text(), 600), primary_key=True),  # rendered as the field clock renders it
+    sa.Column("table_name", exact_key_text(sa.String(200), 64), primary_key=True),
+    sa.Column("row_key", exact_key_text(sa.Text(), 600), primary_key=True),  # rendered as the field clock renders it
     sa.Column("deleted_at", sa.String(32), primary_key=True),
     sa.Column("row_image", sa.Text, nullable=False),  # JSON object: column -> value
     sa.Column("deleted_by", sa.Text),  # JSON (PostgreSQL: current_user, session_user, application_name)

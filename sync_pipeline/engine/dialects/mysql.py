@@ -3,12 +3,9 @@
 What differs from PostgreSQL, and how it is handled here:
 - one trigger per event and no transition tables: change capture is three row triggers per table
   (AFTER INSERT / UPDATE / DELETE), each a single statement or a BEGIN … END block;
-- identifiers are quoted with backticks (a backtick doubled); names that are data go into trigger bodies
-  as hex literals (`_utf8mb4 X'…'`), which no sql_mode (NO_BACKSLASH_ESCAPES, ANSI_QUOTES) reads otherwise;
+- identifiers in trigger DDL are quoted with backticks (`mysql_capture.py`);
 - DDL commits implicitly, so every step of `init-master` is idempotent (CREATE OR REPLACE TRIGGER,
   CREATE TABLE IF NOT EXISTS through `create_all`): a run that failed half-way is simply run again;
-- the field clock compares old and new values as bytes (`CAST(… AS BINARY)`): under a case-insensitive
-  collation `'Muller' <=> 'MULLER'` is true, yet the change must be recorded;
 - AUTO_INCREMENT moves past explicit keys by itself (nothing to advance);
 - every session is strict (`STRICT_ALL_TABLES`, zero dates refused) and in UTC, with `||` as
   concatenation (the engine's `key_text` uses it), and READ COMMITTED like PostgreSQL's default; the
@@ -18,7 +15,6 @@ What differs from PostgreSQL, and how it is handled here:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -29,92 +25,22 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import Cast
 
 from sync_pipeline.engine.column_types import CARRIER_INFO, Carrier, DialectTypes, generic_carrier
+from sync_pipeline.engine.dialects import mysql_capture
 from sync_pipeline.engine.dialects.base import DialectImpl, TriggerRow, catalog_connection
-from sync_pipeline.engine.dialects.capture import trigger_name
-from sync_pipeline.engine.schema import KEY_SEPARATOR, TableInfo
+from sync_pipeline.engine.schema import TableInfo
 from sync_pipeline.engine.triggers import read_source, without_comments_and_strings
 
-# The trigger clock: UTC with microseconds, in the format every dialect's triggers write.
-NOW = "DATE_FORMAT(UTC_TIMESTAMP(6), '%Y-%m-%dT%H:%i:%s.%f')"
-SESSION_MODES = "STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ZERO_IN_DATE,ERROR_FOR_DIVISION_BY_ZERO,PIPES_AS_CONCAT"
+# Every session: strict (a value that does not fit is an error, zero dates refused), `||` as concatenation
+# (the engine's key_text uses it), and UTC (TIMESTAMP columns read and written as UTC).
+SESSION_SETUP = (
+    "SET SESSION sql_mode = CONCAT(@@sql_mode, "
+    "',STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ZERO_IN_DATE,ERROR_FOR_DIVISION_BY_ZERO,PIPES_AS_CONCAT'), "
+    "time_zone = '+00:00'"
+)
 # Driver error numbers of aborts caused by other transactions (retried like PostgreSQL's 40P01/40001).
 TRANSIENT_ERRORS = {1213: "deadlock", 1205: "lock_wait_timeout"}
 # Integer widths in bits (an unsigned column holds one bit more of positive range).
 _INT_BITS = {mysql.TINYINT: 8, mysql.SMALLINT: 16, mysql.MEDIUMINT: 24, mysql.INTEGER: 32, mysql.BIGINT: 64}
-
-
-def quote_identifier(name: str) -> str:
-    """A MySQL delimited identifier: in backticks, a backtick doubled. Always quoted (reserved words such
-    as `order`, spaces, quotes, `%`). MySQL identifiers cannot hold NUL."""
-    if "\x00" in name:
-        raise ValueError(f"an identifier with a NUL character cannot be quoted: {name!r}")
-    return "`" + name.replace("`", "``") + "`"
-
-
-def text_literal(value: str) -> str:
-    """A utf8mb4 string literal written as hex: no quote, backslash or sql_mode can change how it reads."""
-    return f"_utf8mb4 X'{value.encode().hex()}' COLLATE utf8mb4_bin" if value else "_utf8mb4 '' COLLATE utf8mb4_bin"
-
-
-_q = quote_identifier
-
-
-def _key_sql(info: TableInfo, ref: str) -> str:
-    """The row's key as text, as `schema.key_text` renders it (CAST(col AS CHAR), joined by KEY_SEPARATOR)."""
-    sep = f"CHAR({ord(KEY_SEPARATOR)} USING utf8mb4)"
-    parts = [f"CAST({ref}.{_q(c)} AS CHAR CHARACTER SET utf8mb4)" for c in info.pk]
-    return parts[0] if len(parts) == 1 else "CONCAT(" + f", {sep}, ".join(parts) + ")"
-
-
-def _clock_row(info: TableInfo, ref: str, column: str) -> str:
-    return (
-        "INSERT INTO `sync_field_clock` (`table_name`, `row_key`, `column_name`, `changed_at`) "
-        f"VALUES ({text_literal(info.name)}, {_key_sql(info, ref)}, {text_literal(column)}, {NOW}) "
-        "ON DUPLICATE KEY UPDATE `changed_at` = VALUES(`changed_at`)"
-    )
-
-
-def _changed_columns(info: TableInfo) -> str:
-    """One INSERT … SELECT of the columns whose bytes differ between OLD and NEW (MySQL has no
-    transition tables and no VALUES list as a table on older servers: a UNION ALL of one-row selects)."""
-    rows = " UNION ALL ".join(
-        f"SELECT {text_literal(c)} AS col, NOT (CAST(OLD.{_q(c)} AS BINARY) <=> CAST(NEW.{_q(c)} AS BINARY)) AS changed"
-        for c in info.columns
-    )
-    return (
-        "INSERT INTO `sync_field_clock` (`table_name`, `row_key`, `column_name`, `changed_at`) "
-        f"SELECT {text_literal(info.name)}, {_key_sql(info, 'NEW')}, v.col, {NOW} FROM ({rows}) AS v WHERE v.changed "
-        "ON DUPLICATE KEY UPDATE `changed_at` = VALUES(`changed_at`)"
-    )
-
-
-def _row_image(info: TableInfo, ref: str) -> str:
-    """The deleted row as a JSON object; binary values as hex (JSON holds text only)."""
-    pairs = []
-    for c in info.columns:
-        value = f"{ref}.{_q(c)}"
-        if isinstance(info.table.columns[c].type, sa.types._Binary):
-            value = f"HEX({value})"
-        pairs.append(f"{text_literal(c)}, {value}")
-    return "JSON_OBJECT(" + ", ".join(pairs) + ")"
-
-
-def _tombstone_row(info: TableInfo) -> str:
-    deleted_by = "JSON_OBJECT('current_user', CURRENT_USER(), 'session_user', SESSION_USER())"
-    return (
-        "INSERT INTO `sync_tombstone` (`table_name`, `row_key`, `deleted_at`, `row_image`, `deleted_by`) "
-        f"VALUES ({text_literal(info.name)}, {_key_sql(info, 'OLD')}, {NOW}, {_row_image(info, 'OLD')}, {deleted_by}) "
-        "ON DUPLICATE KEY UPDATE `row_image` = VALUES(`row_image`), `deleted_by` = VALUES(`deleted_by`)"
-    )
-
-
-def _ddl(conn: Connection, statement: str) -> None:
-    """Trigger DDL straight through the driver without parameters: a `%` in a name stays a `%`."""
-    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.execute(statement)
-    finally:
-        cursor.close()
 
 
 class MySQLImpl(DialectImpl):
@@ -135,7 +61,7 @@ class MySQLImpl(DialectImpl):
     def on_connect(self, dbapi_conn: Any) -> None:
         cursor = dbapi_conn.cursor()
         try:
-            cursor.execute(f"SET SESSION sql_mode = CONCAT(@@sql_mode, ',{SESSION_MODES}'), time_zone = '+00:00'")
+            cursor.execute(SESSION_SETUP)
         finally:
             cursor.close()
 
@@ -146,27 +72,11 @@ class MySQLImpl(DialectImpl):
             sa.select(sa.func.date_format(sa.func.utc_timestamp(6), "%Y-%m-%dT%H:%i:%s.%f"))
         ).scalar_one()
 
-    def _names(self, info: TableInfo) -> list[str]:
-        return [trigger_name("sync_clock", info.name, s) for s in ("_ins", "_upd", "_del")]
-
     def install_capture(self, conn: Connection, info: TableInfo) -> None:
-        ins, upd, dele = (_q(n) for n in self._names(info))
-        table = _q(info.name)
-        # CREATE OR REPLACE: each statement commits by itself, and re-running init-master after a failure
-        # half-way replaces what the failed run left.
-        _ddl(
-            conn, f"CREATE OR REPLACE TRIGGER {ins} AFTER INSERT ON {table} FOR EACH ROW {_clock_row(info, 'NEW', '*')}"
-        )
-        _ddl(conn, f"CREATE OR REPLACE TRIGGER {upd} AFTER UPDATE ON {table} FOR EACH ROW {_changed_columns(info)}")
-        _ddl(
-            conn,
-            f"CREATE OR REPLACE TRIGGER {dele} AFTER DELETE ON {table} FOR EACH ROW "
-            f"BEGIN {_clock_row(info, 'OLD', '*')}; {_tombstone_row(info)}; END",
-        )
+        mysql_capture.install(conn, info)
 
     def remove_capture(self, conn: Connection, info: TableInfo) -> None:
-        for name in self._names(info):
-            _ddl(conn, f"DROP TRIGGER IF EXISTS {_q(name)}")
+        mysql_capture.remove(conn, info)
 
     def capture_installed(self, conn: Connection, info: TableInfo) -> bool:
         found = conn.execute(
@@ -176,7 +86,7 @@ class MySQLImpl(DialectImpl):
             ),
             {"t": info.name},
         ).scalars()
-        return set(self._names(info)) <= set(found)
+        return set(mysql_capture.trigger_names(info)) <= set(found)
 
     def tombstone_bytes(self, text: str) -> str:
         return text  # HEX() in the row image: plain hex already
@@ -194,20 +104,11 @@ class MySQLImpl(DialectImpl):
         # REPEATABLE READ: the transaction's first read opens one read view that every later read uses.
         return conn.execution_options(isolation_level="REPEATABLE READ")
 
-    def stream_rows(self, conn: Connection, query: sa.Select[Any], chunk_rows: int) -> Iterator[list[tuple[Any, ...]]]:
-        """A server-side (unbuffered) cursor: rows come as they are read, memory stays constant."""
+    def streaming_cursor(self, dbapi_conn: Any, chunk_rows: int) -> Any:
+        """An unbuffered (server-side) cursor: rows come as the server sends them, memory stays constant."""
         from MySQLdb.cursors import SSCursor
 
-        compiled = query.compile(dialect=conn.dialect)
-        dbapi = conn.connection.dbapi_connection
-        assert dbapi is not None
-        cursor = dbapi.cursor(SSCursor)
-        cursor.execute(str(compiled), [compiled.params[name] for name in compiled.positiontup or []])
-        try:
-            while chunk := cursor.fetchmany(chunk_rows):
-                yield list(chunk)
-        finally:
-            cursor.close()
+        return dbapi_conn.cursor(SSCursor)
 
     # -- reflection -------------------------------------------------------------------------------
 
