@@ -78,6 +78,16 @@ def _available(name: str) -> bool:
     return True
 
 
+def driver_transient_kind(error: BaseException) -> str | None:
+    """What a driver error that carries no SQLSTATE says about a transient abort ('deadlock' …), asked of
+    every database module in use (a retry knows the error, not the master it came from)."""
+    for cls in list(_REGISTRY.values()):
+        kind = cls.transient_error(error)
+        if kind is not None:
+            return kind
+    return None
+
+
 def exact_key_text(generic: sa.types.TypeEngine[Any], mysql_chars: int) -> sa.types.TypeEngine[Any]:
     """A text column of a sync table's primary key that matches exactly on every database.
 
@@ -92,4 +102,4 @@ def exact_key_text(generic: sa.types.TypeEngine[Any], mysql_chars: int) -> sa.ty
     return generic.with_variant(exact, "mysql", "mariadb")
 
 
-__all__ = ["DialectImpl", "UnsupportedDatabase", "dialect_name", "exact_key_text", "impl_for"]
+__all__ = ["DialectImpl", "UnsupportedDatabase", "dialect_name", "driver_transient_kind", "exact_key_text", "impl_for"]

@@ -87,6 +87,12 @@ class DialectImpl:
     def on_connect(self, dbapi_conn: Any) -> None:
         """Connect-time setup of every new driver connection (session settings, pragmas)."""
 
+    @classmethod
+    def transient_error(cls, error: BaseException) -> str | None:
+        """The kind of transient abort ('deadlock' …) a driver error of this database is, for drivers
+        whose errors carry no SQLSTATE (`retry.transient_kind` reads SQLSTATEs itself); None otherwise."""
+        return None
+
     # ------------------------------------------------------------------------------------------
     # The master's clock and change capture (the field clock and tombstones, written by triggers)
     # ------------------------------------------------------------------------------------------

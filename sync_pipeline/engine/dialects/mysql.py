@@ -55,6 +55,12 @@ class MySQLImpl(DialectImpl):
             url = url.update_query_dict({"charset": "utf8mb4"})  # 4-byte characters (emoji, CJK ext.)
         return url
 
+    @classmethod
+    def transient_error(cls, error: BaseException) -> str | None:
+        # mysqlclient's errors are (error number, message), without SQLSTATE.
+        code = error.args[0] if error.args else None
+        return TRANSIENT_ERRORS.get(code) if isinstance(code, int) else None
+
     def engine_options(self) -> dict[str, Any]:
         return {"isolation_level": "READ COMMITTED"}
 
