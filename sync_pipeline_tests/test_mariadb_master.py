@@ -4,6 +4,8 @@
   them; run again, it completes them, keeps the master's identity, and the sync works.
 - One trigger per event: the field clock records a case-only change (which the column's
   case-insensitive collation calls equal) and a deleted row's tombstone.
+- Natural-key duplicates follow the column's collation: `MULLER` is `Müller` under utf8mb4_general_ci
+  (and the conflict says so), another person under utf8mb4_bin.
 - Deadlocks (1213) and lock-wait timeouts (1205) are transient: retried like PostgreSQL's 40P01.
 """
 
@@ -23,10 +25,12 @@ from sqlalchemy.engine import Engine
 
 from sync_pipeline.engine import store
 from sync_pipeline.engine.dialects import impl_for
-from sync_pipeline.engine.master import connect_master
+from sync_pipeline.engine.master import connect_master, init_master
+from sync_pipeline.engine.queries import list_conflicts
 from sync_pipeline.engine.retry import transient_kind
 from sync_pipeline.engine.schema import reflect_tables
 from sync_pipeline.engine.session import run_sync
+from sync_pipeline.settings import parse_settings
 from sync_pipeline_tests.conftest import fresh_mariadb_url
 from sync_pipeline_tests.helpers import (
     BASE_ROWS,
@@ -35,6 +39,7 @@ from sync_pipeline_tests.helpers import (
     make_replica,
     replica_engine,
     row,
+    rows,
     sample_metadata,
 )
 
@@ -149,4 +154,57 @@ def test_deadlock_is_a_transient_abort(url: str) -> None:
     # The other transaction went through whole: its own row 'x', the row it waited for 'y'.
     cities = (row(engine, "parent", id=1)["city"], row(engine, "parent", id=2)["city"])  # type: ignore[index]
     assert cities in (("x", "y"), ("y", "x"))
+    engine.dispose()
+
+
+PERSON_SETTINGS = "modules:\n  crm:\n    policy: manual\n    tables:\n      person: {natural_key: [name]}\n"
+
+
+def _person_master(url: str, collation: str) -> Engine:
+    engine = connect_master(url, must_exist=False)
+    person = sa.Table(
+        "person",
+        metadata := sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("name", sa.String(60, collation=collation), nullable=False),
+        sa.Column("city", sa.String(60)),
+    )
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.insert(person), [{"id": 1, "name": "Müller", "city": "Bern"}])
+    init_master(engine, parse_settings(PERSON_SETTINGS, "test-settings.yaml"))
+    return engine
+
+
+def _insert_person(replica: Path, name: str) -> None:
+    with replica_engine(replica).begin() as r:
+        r.execute(sa.text("INSERT INTO person (name, city) VALUES (:n, 'Basel')"), {"n": name})
+
+
+@pytest.mark.parametrize(
+    ("collation", "duplicate"),
+    [("utf8mb4_general_ci", True), ("utf8mb4_bin", False)],
+)
+def test_natural_key_duplicate_follows_the_column_collation(
+    url: str, tmp_path: Path, collation: str, duplicate: bool
+) -> None:
+    """`MULLER` is `Müller` under a case- and accent-insensitive collation (a duplicate, and the conflict
+    says why); under a binary one it is another person, inserted."""
+    engine = _person_master(url, collation)
+    replica = make_replica(engine, tmp_path)
+    _insert_person(replica, "MULLER")
+    result = run_sync(engine, replica)
+    conflicts = list_conflicts(engine, result.session_id)
+    people = sorted((r["name"], r["city"]) for r in rows(engine, "person"))
+    if duplicate:
+        assert result.status == "waiting" and [c["kind"] for c in conflicts] == ["duplicate"]
+        with engine.connect() as conn:
+            note = conn.execute(
+                sa.select(store.sync_change.c.note).where(store.sync_change.c.session_id == result.session_id)
+            ).scalar_one()
+        assert collation in note and "MULLER" in note and "Müller" in note, note
+        assert people == [("Müller", "Bern")]  # nothing written while the duplicate waits
+    else:
+        assert result.status == "done" and conflicts == []
+        assert people == [("MULLER", "Basel"), ("Müller", "Bern")]
     engine.dispose()

@@ -3,9 +3,10 @@
 Two loads into one PostgreSQL master may lock the same rows or parents in different orders; the server
 then aborts one of them with a deadlock (SQLSTATE 40P01), or, under a stricter isolation level, with a
 serialization failure (40001); MariaDB/MySQL with a deadlock (error 1213) or a lock-wait timeout (1205),
-numbers its driver reports instead of SQLSTATEs (`DialectImpl.transient_error`). Nothing of the aborted transaction was written, so running it again is
-safe and nearly always succeeds: these are retried with a bounded, jittered exponential back-off and
-counted, and never reported as a failed sync. Every other error propagates at once.
+numbers its driver reports instead of SQLSTATEs (`DialectImpl.transient_error`). Nothing of the aborted
+transaction was written, so running it again is safe and nearly always succeeds: these are retried with
+a bounded, jittered exponential back-off and counted, and never reported as a failed sync. Every other
+error propagates at once.
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import Cast
 
 from sync_pipeline.engine.column_types import CARRIER_INFO, Carrier, DialectTypes, generic_carrier
-from sync_pipeline.engine.dialects import mysql_capture
-from sync_pipeline.engine.dialects.base import DialectImpl, TriggerRow, catalog_connection
+from sync_pipeline.engine.dialects import mysql_capture, mysql_collation
+from sync_pipeline.engine.dialects.base import DialectImpl, Key, KeyedRows, TriggerRow, catalog_connection
 from sync_pipeline.engine.schema import TableInfo
 from sync_pipeline.engine.triggers import read_source, without_comments_and_strings
 
@@ -104,6 +104,9 @@ class MySQLImpl(DialectImpl):
         result = conn.execute(self.insert_statement(info, values).values(dict(values)))
         return tuple(result.inserted_primary_key)
 
+    def match_natural_keys(self, conn: Connection, info: TableInfo, *args: Any) -> tuple[KeyedRows, dict[Key, str]]:
+        return mysql_collation.match_natural_keys(conn, info, *args)  # (columns, wanted, hits)
+
     # -- checkout ---------------------------------------------------------------------------------
 
     def snapshot(self, conn: Connection) -> Connection:
@@ -157,6 +160,7 @@ class MySQLTypes(DialectTypes):
     digits of a second, SET values travel as their text ('a,b'), binary strings as bytes."""
 
     def prepare(self, bind: Engine | Connection, table: sa.Table) -> None:
+        mysql_collation.read_collations(bind, table)  # natural keys compare by the column's collation
         for column in table.columns:
             t = column.type
             if isinstance(t, mysql.TINYINT) and t.display_width == 1:
