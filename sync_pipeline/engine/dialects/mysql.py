@@ -152,6 +152,15 @@ def _cast_to_text(cast: Cast[Any], compiler: SQLCompiler, **kw: Any) -> str:
     return compiler.visit_cast(cast, **kw)
 
 
+@sa.event.listens_for(sa.Table, "column_reflect")
+def _unescape_backticks(inspector: Any, table: sa.Table, column_info: dict[str, Any]) -> None:
+    """SQLAlchemy reads MySQL's SHOW CREATE TABLE without undoing the doubled backtick of a quoted name
+    (a column named `` `tick` `` comes back as ``` ``tick`` ```): undo it, or every statement names a
+    column that does not exist."""
+    if inspector.dialect.name in ("mysql", "mariadb") and "``" in column_info["name"]:
+        column_info["name"] = column_info["name"].replace("``", "`")
+
+
 _SET_NEW = re.compile(r"\bSET\s+(?=NEW\s*\.)", re.IGNORECASE)
 
 

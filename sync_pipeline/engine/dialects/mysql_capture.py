@@ -51,17 +51,15 @@ def _clock_row(info: TableInfo, ref: str, column: str) -> str:
 
 
 def _changed_columns(info: TableInfo) -> str:
-    """One INSERT … SELECT of the columns whose bytes differ between OLD and NEW (MySQL has no
-    transition tables and no VALUES list as a table on older servers: a UNION ALL of one-row selects)."""
-    rows = " UNION ALL ".join(
-        f"SELECT {text_literal(c)} AS col, NOT (CAST(OLD.{_q(c)} AS BINARY) <=> CAST(NEW.{_q(c)} AS BINARY)) AS changed"
-        for c in info.columns
-    )
-    return (
-        "INSERT INTO `sync_field_clock` (`table_name`, `row_key`, `column_name`, `changed_at`) "
-        f"SELECT {text_literal(info.name)}, {_key_sql(info, 'NEW')}, v.col, {NOW} FROM ({rows}) AS v WHERE v.changed "
-        "ON DUPLICATE KEY UPDATE `changed_at` = VALUES(`changed_at`)"
-    )
+    """A BEGIN … END block writing the clock row of each column whose bytes differ between OLD and NEW
+    (MySQL has no transition tables). One IF per column rather than an INSERT … SELECT from a derived
+    table, which would be built for every updated row."""
+
+    def changed(c: str) -> str:
+        return f"NOT (CAST(OLD.{_q(c)} AS BINARY) <=> CAST(NEW.{_q(c)} AS BINARY))"
+
+    statements = " ".join(f"IF {changed(c)} THEN {_clock_row(info, 'NEW', c)}; END IF;" for c in info.columns)
+    return f"BEGIN {statements} END"
 
 
 def _row_image(info: TableInfo, ref: str) -> str:
