@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_sync.py --quick          # small sizes, under a minute
     .venv/bin/python bench/bench_sync.py                  # full sizes (1M-row master, 10k changes)
     .venv/bin/python bench/bench_sync.py --sqlite         # SQLite master instead of PostgreSQL
+    .venv/bin/python bench/bench_sync.py --mariadb        # MariaDB master (raw baseline: mysqlclient)
 
 Each figure is the median of --repeat runs; the table printed at the end has the figure, ours, the
 baseline, the ratio, the target and whether it is met. Timings are wall-clock seconds.
@@ -44,6 +45,9 @@ from sync_pipeline.engine.session import run_sync  # noqa: E402
 from sync_pipeline.engine.settings import parse_settings  # noqa: E402
 
 PG_URL = os.environ.get("SYNC_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+MARIADB_URL = os.environ.get("SYNC_BENCH_MARIADB_URL", "mysql+mysqldb://root@127.0.0.1:3306/test?charset=utf8mb4")
+# --mariadb: the server masters are MariaDB databases instead of PostgreSQL schemas (set by main()).
+ON_MARIADB = {"on": False}
 SETTINGS = "modules:\n  stock:\n    policy: newest_wins\n    tables:\n      item: {}\n"
 
 
@@ -66,9 +70,15 @@ class Master:
     engine: sa.Engine
     schema: str | None
     rows: int
+    database: str | None = None  # a MariaDB master's database
 
     def drop(self) -> None:
         self.engine.dispose()
+        if self.database:
+            admin = sa.create_engine(MARIADB_URL)
+            with admin.begin() as conn:  # a generated name
+                conn.exec_driver_sql(f"DROP DATABASE {admin.dialect.identifier_preparer.quote(self.database)}")
+            admin.dispose()
         if self.schema:
             admin = sa.create_engine(PG_URL)
             with admin.begin() as conn:
@@ -78,8 +88,17 @@ class Master:
 
 def build_master(rows: int, use_sqlite: bool, folder: Path) -> Master:
     """A master with one table of `rows` rows, initialised for sync."""
+    database = None
     if use_sqlite:
         url, schema = f"sqlite:///{folder / f'master-{rows}-{uuid.uuid4().hex[:6]}.db'}", None
+    elif ON_MARIADB["on"]:
+        schema, database = None, f"bench_{uuid.uuid4().hex[:10]}"
+        admin = sa.create_engine(MARIADB_URL)
+        with admin.begin() as conn:  # a generated name
+            quoted = admin.dialect.identifier_preparer.quote(database)
+            conn.exec_driver_sql(f"CREATE DATABASE {quoted} CHARACTER SET utf8mb4")
+        admin.dispose()
+        url = sa.engine.make_url(MARIADB_URL).set(database=database).render_as_string(hide_password=False)
     else:
         schema = f"bench_{uuid.uuid4().hex[:10]}"
         admin = sa.create_engine(PG_URL)
@@ -115,7 +134,7 @@ def build_master(rows: int, use_sqlite: bool, folder: Path) -> Master:
             advance_sequence(conn, reflect_tables(conn, ["item"])["item"])
             conn.exec_driver_sql("ANALYZE item")
     init_master(engine, parse_settings(SETTINGS, "bench.yaml"))
-    return Master(url, engine, schema, rows)
+    return Master(url, engine, schema, rows, database)
 
 
 def timed(func: Callable[[], object]) -> float:
@@ -141,7 +160,22 @@ def raw_copy(master: Master, target: Path) -> None:
         "price NUMERIC(10,2) NOT NULL, updated_on DATE, note TEXT)"
     )
     conn.execute("BEGIN")
-    if master.schema:
+    if master.database:
+        from MySQLdb.cursors import SSCursor
+
+        raw = master.engine.raw_connection()
+        try:
+            cur = raw.cursor(SSCursor)
+            cur.execute("SELECT id, name, qty, price, updated_on, note FROM item")
+            while batch := cur.fetchmany(10_000):
+                conn.executemany(
+                    "INSERT INTO item VALUES (?, ?, ?, ?, ?, ?)",
+                    [(r[0], r[1], r[2], str(r[3]), r[4] and r[4].isoformat(), r[5]) for r in batch],
+                )
+            cur.close()
+        finally:
+            raw.close()
+    elif master.schema:
         import psycopg
 
         dsn = sa.engine.make_url(PG_URL).set(drivername="postgresql").render_as_string(hide_password=False)
@@ -221,7 +255,7 @@ def raw_apply(master: Master, plan: ChangePlan, with_capture: bool = False) -> f
     raw = master.engine.raw_connection()
     try:
         cur = raw.cursor()
-        ph = "%s" if master.schema else "?"
+        ph = "%s" if master.schema or master.database else "?"
         start = time.perf_counter()
         cur.executemany(
             f"UPDATE item_raw SET qty = qty + 1, note = 'local' WHERE id = {ph}", [(i,) for i in plan.updates]
@@ -449,6 +483,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes (under a minute)")
     parser.add_argument("--sqlite", action="store_true", help="SQLite master instead of PostgreSQL")
+    parser.add_argument("--mariadb", action="store_true", help="MariaDB master instead of PostgreSQL")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", default="", help="comma list: checkout,sync,scaling,memory,capture,dagster")
     parser.add_argument("--child-checkout", nargs=2, help=argparse.SUPPRESS)
@@ -462,7 +497,8 @@ def main() -> None:
     rows, changes, small = (50_000, 2_000, 5_000) if args.quick else (1_000_000, 10_000, 100_000)
     memory_changes = 5_000 if args.quick else 100_000
     only = set(filter(None, args.only.split(","))) or {"checkout", "sync", "scaling", "memory", "capture", "dagster"}
-    backend = "SQLite" if args.sqlite else "PostgreSQL"
+    ON_MARIADB["on"] = args.mariadb
+    backend = "SQLite" if args.sqlite else "MariaDB" if args.mariadb else "PostgreSQL"
     results: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="sync-bench-") as tmp:
         folder = Path(tmp)

@@ -1,7 +1,8 @@
-"""Real databases for every test: SQLite always, PostgreSQL from the running server.
+"""Real databases for every test: SQLite always, PostgreSQL and MariaDB from the running servers.
 
-Each PostgreSQL test gets a schema of its own (the URL sets search_path), dropped afterwards. When
-no server answers, PostgreSQL tests are skipped locally but fail in CI (CI=true).
+Each PostgreSQL test gets a schema of its own (the URL sets search_path), each MariaDB test a database
+of its own; both are dropped afterwards. When no server answers, its tests are skipped locally but fail
+in CI (CI=true).
 """
 
 from __future__ import annotations
@@ -19,9 +20,15 @@ import sqlalchemy as sa
 from sync_pipeline.engine.signing_key import drop_key_store
 
 PG_URL = os.environ.get("SYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+# MariaDB's "schema" is a database: the tests' databases are made next to `test` with this server login.
+MARIADB_URL = os.environ.get("SYNC_TEST_MARIADB_URL", "mysql+mysqldb://root@127.0.0.1:3306/test?charset=utf8mb4")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
-_pg_reachable: bool | None = None
+_reachable_servers: dict[str, bool] = {}
+
+# Every master database. `backend` runs a test on SQLite and PostgreSQL; a module whose tests pass on
+# MariaDB too imports `backend_on_all_masters` (a `backend` fixture of its own over all three).
+MASTERS = ["sqlite", "postgresql", "mariadb"]
 
 # The seed of the model-based (hypothesis) tests: new for every run, so that CI explores too, and printed
 # in the run's header, so that a failure is reproduced with SYNC_MODEL_SEED=N (or --hypothesis-seed=N).
@@ -41,27 +48,54 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"model-based tests: hypothesis seed {MODEL_SEED} (reproduce with SYNC_MODEL_SEED={MODEL_SEED})"
 
 
-def _postgres_reachable() -> bool:
-    global _pg_reachable
-    if _pg_reachable is None:
+def _reachable(url: str) -> bool:
+    """Whether a server answers at `url`, asked once per run."""
+    if url not in _reachable_servers:
         try:
-            engine = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
+            engine = sa.create_engine(url, connect_args={"connect_timeout": 3})
             with engine.connect():
                 pass
             engine.dispose()
-            _pg_reachable = True
+            _reachable_servers[url] = True
         except Exception:
-            _pg_reachable = False
-    return _pg_reachable
+            _reachable_servers[url] = False
+    return _reachable_servers[url]
+
+
+def _require(name: str, url: str) -> None:
+    """Skip locally, fail in CI, when the server at `url` does not answer."""
+    if _reachable(url):
+        return
+    message = f"{name} is not reachable at {url}"
+    if IN_CI:
+        pytest.fail(message + f" (CI must have it: {name} tests never skip in CI)")
+    pytest.skip(message)
 
 
 def require_postgres() -> None:
-    if _postgres_reachable():
-        return
-    message = f"PostgreSQL is not reachable at {PG_URL}"
-    if IN_CI:
-        pytest.fail(message + " (CI must have it: PostgreSQL tests never skip in CI)")
-    pytest.skip(message)
+    _require("PostgreSQL", PG_URL)
+
+
+def require_mariadb() -> None:
+    _require("MariaDB", MARIADB_URL)
+
+
+@contextmanager
+def fresh_mariadb_url(prefix: str = "t") -> Iterator[str]:
+    """An empty MariaDB master: a database of its own (utf8mb4), dropped afterwards."""
+    require_mariadb()
+    database = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(MARIADB_URL)
+    preparer = admin.dialect.identifier_preparer
+    with admin.begin() as conn:  # a generated name, quoted by the dialect: no input reaches this text
+        conn.exec_driver_sql(f"CREATE DATABASE {preparer.quote(database)} CHARACTER SET utf8mb4")
+    url = sa.engine.make_url(MARIADB_URL).set(database=database)
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {preparer.quote(database)}")
+        admin.dispose()
 
 
 @pytest.fixture(autouse=True)
@@ -76,11 +110,22 @@ def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+@pytest.fixture(params=MASTERS, name="backend")
+def backend_on_all_masters(request: pytest.FixtureRequest) -> str:
+    """`backend` over SQLite, PostgreSQL and MariaDB, for the modules that import it."""
+    return request.param
+
+
 @contextmanager
 def fresh_master_url(backend: str, folder: Path, prefix: str = "t") -> Iterator[str]:
-    """An empty master: a SQLite file in `folder`, or a PostgreSQL schema of its own, dropped afterwards."""
+    """An empty master: a SQLite file in `folder`, or a PostgreSQL schema / MariaDB database of its own,
+    dropped afterwards."""
     if backend == "sqlite":
         yield f"sqlite:///{folder / f'master-{uuid.uuid4().hex[:8]}.db'}"
+        return
+    if backend == "mariadb":
+        with fresh_mariadb_url(prefix) as url:
+            yield url
         return
     require_postgres()
     schema = f"{prefix}_{uuid.uuid4().hex[:12]}"

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from sync_pipeline.cli import main
+from sync_pipeline_tests.conftest import backend_on_all_masters  # noqa: F401 - `backend` over all three masters
 from sync_pipeline_tests.helpers import TABLES, make_master, replica_engine, row, sample_metadata, settings_yaml
 
 P, C = TABLES["parent"], TABLES["child"]

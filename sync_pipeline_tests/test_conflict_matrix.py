@@ -1,4 +1,4 @@
-"""Every conflict kind x every policy, on SQLite and PostgreSQL, asserting the master's final rows.
+"""Every conflict kind x every policy, on SQLite, PostgreSQL and MariaDB, asserting the master's final rows.
 
 Each scenario makes a local edit and a master edit that produce one conflict kind, and says what the
 master must hold when the master's side is taken and when the local side is taken. Each policy then
@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 
 from sync_pipeline.engine.queries import list_conflicts
 from sync_pipeline.engine.session import decide, pending_of, run_sync
+from sync_pipeline_tests.conftest import backend_on_all_masters  # noqa: F401 - `backend` over all three masters
 from sync_pipeline_tests.helpers import TABLES, make_master, make_replica, pause, replica_engine, row, rows
 
 P, C, T = TABLES["parent"], TABLES["child"], TABLES["tagged"]

@@ -1,5 +1,5 @@
 """The sync as a Dagster asset graph, materialized for real against a Dagster instance and a real master
-(SQLite and PostgreSQL): automatic end to end, manual waiting then loading, resuming, bad input.
+(SQLite, PostgreSQL and MariaDB): automatic end to end, manual waiting then loading, resuming, bad input.
 
 The helpers at the top are shared with the other test_dagster_* modules.
 """
@@ -33,6 +33,7 @@ from sync_pipeline.engine.replica import open_replica
 from sync_pipeline.engine.session import decide_module, open_session_of
 from sync_pipeline.engine.settings import parse_settings
 from sync_pipeline.reports import markdown as md
+from sync_pipeline_tests.conftest import backend_on_all_masters  # noqa: F401 - `backend` over all three masters
 
 # The demo's settings with the manual CRM module settled automatically: nothing waits for a person.
 AUTOMATIC_SETTINGS = DEMO_SETTINGS.replace("policy: manual", "policy: local_wins")

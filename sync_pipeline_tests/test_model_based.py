@@ -11,9 +11,10 @@ master change is base vs master, and the tables of DESIGN §5 are applied as wri
 pipeline (checkout, SQLite change log, extraction, detection on the master, policies, decisions,
 one-transaction load) must report the same conflicts and leave the master exactly as the model says.
 
-Runs: 300 examples on SQLite and 100 on PostgreSQL by default (one PostgreSQL schema, emptied per
-example). A larger run: `SYNC_MODEL_EXAMPLES=5000 .venv/bin/pytest sync_pipeline_tests/test_model_based.py`
-(PostgreSQL gets a third of it). Every run draws a new seed (CI too) and prints it in pytest's header
+Runs: 300 examples on SQLite and 100 each on PostgreSQL and MariaDB by default (one PostgreSQL schema,
+one MariaDB database, emptied per example). A larger run: `SYNC_MODEL_EXAMPLES=5000 .venv/bin/pytest
+sync_pipeline_tests/test_model_based.py` (PostgreSQL and MariaDB get a third of it). Every run draws a
+new seed (CI too) and prints it in pytest's header
 ("model-based tests: hypothesis seed N"); `SYNC_MODEL_SEED=N` (or `--hypothesis-seed=N`) runs those
 examples again.
 
@@ -52,7 +53,13 @@ from sync_pipeline.engine.schema import reflect_tables
 from sync_pipeline.engine.session import decide, run_sync
 from sync_pipeline.engine.settings import parse_settings
 from sync_pipeline.engine.signing_key import drop_key_store
-from sync_pipeline_tests.conftest import PG_URL, require_postgres
+from sync_pipeline_tests.conftest import (  # noqa: F401 - `backend` over all three masters
+    MARIADB_URL,
+    PG_URL,
+    backend_on_all_masters,
+    require_mariadb,
+    require_postgres,
+)
 from sync_pipeline_tests.helpers import TABLES, make_master, make_replica, replica_engine
 
 EXAMPLES = int(os.environ.get("SYNC_MODEL_EXAMPLES", "300"))
@@ -995,6 +1002,34 @@ def postgresql_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bac
     admin.dispose()
 
 
+def _database_anew(admin: Engine, quoted: str, create: bool = True) -> None:
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {quoted}")
+        if create:
+            conn.exec_driver_sql(f"CREATE DATABASE {quoted} CHARACTER SET utf8mb4")
+
+
+@pytest.fixture(scope="module")
+def mariadb_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    """One MariaDB database for every example, dropped and made anew (with the replicas) per example."""
+    require_mariadb()
+    admin = sa.create_engine(MARIADB_URL)
+    database = f"m_{uuid.uuid4().hex[:12]}"
+    quoted = admin.dialect.identifier_preparer.quote(database)  # a generated name
+    url = sa.engine.make_url(MARIADB_URL).set(database=database).render_as_string(hide_password=False)
+    backend = Backend("mariadb", url, tmp_path_factory.mktemp("model-mariadb"), None)
+
+    def reset() -> None:
+        _database_anew(admin, quoted)
+        for replica in backend.folder.glob("*.db*"):
+            replica.unlink()
+
+    backend.reset = reset
+    yield backend
+    _database_anew(admin, quoted, create=False)
+    admin.dispose()
+
+
 @_seeded
 @settings(settings.get_profile("model"), max_examples=EXAMPLES)
 @given(spec=specs(), data=st.data())
@@ -1007,6 +1042,13 @@ def test_pipeline_matches_the_model_on_sqlite(sqlite_backend: Backend, spec: Spe
 @given(spec=specs(), data=st.data())
 def test_pipeline_matches_the_model_on_postgresql(postgresql_backend: Backend, spec: Spec, data: Any) -> None:
     run_example(data, postgresql_backend, spec)
+
+
+@_seeded
+@settings(settings.get_profile("model"), max_examples=PG_EXAMPLES)
+@given(spec=specs(), data=st.data())
+def test_pipeline_matches_the_model_on_mariadb(mariadb_backend: Backend, spec: Spec, data: Any) -> None:
+    run_example(data, mariadb_backend, spec)
 
 
 # ------------------------------------------------------------------------------------------------

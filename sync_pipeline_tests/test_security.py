@@ -47,7 +47,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "sync_pipeline"
 # The reviewed trigger DDL: the change-capture modules of engine/dialects/.
 REVIEWED_DDL = {
     PACKAGE / "engine" / "dialects" / name
-    for name in ("capture.py", "sqlite_capture.py", "sqlite_replica.py", "postgresql_capture.py")
+    for name in ("capture.py", "sqlite_capture.py", "sqlite_replica.py", "postgresql_capture.py", "mysql_capture.py")
 }
 SQL_METHODS = {"execute", "executemany", "executescript", "exec_driver_sql"}
 

@@ -149,6 +149,7 @@ def detect_conflicts(
             after_checkout = changed_after_checkout(times, info, checked_out_at)
         natural = settings.table(table).natural_key or []
         natural_hits: dict[tuple[Any, ...], dict[str, Any]] = {}
+        natural_notes: dict[tuple[Any, ...], str] = {}
         if natural:
             wanted = [
                 tuple(c.local[n] for n in natural)  # type: ignore[index]
@@ -156,10 +157,14 @@ def detect_conflicts(
                 if c.op == "insert" and all(c.local[n] is not None for n in natural)  # type: ignore[index]
             ]
             natural_hits = fetch_rows_by_key(conn, info, wanted, natural)
+            # Equal as the database compares the columns (a case-insensitive collation), not only as Python.
+            natural_hits, natural_notes = impl_for(conn).match_natural_keys(conn, info, natural, wanted, natural_hits)
         detected = [
             _classify(c, module, info, masters.get(c.key), natural, natural_hits, after_checkout.get(c.key, NONE))
             for c in table_changes
         ]
+        for d in (d for d in detected if d.kind == "duplicate" and natural_notes and d.change.local):
+            d.note = natural_notes.get(tuple(d.change.local[n] for n in natural), d.note)  # type: ignore[index]
         _find_orphans(conn, detected, info, infos, local_inserts)
         _find_referenced_deletes(conn, detected, info, references.get(table, []), let_go)
         detected, new_records = _release_natural_keys(detected, info, masters, natural, natural_hits, after_checkout)

@@ -15,6 +15,7 @@ import os
 import signal
 
 POINTS = (
+    "init_capture",  # master.init_master: after each table's change-capture triggers (before the commit)
     "freeze",  # replica file: before COMMIT of freezing (start) or retiring it (end)
     "extract",  # extract.extract_changes: per change-log entry read
     "extract_store",  # session.start_session: the session and its changes written, not committed

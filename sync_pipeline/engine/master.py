@@ -14,6 +14,7 @@ from sync_pipeline.engine import store
 from sync_pipeline.engine.column_types import refuse_uncarried_columns
 from sync_pipeline.engine.dialects import impl_for
 from sync_pipeline.engine.errors import BadInputError
+from sync_pipeline.engine.faults import checkpoint
 from sync_pipeline.engine.schema import TableInfo, reflect_tables
 from sync_pipeline.engine.settings import SyncSettings, parse_settings
 from sync_pipeline.engine.signing_key import read_signing_key, store_signing_key
@@ -128,6 +129,9 @@ def init_master(engine: Engine, settings: SyncSettings) -> dict[str, TableInfo]:
             impl = impl_for(conn)
             for info in infos.values():
                 impl.install_capture(conn, info)
+                # Where DDL commits by itself (MySQL/MariaDB), a failure from here on leaves part of the
+                # triggers: init-master run again completes them (every step replaces or keeps what is there).
+                checkpoint("init_capture")
     return infos
 
 

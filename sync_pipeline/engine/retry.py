@@ -2,9 +2,11 @@
 
 Two loads into one PostgreSQL master may lock the same rows or parents in different orders; the server
 then aborts one of them with a deadlock (SQLSTATE 40P01), or, under a stricter isolation level, with a
-serialization failure (40001). Nothing of the aborted transaction was written, so running it again is
-safe and nearly always succeeds: these are retried with a bounded, jittered exponential back-off and
-counted, and never reported as a failed sync. Every other error propagates at once.
+serialization failure (40001); MariaDB/MySQL with a deadlock (error 1213) or a lock-wait timeout (1205),
+numbers its driver reports instead of SQLSTATEs (`DialectImpl.transient_error`). Nothing of the aborted
+transaction was written, so running it again is safe and nearly always succeeds: these are retried with
+a bounded, jittered exponential back-off and counted, and never reported as a failed sync. Every other
+error propagates at once.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import sqlalchemy as sa
+
+from sync_pipeline.engine.dialects import driver_transient_kind
 
 T = TypeVar("T")
 
@@ -47,7 +51,9 @@ def transient_kind(exc: BaseException) -> str | None:
         return None
     orig = exc.orig
     sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    return TRANSIENT_SQLSTATES.get(str(sqlstate)) if sqlstate else None
+    if sqlstate:
+        return TRANSIENT_SQLSTATES.get(str(sqlstate))
+    return driver_transient_kind(orig)  # drivers without SQLSTATE (mysqlclient: error numbers)
 
 
 def retry_transient(

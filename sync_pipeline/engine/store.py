@@ -14,10 +14,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from sync_pipeline.engine.dialects import impl_for
+from sync_pipeline.engine.dialects import exact_key_text, impl_for
 from sync_pipeline.engine.errors import NotInitialisedError
 
 metadata = sa.MetaData()
+
 
 sync_meta = sa.Table(
     "sync_meta",
@@ -133,9 +134,9 @@ sync_applied = sa.Table(
 sync_field_clock = sa.Table(
     "sync_field_clock",
     metadata,
-    sa.Column("table_name", sa.String(200), primary_key=True),
-    sa.Column("row_key", sa.Text, primary_key=True),
-    sa.Column("column_name", sa.String(200), primary_key=True),  # '*': row inserted or deleted
+    sa.Column("table_name", exact_key_text(sa.String(200), 64), primary_key=True),
+    sa.Column("row_key", exact_key_text(sa.Text(), 600), primary_key=True),
+    sa.Column("column_name", exact_key_text(sa.String(200), 64), primary_key=True),  # '*': row inserted or deleted
     sa.Column("changed_at", sa.String(32), nullable=False),
 )
 
@@ -158,8 +159,8 @@ sync_web_session = sa.Table(
 sync_tombstone = sa.Table(
     "sync_tombstone",
     metadata,
-    sa.Column("table_name", sa.String(200), primary_key=True),
-    sa.Column("row_key", sa.Text, primary_key=True),  # rendered as the field clock renders it
+    sa.Column("table_name", exact_key_text(sa.String(200), 64), primary_key=True),
+    sa.Column("row_key", exact_key_text(sa.Text(), 600), primary_key=True),  # rendered as the field clock renders it
     sa.Column("deleted_at", sa.String(32), primary_key=True),
     sa.Column("row_image", sa.Text, nullable=False),  # JSON object: column -> value
     sa.Column("deleted_by", sa.Text),  # JSON (PostgreSQL: current_user, session_user, application_name)

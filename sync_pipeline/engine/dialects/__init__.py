@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from functools import cache
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
@@ -77,4 +78,28 @@ def _available(name: str) -> bool:
     return True
 
 
-__all__ = ["DialectImpl", "UnsupportedDatabase", "dialect_name", "impl_for"]
+def driver_transient_kind(error: BaseException) -> str | None:
+    """What a driver error that carries no SQLSTATE says about a transient abort ('deadlock' …), asked of
+    every database module in use (a retry knows the error, not the master it came from)."""
+    for cls in list(_REGISTRY.values()):
+        kind = cls.transient_error(error)
+        if kind is not None:
+            return kind
+    return None
+
+
+def exact_key_text(generic: sa.types.TypeEngine[Any], mysql_chars: int) -> sa.types.TypeEngine[Any]:
+    """A text column of a sync table's primary key that matches exactly on every database.
+
+    Declared with the tables at import time, before any master is known, hence a type variant rather
+    than a `DialectImpl` method: MySQL/MariaDB cannot index TEXT and compare strings ignoring case by
+    default, so there the column is a VARCHAR of `mysql_chars` with the binary collation (the lengths of
+    a key's columns keep it under InnoDB's 3072 bytes; MySQL names are at most 64 characters).
+    """
+    from sqlalchemy.dialects import mysql
+
+    exact = mysql.VARCHAR(mysql_chars, charset="utf8mb4", collation="utf8mb4_bin")
+    return generic.with_variant(exact, "mysql", "mariadb")
+
+
+__all__ = ["DialectImpl", "UnsupportedDatabase", "dialect_name", "driver_transient_kind", "exact_key_text", "impl_for"]

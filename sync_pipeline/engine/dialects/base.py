@@ -36,6 +36,9 @@ PartitionKey = tuple[str, tuple[str, ...], str, tuple[str, ...]]
 # (name, table it is declared on, BEFORE | AFTER | INSTEAD OF, events, what its source writes).
 TriggerRow = tuple[str, str, str, tuple[str, ...], "SourceEffects"]
 
+Key = tuple[Any, ...]
+KeyedRows = dict[Key, dict[str, Any]]  # rows by their key (primary or natural)
+
 BATCH = 500  # keys per look-up as one parameter each (`IN (...)`)
 
 _REGISTRY: dict[str, type[DialectImpl]] = {}
@@ -87,6 +90,12 @@ class DialectImpl:
     def on_connect(self, dbapi_conn: Any) -> None:
         """Connect-time setup of every new driver connection (session settings, pragmas)."""
 
+    @classmethod
+    def transient_error(cls, error: BaseException) -> str | None:
+        """The kind of transient abort ('deadlock' …) a driver error of this database is, for drivers
+        whose errors carry no SQLSTATE (`retry.transient_kind` reads SQLSTATEs itself); None otherwise."""
+        return None
+
     # ------------------------------------------------------------------------------------------
     # The master's clock and change capture (the field clock and tombstones, written by triggers)
     # ------------------------------------------------------------------------------------------
@@ -122,6 +131,14 @@ class DialectImpl:
     # ------------------------------------------------------------------------------------------
     # Key look-ups and locks
     # ------------------------------------------------------------------------------------------
+
+    def match_natural_keys(
+        self, conn: Connection, info: TableInfo, columns: Sequence[str], wanted: list[Key], hits: KeyedRows
+    ) -> tuple[KeyedRows, dict[Key, str]]:
+        """Master rows found by natural key (`hits`, keyed by the master's values) keyed instead by the
+        local values (`wanted`) the database calls equal to them, and a note for each match that is not
+        the same value (a case- or accent-insensitive collation). Here: equal means the same value."""
+        return hits, {}
 
     def lookup_batch(self, width: int = 1) -> int:
         """Keys per look-up statement for keys of `width` columns (`in_list` decides how they travel)."""
