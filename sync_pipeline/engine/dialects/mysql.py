@@ -14,6 +14,7 @@ What differs from PostgreSQL, and how it is handled here:
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from typing import Any
 
@@ -27,6 +28,7 @@ from sqlalchemy.sql.elements import Cast
 from sync_pipeline.engine.column_types import CARRIER_INFO, Carrier, DialectTypes, generic_carrier
 from sync_pipeline.engine.dialects import mysql_capture, mysql_collation
 from sync_pipeline.engine.dialects.base import DialectImpl, Key, KeyedRows, TriggerRow, catalog_connection
+from sync_pipeline.engine.errors import BadInputError
 from sync_pipeline.engine.schema import TableInfo
 from sync_pipeline.engine.triggers import read_source, without_comments_and_strings
 
@@ -53,6 +55,14 @@ class MySQLImpl(DialectImpl):
             url = url.set(drivername=f"{url.drivername}+mysqldb")
         if "charset" not in url.query:
             url = url.update_query_dict({"charset": "utf8mb4"})  # 4-byte characters (emoji, CJK ext.)
+        if url.drivername.endswith("+mysqldb") and importlib.util.find_spec("MySQLdb") is None:
+            # mysqlclient is an extra: it compiles against MariaDB's client headers, which an SQLite or
+            # PostgreSQL user should not need.
+            raise BadInputError(
+                "the MariaDB/MySQL driver (mysqlclient) is not installed",
+                "install it with: pip install 'sync_pipeline[mariadb]' "
+                "(on Debian/Ubuntu first: apt-get install libmariadb-dev pkg-config gcc)",
+            )
         return url
 
     @classmethod
