@@ -1,4 +1,4 @@
-"""Read-only views of the sync tables for people: conflicts and replicas, in the public JSON shape (§8).
+"""Read-only views of the sync tables for people: conflicts, replicas and sessions, in the public JSON shape (§8).
 
 Besides the compared fields, each conflict carries what a person needs to recognise the row and decide
 (docs/review.md, "Context for a decision"): `identity` (the row's identifying fields: the table's
