@@ -95,7 +95,7 @@ class Stack:
                 "-q",
                 self.env["SYNC_CELERY_QUEUE"],
                 "-n",
-                name,
+                f"{name}.{self.env['SYNC_CELERY_QUEUE']}@%h",  # unique on the broker: stacks may run side by side
                 "--",
                 f"--concurrency={concurrency}",
             ],
