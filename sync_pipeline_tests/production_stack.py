@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
+from dagster_postgres import DagsterPostgresStorage
 
 from sync_pipeline.cli_deploy import DEPLOY_FOLDER, write_deploy_home
 from sync_pipeline.defs.executor import DEFAULT_BACKEND, DEFAULT_BROKER
@@ -220,7 +221,11 @@ def dagster_database() -> Iterator[str]:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))  # a generated name, no input
     url = sa.engine.make_url(PG_ADMIN_URL).set(drivername="postgresql", database=name)
     try:
-        yield url.render_as_string(hide_password=False)
+        rendered = url.render_as_string(hide_password=False)
+        # Dagster's tables, made here once: the code server, the daemon and the worker would otherwise all
+        # create them at their start and retry on each other's half-made schema.
+        DagsterPostgresStorage(postgres_url=rendered).event_log_storage.dispose()
+        yield rendered
     finally:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
