@@ -187,16 +187,20 @@ def main() -> None:
         root = Path(tmp)
         (root / "engine").mkdir()
         engine_seconds = engine_only(root / "engine", args.replicas, args.changes)
+        print(f"engine alone: {engine_seconds:.1f} s, load {os.getloadavg()}", flush=True)
         results = {}
         for level in levels:
             folder = root / f"c{level}"
             folder.mkdir()
             results[level] = on_stack(folder, args.replicas, args.changes, level)
-            print(f"{level} at a time: {results[level][0]:.1f} s", flush=True)
-    base = results[levels[0]][0]
+            # each level as it ends, with the machine's load: a long run keeps what it measured
+            print(
+                f"{level} at a time: {results[level][0]:.1f} s {results[level][1]} load {os.getloadavg()}", flush=True
+            )
+    base = results[min(levels)][0]
     per = args.replicas
     print(f"\n{args.replicas} replicas x {args.changes} changes; engine alone, in a row: {engine_seconds:.1f} s")
-    print("| runs at a time | wall time (s) | × 1 at a time | wall per sync (s) |")
+    print(f"| runs at a time | wall time (s) | × {min(levels)} at a time | wall per sync (s) |")
     print("|---|---|---|---|")
     for level in levels:
         wall = results[level][0]
