@@ -86,15 +86,16 @@ def prepare(url: str, folder: Path, replicas: int, changes: int) -> tuple[sa.Eng
     return engine, paths
 
 
-def engine_only(folder: Path, replicas: int, changes: int) -> float:
+def engine_only(folder: Path, replicas: int, changes: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of `run_sync` for every replica, one after the other."""
     with fresh_master_url("postgresql", folder, prefix="bench_engine") as url:
         engine, paths = prepare(url, folder, replicas, changes)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for path in paths:
             assert run_sync(engine, path).status == "done"
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         engine.dispose()
-    return elapsed
+    return elapsed, cpu
 
 
 def breakdown(storage_url: str) -> dict[str, float]:
@@ -173,6 +174,7 @@ def on_stack(folder: Path, replicas: int, changes: int, concurrency: int) -> tup
             time.sleep(15)  # the last protocol is written after the retirement
             figures = breakdown(stack.env["DAGSTER_POSTGRES_URL"])
         engine.dispose()
+    figures["cpu"] = float((folder / "logs" / "cpu_seconds").read_text())  # the stack's processes, all of it
     return wall, figures
 
 
@@ -186,8 +188,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_concurrency_") as tmp:
         root = Path(tmp)
         (root / "engine").mkdir()
-        engine_seconds = engine_only(root / "engine", args.replicas, args.changes)
-        print(f"engine alone: {engine_seconds:.1f} s, load {os.getloadavg()}", flush=True)
+        engine_seconds, engine_cpu = engine_only(root / "engine", args.replicas, args.changes)
+        print(f"engine alone: {engine_seconds:.1f} s, {engine_cpu:.1f} s CPU, load {os.getloadavg()}", flush=True)
         results = {}
         for level in levels:
             folder = root / f"c{level}"
@@ -205,14 +207,14 @@ def main() -> None:
     for level in levels:
         wall = results[level][0]
         print(f"| {level} | {wall:.1f} | {wall / base:.2f} | {wall / per:.1f} |")
-    print(f"\nper sync (two runs), seconds; engine alone: {engine_seconds / per:.2f}")
-    print("| runs at a time | queued | run process start | run | of which steps | of which dispatch |")
-    print("|---|---|---|---|---|---|")
+    print(f"\nper sync (two runs), seconds; engine alone: {engine_seconds / per:.2f} ({engine_cpu / per:.2f} CPU)")
+    print("| runs at a time | queued | run process start | run | of which steps | of which dispatch | CPU |")
+    print("|---|---|---|---|---|---|---|")
     for level in levels:
         f = results[level][1]
         print(
             f"| {level} | {f['queued'] / per:.1f} | {f['launch'] / per:.1f} | {f['run'] / per:.1f} "
-            f"| {f['steps'] / per:.1f} | {f['dispatch'] / per:.1f} |"
+            f"| {f['steps'] / per:.1f} | {f['dispatch'] / per:.1f} | {f['cpu'] / per:.1f} |"
         )
 
 

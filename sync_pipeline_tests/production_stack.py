@@ -7,6 +7,7 @@ was killed outright."""
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -181,6 +182,19 @@ def _start_watchdog(groups: Path) -> subprocess.Popen[bytes]:
     )
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _report_cpu(logs: Path, before: float) -> None:
+    """The CPU seconds the stack's processes used (and the processes they waited for: pool processes, runs):
+    what its work costs whatever else runs on the machine; on an idle 2-core machine, wall >= CPU / 2."""
+    seconds = _children_cpu() - before
+    (logs / "cpu_seconds").write_text(f"{seconds:.1f}\n", encoding="utf-8")
+    print(f"\nproduction stack: {seconds:.0f} CPU seconds in its processes (logs: {logs})")
+
+
 def _end_watchdog(watchdog: subprocess.Popen[bytes]) -> None:
     try:
         watchdog.wait(timeout=10)  # it exits within 2 s of the groups file's removal
@@ -259,6 +273,7 @@ def production_stack(
         }
         env.pop("SYNC_FAULT", None)
         running = Stack(home, env, logs)
+        stack.callback(_report_cpu, logs, _children_cpu())  # after the stop: the processes were waited for
         stack.enter_context(_sigterm_raises())
         watchdog = _start_watchdog(running.groups_file)
         stack.callback(_end_watchdog, watchdog)
