@@ -275,8 +275,21 @@ def test_twenty_overlapping_replicas_through_daemon_and_celery(stack_and_master:
         all_runs = applies + detects
         assert all(r.dagster_run.tags.get("sync/master") for r in all_runs)
         assert {r.dagster_run.tags.get("sync/stage") for r in applies} == {"load"}
-        succeeded = [r for r in applies if r.dagster_run.status == dg.DagsterRunStatus.SUCCESS]
-        assert sorted(r.dagster_run.tags["sync/session"] for r in succeeded) == sorted(session_of.values())
+        success = dg.DagsterRunStatus.SUCCESS
+        succeeded = [r.dagster_run.tags["sync/session"] for r in applies if r.dagster_run.status == success]
+        assert set(succeeded) == set(session_of.values())
+        # A load that re-detects (a concurrent load changed its rows) makes its session `ready` under a new
+        # decision version for a moment, and approval_sensor may launch a second load run for that version,
+        # which finds the session loaded and does nothing (the master holds one done session per replica,
+        # asserted above). Only such sessions get a second run: never more than the re-detections.
+        redetections = sum(
+            n
+            for s in done
+            for kind, n in json.loads(s["summary"] or "{}").get("retries", {}).items()
+            if kind.startswith("redetected")
+        )
+        extra = len(succeeded) - len(set(succeeded))
+        assert extra <= redetections, (extra, redetections)
         peak = _max_overlap(all_runs)
         assert peak == 4, f"runs at a time: {peak}"
     finally:
@@ -286,7 +299,10 @@ def test_twenty_overlapping_replicas_through_daemon_and_celery(stack_and_master:
     for s in done:
         for kind, n in json.loads(s["summary"] or "{}").get("retries", {}).items():
             retries[kind] = retries.get(kind, 0) + n
-    print(f"\nretries over {REPLICAS} concurrent loads: {retries or 'none'}; runs at a time: {peak}")
+    print(
+        f"\nretries over {REPLICAS} concurrent loads: {retries or 'none'}; runs at a time: {peak}; "
+        f"second load runs that found their session loaded: {extra}"
+    )
     (stack.logs / "retries.json").write_text(json.dumps(retries))
     master.dispose()
 
