@@ -20,6 +20,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -27,6 +28,7 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from sync_pipeline.engine import store  # noqa: E402
 from sync_pipeline.engine.checkout import checkout  # noqa: E402
 from sync_pipeline.engine.master import connect_master, init_master  # noqa: E402
 from sync_pipeline.engine.session import run_sync  # noqa: E402
@@ -52,7 +54,7 @@ def build_master(url: str, replicas: int, changes: int) -> sa.Engine:
     rows = replicas * changes
     with engine.begin() as conn:
         conn.execute(sa.insert(item), [{"name": f"item {i}", "qty": i % 100, "note": None} for i in range(1, rows + 1)])
-        conn.execute(sa.text("SELECT setval(pg_get_serial_sequence('item', 'id'), :n)"), {"n": rows})
+        conn.execute(sa.select(sa.func.setval(sa.func.pg_get_serial_sequence("item", "id"), rows)))
     init_master(engine, parse_settings(SETTINGS, "bench.yaml"))
     return engine
 
@@ -84,21 +86,67 @@ def prepare(url: str, folder: Path, replicas: int, changes: int) -> tuple[sa.Eng
     return engine, paths
 
 
-def engine_only(folder: Path, replicas: int, changes: int) -> float:
+def engine_only(folder: Path, replicas: int, changes: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of `run_sync` for every replica, one after the other."""
     with fresh_master_url("postgresql", folder, prefix="bench_engine") as url:
         engine, paths = prepare(url, folder, replicas, changes)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for path in paths:
             assert run_sync(engine, path).status == "done"
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         engine.dispose()
-    return elapsed
+    return elapsed, cpu
 
 
-def on_stack(folder: Path, replicas: int, changes: int, concurrency: int) -> tuple[float, float]:
-    """(wall seconds from drop to the last retirement, seconds of run time summed over every run)."""
-    import dagster as dg
+def breakdown(storage_url: str) -> dict[str, float]:
+    """Seconds summed over every run, read from Dagster's own records in its PostgreSQL storage:
+    `queued` (created to STARTING), `launch` (STARTING to the run process's START: the process starts and
+    imports the code location), `run` (START to the end), and, within the runs, `steps` (each step's
+    STEP_START to its STEP_SUCCESS in a worker: the engine's work, the checks, the step's I/O) and
+    `dispatch` (the Celery executor submitting a step until the worker started it)."""
+    engine = sa.create_engine(storage_url)
+    metadata = sa.MetaData()
+    runs = sa.Table("runs", metadata, autoload_with=engine)
+    events = sa.Table("event_logs", metadata, autoload_with=engine)
+    wanted = ["PIPELINE_STARTING", "PIPELINE_START", "STEP_START", "STEP_SUCCESS", "ENGINE_EVENT"]
+    with engine.connect() as conn:
+        created = {r.run_id: _epoch(r.create_timestamp) for r in conn.execute(sa.select(runs))}
+        rows = conn.execute(
+            sa.select(events.c.run_id, events.c.dagster_event_type, events.c.step_key, events.c.timestamp)
+            .where(events.c.dagster_event_type.in_(wanted))
+            .order_by(events.c.id)
+        ).all()
+        ends = dict(conn.execute(sa.select(runs.c.run_id, runs.c.end_time)).all())
+    engine.dispose()
+    total = {"runs": float(len(created)), "queued": 0.0, "launch": 0.0, "run": 0.0, "steps": 0.0, "dispatch": 0.0}
+    first: dict[tuple[str, str | None, str], float] = {}
+    for run_id, kind, step, stamp in rows:
+        first.setdefault((run_id, step, kind), _epoch(stamp))
+    for run_id, created_at in created.items():
+        starting, start = first.get((run_id, None, "PIPELINE_STARTING")), first.get((run_id, None, "PIPELINE_START"))
+        if starting and start:
+            total["queued"] += starting - created_at
+            total["launch"] += start - starting
+            if ends.get(run_id):
+                total["run"] += ends[run_id] - start
+    for (run_id, step, kind), stamp in first.items():
+        if step and kind == "STEP_START":
+            done = first.get((run_id, step, "STEP_SUCCESS"))
+            submitted = first.get((run_id, step, "ENGINE_EVENT"))  # the first: "Submitting celery task"
+            if done:
+                total["steps"] += done - stamp
+            if submitted:
+                total["dispatch"] += stamp - submitted
+    return total
 
+
+def _epoch(naive_utc: datetime) -> float:
+    """Dagster stores event and creation times as naive UTC datetimes (runs.end_time is an epoch time)."""
+    return naive_utc.replace(tzinfo=UTC).timestamp()
+
+
+def on_stack(folder: Path, replicas: int, changes: int, concurrency: int) -> tuple[float, dict[str, float]]:
+    """(wall seconds from the drop to the last retirement, the run machinery's seconds (`breakdown`))."""
     inbox = folder / "inbox"
     inbox.mkdir()
     with fresh_master_url("postgresql", folder, prefix="bench_stack") as url:
@@ -112,20 +160,22 @@ def on_stack(folder: Path, replicas: int, changes: int, concurrency: int) -> tup
                 os.utime(target, (time.time() - 60, time.time() - 60))
             while True:
                 with engine.connect() as conn:
-                    left = conn.execute(sa.text("SELECT count(*) FROM sync_replica WHERE status <> 'retired'")).scalar()
+                    left = conn.execute(
+                        sa.select(sa.func.count())
+                        .select_from(store.sync_replica)
+                        .where(store.sync_replica.c.status != "retired")
+                    ).scalar()
                 if not left:
                     break
                 if stack.dead():
                     raise SystemExit(f"stack died: {stack.dead()}\n{stack.log_tail('daemon')}")
                 time.sleep(1)
             wall = time.perf_counter() - started
-            os.environ["DAGSTER_POSTGRES_URL"] = stack.env["DAGSTER_POSTGRES_URL"]
-            instance = dg.DagsterInstance.from_config(str(stack.home))
-            records = instance.get_run_records()
-            run_seconds = sum((r.end_time or 0) - (r.start_time or 0) for r in records if r.start_time)
-            instance.dispose()
+            time.sleep(15)  # the last protocol is written after the retirement
+            figures = breakdown(stack.env["DAGSTER_POSTGRES_URL"])
         engine.dispose()
-    return wall, run_seconds
+    figures["cpu"] = float((folder / "logs" / "cpu_seconds").read_text())  # the stack's processes, all of it
+    return wall, figures
 
 
 def main() -> None:
@@ -138,24 +188,33 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_concurrency_") as tmp:
         root = Path(tmp)
         (root / "engine").mkdir()
-        engine_seconds = engine_only(root / "engine", args.replicas, args.changes)
+        engine_seconds, engine_cpu = engine_only(root / "engine", args.replicas, args.changes)
+        print(f"engine alone: {engine_seconds:.1f} s, {engine_cpu:.1f} s CPU, load {os.getloadavg()}", flush=True)
         results = {}
         for level in levels:
             folder = root / f"c{level}"
             folder.mkdir()
             results[level] = on_stack(folder, args.replicas, args.changes, level)
-            print(f"{level} at a time: {results[level][0]:.1f} s", flush=True)
-    base = results[levels[0]][0]
+            # each level as it ends, with the machine's load: a long run keeps what it measured
+            print(
+                f"{level} at a time: {results[level][0]:.1f} s {results[level][1]} load {os.getloadavg()}", flush=True
+            )
+    base = results[min(levels)][0]
+    per = args.replicas
     print(f"\n{args.replicas} replicas x {args.changes} changes; engine alone, in a row: {engine_seconds:.1f} s")
-    print(
-        "| runs at a time | wall time (s) | × the first | per sync (s) | Dagster run time summed (s) | engine share |"
-    )
-    print("|---|---|---|---|---|---|")
+    print(f"| runs at a time | wall time (s) | × {min(levels)} at a time | wall per sync (s) |")
+    print("|---|---|---|---|")
     for level in levels:
-        wall, run_seconds = results[level]
+        wall = results[level][0]
+        print(f"| {level} | {wall:.1f} | {wall / base:.2f} | {wall / per:.1f} |")
+    print(f"\nper sync (two runs), seconds; engine alone: {engine_seconds / per:.2f} ({engine_cpu / per:.2f} CPU)")
+    print("| runs at a time | queued | run process start | run | of which steps | of which dispatch | CPU |")
+    print("|---|---|---|---|---|---|---|")
+    for level in levels:
+        f = results[level][1]
         print(
-            f"| {level} | {wall:.1f} | {wall / base:.2f} | {wall / args.replicas:.1f} | {run_seconds:.1f} "
-            f"| {engine_seconds / run_seconds:.0%} |"
+            f"| {level} | {f['queued'] / per:.1f} | {f['launch'] / per:.1f} | {f['run'] / per:.1f} "
+            f"| {f['steps'] / per:.1f} | {f['dispatch'] / per:.1f} | {f['cpu'] / per:.1f} |"
         )
 
 

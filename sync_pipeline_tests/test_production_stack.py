@@ -24,16 +24,20 @@ import pytest
 import sqlalchemy as sa
 
 from sync_pipeline.engine.checkout import checkout
+from sync_pipeline.engine.errors import ReplicaError
+from sync_pipeline.engine.manifest import open_replica_file, read_manifest
 from sync_pipeline.engine.replica import open_replica
 from sync_pipeline.engine.session import OPEN_STATUSES
 from sync_pipeline_tests.conftest import IN_CI, fresh_master_url, require_postgres
 from sync_pipeline_tests.helpers import make_master, rows, settings_yaml
-from sync_pipeline_tests.production_stack import BROKER_HOST, BROKER_PORT, Stack, production_stack, reachable
+from sync_pipeline_tests.production_stack import Stack, production_stack, unreachable_services
 
-# Opt-in: the stack (daemon, Celery workers, 40 runs) takes 10-25 minutes on a 2-core machine, more than
-# the suite's budget. Run it with SYNC_STACK_TESTS=1 (deploy/README.md).
+# Runs by default and always in CI (CI=true: a missing PostgreSQL or RabbitMQ fails it, never skips it).
+# SYNC_STACK_TESTS=0 leaves it out of a local run: it starts the daemon and Celery workers and runs 41 syncs,
+# a few minutes on an idle 2-core machine (deploy/README.md).
 pytestmark = pytest.mark.skipif(
-    os.environ.get("SYNC_STACK_TESTS") != "1", reason="the production-stack tests run with SYNC_STACK_TESTS=1"
+    os.environ.get("SYNC_STACK_TESTS") == "0" and not IN_CI,
+    reason="SYNC_STACK_TESTS=0 leaves the production-stack tests out (CI runs them regardless)",
 )
 
 REPLICAS = 20
@@ -41,7 +45,8 @@ HOT = 1  # the parent every replica edits (same row, same field) and adds childr
 OWN = 2  # parents OWN .. OWN+REPLICAS-1: one of each replica's own, edited by it only
 UNTOUCHED = OWN + REPLICAS  # parents no replica edits
 CHILDREN = 10  # base children 1..10; child c is relabelled by the replicas i with i % 10 + 1 == c
-# A bound, not a speed target: the 40 runs took about 24 minutes on a 2-core machine shared with 7 test runs.
+# A bound, not a speed target. Both tests of this file used 189 CPU seconds in the stack's processes and took
+# 16 minutes on a 2-core machine at load average 20 (other suites running); an idle machine needs a few.
 DEADLINE_SECONDS = int(os.environ.get("SYNC_STACK_TEST_DEADLINE", "900"))
 
 BASE_ROWS: dict[str, list[dict[str, Any]]] = {
@@ -55,10 +60,11 @@ BASE_ROWS: dict[str, list[dict[str, Any]]] = {
 
 def _require_services() -> None:
     require_postgres()
-    if not reachable(BROKER_HOST, BROKER_PORT):
-        message = f"RabbitMQ is not reachable at {BROKER_HOST}:{BROKER_PORT}"
+    missing = unreachable_services()
+    if missing:
+        message = f"the production stack needs {', '.join(missing)}"
         if IN_CI:
-            pytest.fail(message + " (CI must have it: `service rabbitmq-server start`)")
+            pytest.fail(message + " (CI must have them: `.ci/run` starts RabbitMQ and Redis)")
         pytest.skip(message)
 
 
@@ -244,14 +250,22 @@ def test_twenty_overlapping_replicas_through_daemon_and_celery(stack_and_master:
     assert len(parents) == len(BASE_ROWS["parent"]) + REPLICAS // 2
     assert len(children) == CHILDREN + 2 * REPLICAS
 
-    # Every replica file retired by its one load.
-    replica_table = sa.table("sync_replica", sa.column("replica_id"), sa.column("path"))
+    # Every replica file retired by its one load, and the master's record of it: the master refuses it now.
+    replica_table = sa.table(
+        "sync_replica", sa.column("replica_id"), sa.column("path"), sa.column("status"), sa.column("file_retired_at")
+    )
     with master.connect() as conn:
-        paths = dict(conn.execute(sa.select(replica_table.c.replica_id, replica_table.c.path)).all())
+        records = {r["replica_id"]: r for r in conn.execute(sa.select(replica_table)).mappings()}
     for replica_id in ids.values():
-        replica = open_replica(master, paths[replica_id], allow_retired=True)
-        replica.close()
-        assert replica.manifest.status == "retired"
+        record = records[replica_id]
+        assert record["status"] == "retired" and record["file_retired_at"] is not None, record
+        conn = open_replica_file(record["path"])
+        try:
+            assert read_manifest(conn, record["path"]).status == "retired"
+        finally:
+            conn.close()
+        with pytest.raises(ReplicaError, match="already synchronised"):
+            open_replica(master, record["path"], allow_retired=True)
 
     # The daemon ran them side by side, at most 4 at a time, each load in its own successful run.
     instance = dg.DagsterInstance.from_config(str(stack.home))
@@ -262,8 +276,21 @@ def test_twenty_overlapping_replicas_through_daemon_and_celery(stack_and_master:
         all_runs = applies + detects
         assert all(r.dagster_run.tags.get("sync/master") for r in all_runs)
         assert {r.dagster_run.tags.get("sync/stage") for r in applies} == {"load"}
-        succeeded = [r for r in applies if r.dagster_run.status == dg.DagsterRunStatus.SUCCESS]
-        assert sorted(r.dagster_run.tags["sync/session"] for r in succeeded) == sorted(session_of.values())
+        success = dg.DagsterRunStatus.SUCCESS
+        succeeded = [r.dagster_run.tags["sync/session"] for r in applies if r.dagster_run.status == success]
+        assert set(succeeded) == set(session_of.values())
+        # A load that re-detects (a concurrent load changed its rows) makes its session `ready` under a new
+        # decision version for a moment, and approval_sensor may launch a second load run for that version,
+        # which finds the session loaded and does nothing (the master holds one done session per replica,
+        # asserted above). Only such sessions get a second run: never more than the re-detections.
+        redetections = sum(
+            n
+            for s in done
+            for kind, n in json.loads(s["summary"] or "{}").get("retries", {}).items()
+            if kind.startswith("redetected")
+        )
+        extra = len(succeeded) - len(set(succeeded))
+        assert extra <= redetections, (extra, redetections)
         peak = _max_overlap(all_runs)
         assert peak == 4, f"runs at a time: {peak}"
     finally:
@@ -273,7 +300,10 @@ def test_twenty_overlapping_replicas_through_daemon_and_celery(stack_and_master:
     for s in done:
         for kind, n in json.loads(s["summary"] or "{}").get("retries", {}).items():
             retries[kind] = retries.get(kind, 0) + n
-    print(f"\nretries over {REPLICAS} concurrent loads: {retries or 'none'}; runs at a time: {peak}")
+    print(
+        f"\nretries over {REPLICAS} concurrent loads: {retries or 'none'}; runs at a time: {peak}; "
+        f"second load runs that found their session loaded: {extra}"
+    )
     (stack.logs / "retries.json").write_text(json.dumps(retries))
     master.dispose()
 
