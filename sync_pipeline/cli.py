@@ -1,4 +1,4 @@
-"""The `sync-pipeline` command (DESIGN §8): a thin shell over the engine.
+"""The `sync-pipeline` command (README, docs/sync_rules.md §7): a thin shell over the engine.
 
 Exit codes: 0 done; 3 waiting for manual decisions; 2 bad input or usage, nothing written; 1 other failure.
 """

@@ -1,4 +1,4 @@
-"""The public contract of the CLI (DESIGN §8): commands, JSON shapes and exit codes."""
+"""The public contract of the CLI (README, docs/sync_rules.md §7): commands, JSON shapes and exit codes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Extraction: the change log coalesces into net changes per row (DESIGN §4)."""
+"""Extraction: the change log coalesces into net changes per row (docs/sync_rules.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Model-based property test: the real pipeline against a plain reference model of DESIGN §5 and §6.
+"""Model-based property test: the real pipeline against a plain reference model of docs/sync_rules.md §3–§5.
 
 Hypothesis draws a small schema (1-3 tables; generated, text or composite keys; foreign keys, some
 nullable; natural keys), base rows, a sequence of local edits on the replica and of master edits
@@ -7,7 +7,7 @@ back, collide on keys and natural keys, and orphan rows), a policy per module (a
 side edited last (for `newest_wins`), and a person's decisions for manual conflicts.
 
 The reference model works on plain dicts: the net local change of a row is base vs replica, a
-master change is base vs master, and the tables of DESIGN §5 are applied as written. The real
+master change is base vs master, and the tables of docs/sync_rules.md §3–§4 are applied as written. The real
 pipeline (checkout, SQLite change log, extraction, detection on the master, policies, decisions,
 one-transaction load) must report the same conflicts and leave the master exactly as the model says.
 
@@ -359,7 +359,7 @@ def detect(
     clock: set[tuple[str, Key, str]] | None = None,
     tombstones: dict[tuple[str, Key], Row] | None = None,
 ) -> list[Change]:
-    """DESIGN §5, row by row, on plain dicts. A field the master's clock shows changed since the checkout
+    """docs/sync_rules.md §3, row by row, on plain dicts. A field the master's clock shows changed since the checkout
     is a master change even where its value is back to the base; an orphan's parent comes back from the
     master's tombstone of it, never from the replica's row."""
     clock = clock or set()
@@ -537,7 +537,7 @@ def load(
     changes: list[Change],
     decisions: dict[tuple[str, Key], dict],
 ) -> Expected:
-    """DESIGN §5's decision table and §6's load, on plain dicts. Remapped keys become ('NEW', local key):
+    """docs/sync_rules.md §4's decision table and §5's load, on plain dicts. Remapped keys become ('NEW', local key):
     which key the master's generator hands out does not matter, as long as it is free (the engine inserts
     rows with their own keys first; a collision makes the sync fail, which the property reports)."""
     state = deepcopy(master)

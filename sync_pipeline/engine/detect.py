@@ -1,4 +1,4 @@
-"""Three-way, field-level conflict detection against the master (DESIGN §5).
+"""Three-way, field-level conflict detection against the master (docs/sync_rules.md §3).
 
 For every locally changed row: base B (from the replica's log), local L, master M (fetched now, by
 key, in batches). A master change of a field is M != B. What detection saw of the master is kept

@@ -1,4 +1,4 @@
-"""Extraction: the replica's change log -> net changes per row (DESIGN §4).
+"""Extraction: the replica's change log -> net changes per row (docs/sync_rules.md §2).
 
 Only the log is read, so the cost follows the number of local changes, not the size of the tables.
 Coalescing: update+update = one update with the union of changed fields; insert..delete = nothing;

@@ -1,4 +1,4 @@
-"""The load (DESIGN §6): every approved change of a session in one transaction of the master.
+"""The load (docs/sync_rules.md §5): every approved change of a session in one transaction of the master.
 
 Writes go in an order that keeps every foreign key and unique index valid at each statement (parents
 before children for inserts, children before parents for deletes, a unique value freed before another row

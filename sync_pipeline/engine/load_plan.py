@@ -1,5 +1,5 @@
 """The load's plan: detected changes and their decisions turned into master writes (docs: the decision
-table of DESIGN §5), as typed operations with what the optimistic check expects of each row."""
+table of docs/sync_rules.md §4), as typed operations with what the optimistic check expects of each row."""
 
 from __future__ import annotations
 

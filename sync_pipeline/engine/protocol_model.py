@@ -14,7 +14,7 @@ PROTOCOL_VERSION = 1
 KIND_ORDER = ("update_update", "update_delete", "delete_update", "insert_insert", "duplicate", "orphan")
 BATCH = 500
 
-# What a decision means for the master row (DESIGN §5), said the way the protocol's reader needs it.
+# What a decision means for the master row (docs/sync_rules.md §4), said the way the protocol's reader needs it.
 OUTCOMES: dict[str, dict[str, str]] = {
     "update_update": {
         "master": "the master's values stay",

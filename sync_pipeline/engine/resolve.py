@@ -1,4 +1,4 @@
-"""Policies -> decisions (DESIGN §5). `manual` leaves a conflict pending for a person.
+"""Policies -> decisions (docs/sync_rules.md §4). `manual` leaves a conflict pending for a person.
 
 A decision is a choice per field (`local`, `master`, or an edited `value`) or for the whole row. The
 history of decisions is kept; the current decision of a field is the latest one that covers it (a
@@ -20,7 +20,7 @@ FIELD_KINDS = frozenset({"update_update", "insert_insert", "duplicate"})  # comp
 VALUE_KINDS = frozenset({"update_update"})  # a typed value is allowed
 
 
-# What a conflict kind means and what each side's choice does to the master (DESIGN §5), in the
+# What a conflict kind means and what each side's choice does to the master (docs/sync_rules.md §4), in the
 # words the review page and `conflicts show` use.
 KIND_HELP: dict[str, dict[str, str]] = {
     "update_update": {

@@ -1,4 +1,4 @@
-"""Sync settings: modules, their tables and conflict policies (DESIGN §8), loaded from YAML.
+"""Sync settings: modules, their tables and policies (README "Settings", docs/sync_rules.md §4), from YAML.
 
 Every error names the file, the line, the key and the fix. Line numbers come from PyYAML's node
 tree, so a pydantic error location (`modules.crm.policy`) maps back to where the user wrote it.
