@@ -15,7 +15,7 @@ from sync_pipeline.definitions import build_definitions
 from sync_pipeline.defs.jobs import APPLY_JOB_NAME, DETECT_JOB_NAME
 from sync_pipeline.defs.partitions import REPLICAS_PARTITION_NAME, replica_id_of_partition
 from sync_pipeline.defs.resources import MasterDatabase, SyncInbox, SyncSettingsResource
-from sync_pipeline.defs.sensors import APPLY_KEY_TAG, approval_sensor, replica_sensor
+from sync_pipeline.defs.sensors import APPLY_KEY_TAG, SESSION_TAG, approval_sensor, replica_sensor
 from sync_pipeline.engine.queries import list_conflicts
 from sync_pipeline.engine.session import decide, decide_module, open_session_of
 from sync_pipeline_tests.test_dagster_assets import AUTOMATIC_SETTINGS, build_demo
@@ -161,6 +161,30 @@ def test_approval_sensor_skips_a_load_that_already_ran(
         tags={APPLY_KEY_TAG: request.run_key},
     )
     assert not tick_approval(instance, master_url, None).run_requests
+
+
+def test_approval_sensor_waits_while_a_load_of_the_session_runs(
+    master_url: str, tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    # A load that re-detects goes on in its own run under the next decision version: the session looks
+    # ready again meanwhile, but a second load run of it must not start (issue 17.4, seen on the stack).
+    demo = build_demo(master_url, tmp_path / "replicas")
+    waiting = materialize_sync(master_url, str(demo.replica), instance)
+    assert waiting.session_id
+    decide_module(demo.engine, waiting.session_id, "crm", "local", "Tess Tester")
+    [request] = tick_approval(instance, master_url, None).run_requests
+    running = instance.create_run_for_job(
+        build_definitions(master_url).resolve_job_def(APPLY_JOB_NAME),
+        tags={SESSION_TAG: waiting.session_id, APPLY_KEY_TAG: request.run_key},
+    )
+    conflict = list_conflicts(demo.engine, waiting.session_id, "decided")[0]
+    decide(demo.engine, conflict["id"], "master", "Tess Tester")  # a new decision version, session ready
+
+    assert not tick_approval(instance, master_url, None).run_requests
+
+    instance.report_run_failed(running)  # that run ends without loading: the new version is launched
+    [again] = tick_approval(instance, master_url, None).run_requests
+    assert again.run_key != request.run_key and again.run_key.startswith(f"{waiting.session_id}:")
 
 
 def test_replica_sensor_registers_a_dropped_replica_and_skips_junk(

@@ -72,6 +72,11 @@ def _runs_in_progress(instance: dg.DagsterInstance, partition_key: str) -> bool:
     return bool(instance.get_run_records(runs, limit=1))
 
 
+def _load_in_progress(instance: dg.DagsterInstance, session_id: str) -> bool:
+    runs = dg.RunsFilter(tags={SESSION_TAG: session_id}, statuses=_IN_PROGRESS)
+    return bool(instance.get_run_records(runs, limit=1))
+
+
 def _partition_requests(
     context: dg.SensorEvaluationContext, out: list[str], stale: set[str]
 ) -> list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest]:
@@ -96,6 +101,11 @@ def _load_requests(
     for session_id, replica_id, version in ready:
         key = apply_key(session_id, version)
         if launched.get(session_id) == version:
+            continue
+        if _load_in_progress(context.instance, session_id):
+            # Its load re-detected rows another load changed and goes on under the next decision version
+            # in the same run: a second run of it would find the session loaded and do nothing.
+            context.log.info(f"session {session_id}: its load run is still going")
             continue
         if runs_under_key(context.instance, APPLY_KEY_TAG, key).attempts:
             context.log.info(f"session {session_id}: a load for decision version {version} ran already")
