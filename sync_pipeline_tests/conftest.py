@@ -27,7 +27,8 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 _reachable_servers: dict[str, bool] = {}
 
 # Every master database. `backend` runs a test on SQLite and PostgreSQL; a module whose tests pass on
-# MariaDB too imports `backend_on_all_masters` (a `backend` fixture of its own over all three).
+# MariaDB too imports `masters.backend_on_all_masters` (a `backend` fixture of its own over all three; it
+# cannot live here, where it would replace `backend` for every module).
 MASTERS = ["sqlite", "postgresql", "mariadb"]
 
 # The seed of the model-based (hypothesis) tests: new for every run, so that CI explores too, and printed
@@ -107,12 +108,6 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def backend(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
-@pytest.fixture(params=MASTERS, name="backend")
-def backend_on_all_masters(request: pytest.FixtureRequest) -> str:
-    """`backend` over SQLite, PostgreSQL and MariaDB, for the modules that import it."""
     return request.param
 
 

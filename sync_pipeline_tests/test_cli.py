@@ -9,8 +9,8 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from sync_pipeline.cli import main
-from sync_pipeline_tests.conftest import backend_on_all_masters  # noqa: F401 - `backend` over all three masters
 from sync_pipeline_tests.helpers import TABLES, make_master, replica_engine, row, sample_metadata, settings_yaml
+from sync_pipeline_tests.masters import backend_on_all_masters  # noqa: F401 - `backend` over all three masters
 
 P, C = TABLES["parent"], TABLES["child"]
 

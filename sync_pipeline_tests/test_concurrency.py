@@ -44,8 +44,8 @@ from sync_pipeline.engine.session import (
     session_context,
     start_session,
 )
-from sync_pipeline_tests.conftest import backend_on_all_masters  # noqa: F401 - `backend` over all three masters
 from sync_pipeline_tests.helpers import TABLES, make_master, make_replica, replica_engine
+from sync_pipeline_tests.masters import backend_on_all_masters  # noqa: F401 - `backend` over all three masters
 from sync_pipeline_tests.test_crash_safety import business_state, fresh_master_url, parent_ids, sync_rows
 
 P, C, T = TABLES["parent"], TABLES["child"], TABLES["tagged"]

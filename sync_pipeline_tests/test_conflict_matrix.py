@@ -20,8 +20,8 @@ from sqlalchemy.engine import Engine
 
 from sync_pipeline.engine.queries import list_conflicts
 from sync_pipeline.engine.session import decide, pending_of, run_sync
-from sync_pipeline_tests.conftest import backend_on_all_masters  # noqa: F401 - `backend` over all three masters
 from sync_pipeline_tests.helpers import TABLES, make_master, make_replica, pause, replica_engine, row, rows
+from sync_pipeline_tests.masters import backend_on_all_masters  # noqa: F401 - `backend` over all three masters
 
 P, C, T = TABLES["parent"], TABLES["child"], TABLES["tagged"]
 

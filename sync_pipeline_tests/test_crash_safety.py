@@ -37,8 +37,9 @@ from sqlalchemy.engine import Engine
 from sync_pipeline.engine import faults, store
 from sync_pipeline.engine.errors import ReplicaError
 from sync_pipeline.engine.session import run_sync
-from sync_pipeline_tests.conftest import backend_on_all_masters, fresh_master_url  # noqa: F401 - `backend` over all three masters
+from sync_pipeline_tests.conftest import fresh_master_url
 from sync_pipeline_tests.helpers import TABLES, make_master, make_replica, master_state, replica_engine
+from sync_pipeline_tests.masters import backend_on_all_masters  # noqa: F401 - `backend` over all three masters
 
 P, C, T = TABLES["parent"], TABLES["child"], TABLES["tagged"]
 BUSINESS = ("parent", "child", "tagged")

@@ -33,7 +33,7 @@ from sync_pipeline.engine.replica import open_replica
 from sync_pipeline.engine.session import decide_module, open_session_of
 from sync_pipeline.engine.settings import parse_settings
 from sync_pipeline.reports import markdown as md
-from sync_pipeline_tests.conftest import backend_on_all_masters  # noqa: F401 - `backend` over all three masters
+from sync_pipeline_tests.masters import backend_on_all_masters  # noqa: F401 - `backend` over all three masters
 
 # The demo's settings with the manual CRM module settled automatically: nothing waits for a person.
 AUTOMATIC_SETTINGS = DEMO_SETTINGS.replace("policy: manual", "policy: local_wins")

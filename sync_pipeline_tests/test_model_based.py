@@ -53,14 +53,9 @@ from sync_pipeline.engine.schema import reflect_tables
 from sync_pipeline.engine.session import decide, run_sync
 from sync_pipeline.engine.settings import parse_settings
 from sync_pipeline.engine.signing_key import drop_key_store
-from sync_pipeline_tests.conftest import (  # noqa: F401 - `backend` over all three masters
-    MARIADB_URL,
-    PG_URL,
-    backend_on_all_masters,
-    require_mariadb,
-    require_postgres,
-)
+from sync_pipeline_tests.conftest import MARIADB_URL, PG_URL, require_mariadb, require_postgres
 from sync_pipeline_tests.helpers import TABLES, make_master, make_replica, replica_engine
+from sync_pipeline_tests.masters import backend_on_all_masters  # noqa: F401 - `backend` over all three masters
 
 EXAMPLES = int(os.environ.get("SYNC_MODEL_EXAMPLES", "300"))
 PG_EXAMPLES = max(100, EXAMPLES // 3)
