@@ -22,12 +22,7 @@ from sync_pipeline.engine.errors import ReplicaError
 from sync_pipeline.engine.extract import ChangeSet, RowChange
 from sync_pipeline.engine.faults import checkpoint
 from sync_pipeline.engine.progress import report
-from sync_pipeline.engine.schema import (
-    Reference,
-    TableInfo,
-    normalize_row,
-    references_to,
-)
+from sync_pipeline.engine.schema import Reference, TableInfo, normalize_row, references_to
 from sync_pipeline.engine.settings import SyncSettings
 from sync_pipeline.engine.tombstones import NO_TOMBSTONE_REASON, SOURCE_TOMBSTONE, latest_tombstones
 
