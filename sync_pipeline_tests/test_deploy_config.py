@@ -4,10 +4,12 @@ chosen by SYNC_EXECUTOR only, and sync runs carry the tags the limits match."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import dagster as dg
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from sync_pipeline.cli import main
@@ -70,3 +72,25 @@ def test_stage_tags_name_the_master_not_its_url(backend: str, master_url: str) -
     assert stage_tags(engine, "detect") == {MASTER_TAG: master_id, STAGE_TAG: "detect"}
     assert stage_tags(engine, "load") == {MASTER_TAG: master_id, STAGE_TAG: "load", LOAD_MASTER_TAG: master_id}
     engine.dispose()
+
+
+def _helm_values() -> dict:
+    readme = (Path(__file__).resolve().parents[1] / "deploy" / "README.md").read_text()
+    block = readme.split("# values.yaml for `helm upgrade", 1)[1].split("```", 1)[0]
+    return yaml.safe_load(block.split("\n", 1)[1])
+
+
+def test_helm_values_run_this_code_location_with_the_queue_limits() -> None:
+    values = _helm_values()
+    [deployment] = values["dagster-user-deployments"]["deployments"]
+    module = deployment["dagsterApiGrpcArgs"][deployment["dagsterApiGrpcArgs"].index("--module-name") + 1]
+    assert importlib.import_module(module).defs is not None  # the code location the chart's gRPC server loads
+    # A run pod runs its steps itself: the launcher's class is installed, and no Celery executor is asked for.
+    launcher = values["runLauncher"]
+    assert launcher["type"] == "K8sRunLauncher"
+    from dagster_k8s import K8sRunLauncher  # noqa: F401 - the deploy extra brings it
+
+    env = launcher["config"]["k8sRunLauncher"]["envVars"] + [e["name"] for e in deployment["env"]]
+    assert not any(str(e).startswith("SYNC_EXECUTOR") for e in env)
+    limits = values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]["tagConcurrencyLimits"]
+    assert {limit["key"] for limit in limits} == {STAGE_TAG, LOAD_MASTER_TAG}
