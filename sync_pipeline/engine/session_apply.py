@@ -22,6 +22,7 @@ from sync_pipeline.engine.errors import (
 )
 from sync_pipeline.engine.faults import checkpoint
 from sync_pipeline.engine.load import StaleRows, build_plan, execute_plan
+from sync_pipeline.engine.records import set_replica_status, set_session_status
 from sync_pipeline.engine.resolve import (
     CurrentDecision,
     current_decision,
@@ -37,8 +38,6 @@ from sync_pipeline.engine.session_state import (
     detected_from,
     insert_in_chunks,
     load_changes,
-    set_replica_status,
-    set_status,
 )
 
 MAX_REDETECT_ROUNDS = 5
@@ -127,7 +126,7 @@ def load_session(
         summary = _summary(conn, ctx, result)
         if retries is not None and retries.total:
             summary["retries"] = retries.as_dict()
-        set_status(
+        set_session_status(
             conn,
             ctx.session_id,
             "done",

@@ -19,7 +19,7 @@ from sync_pipeline.engine.errors import (
     DecisionError,
 )
 from sync_pipeline.engine.faults import checkpoint
-from sync_pipeline.engine.records import DECIDABLE_STATUSES
+from sync_pipeline.engine.records import DECIDABLE_STATUSES, set_replica_status, set_session_status
 from sync_pipeline.engine.resolve import (
     FIELD_KINDS,
     auto_decide,
@@ -35,8 +35,6 @@ from sync_pipeline.engine.session_state import (
     detected_from,
     load_changes,
     pending_per_module,
-    set_replica_status,
-    set_status,
 )
 
 
@@ -90,7 +88,7 @@ def resolve_session(engine: Engine, ctx: SessionContext) -> dict[str, int]:
                 .values(status="decided")
             )
         pending = pending_per_module(conn, ctx.session_id)
-        set_status(
+        set_session_status(
             conn,
             ctx.session_id,
             "waiting" if pending else "ready",
@@ -203,7 +201,7 @@ def _record_decision(
         .values(status="decided" if decided else "pending")
     )
     pending = pending_per_module(conn, conflict["session_id"])
-    set_status(
+    set_session_status(
         conn,
         conflict["session_id"],
         "waiting" if pending else "ready",

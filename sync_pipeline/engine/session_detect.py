@@ -24,7 +24,7 @@ from sync_pipeline.engine.errors import (
 from sync_pipeline.engine.extract import ChangeSet, canonicalize_local_values, extract_changes
 from sync_pipeline.engine.faults import checkpoint
 from sync_pipeline.engine.progress import report
-from sync_pipeline.engine.records import OPEN_STATUSES
+from sync_pipeline.engine.records import OPEN_STATUSES, set_replica_status, set_session_status
 from sync_pipeline.engine.replica import (
     OpenReplica,
     already_synchronised,
@@ -43,8 +43,6 @@ from sync_pipeline.engine.session_state import (
     encode_fields,
     insert_in_chunks,
     load_changes,
-    set_replica_status,
-    set_status,
 )
 from sync_pipeline.engine.settings import SyncSettings
 
@@ -223,7 +221,7 @@ def detect_session(
         insert_in_chunks(conn, store.sync_conflict, conflicts)
         if earlier:
             _carry_over_decisions(conn, ctx.session_id, earlier)
-        set_status(conn, ctx.session_id, "detected")
+        set_session_status(conn, ctx.session_id, "detected")
         checkpoint("detect_store")
     return detected
 

@@ -24,7 +24,14 @@ from sync_pipeline.engine.errors import (
 )
 from sync_pipeline.engine.extract import RowChange
 from sync_pipeline.engine.progress import report
-from sync_pipeline.engine.records import OPEN_STATUSES, decision_history
+from sync_pipeline.engine.records import (
+    OPEN_STATUSES,
+    ReplicaStatus,
+    SessionStatus,
+    decision_history,
+    set_replica_status,
+    set_session_status,
+)
 from sync_pipeline.engine.replica import (
     unfreeze_file,
 )
@@ -88,22 +95,6 @@ def session_context(engine: Engine, session_id: str) -> SessionContext:
     settings = parse_settings(row["settings"], f"<settings of session {session_id}>")
     infos = reflect_tables(engine, settings.tables(json.loads(row["modules"])))
     return SessionContext(session_id, row["replica_id"], row["path"], settings, infos, row["status"])
-
-
-def set_status(conn: Connection, session_id: str, status: str, **extra: Any) -> None:
-    conn.execute(
-        sa.update(store.sync_session)
-        .where(store.sync_session.c.session_id == session_id)
-        .values(status=status, **extra)
-    )
-
-
-def set_replica_status(conn: Connection, replica_id: str, status: str, **extra: Any) -> None:
-    conn.execute(
-        sa.update(store.sync_replica)
-        .where(store.sync_replica.c.replica_id == replica_id)
-        .values(status=status, **extra)
-    )
 
 
 def last_session_of(engine: Engine, replica_id: str) -> str | None:
@@ -246,8 +237,8 @@ def mark_failed(engine: Engine, session_id: str, replica_id: str, error: str) ->
         ).scalar()
         if status == "done":
             return  # the load committed: what failed after it (retiring the file, a report) cannot undo that
-        set_status(conn, session_id, "failed", finished_at=store.now_iso(), error=error[:4000])
-        set_replica_status(conn, replica_id, "failed")
+        set_session_status(conn, session_id, SessionStatus.FAILED, finished_at=store.now_iso(), error=error[:4000])
+        set_replica_status(conn, replica_id, ReplicaStatus.FAILED)
         path = conn.execute(
             sa.select(store.sync_replica.c.path).where(store.sync_replica.c.replica_id == replica_id)
         ).scalar()
