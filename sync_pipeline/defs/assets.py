@@ -24,7 +24,14 @@ from sync_pipeline.defs.resources import MasterDatabase
 from sync_pipeline.defs.run_keys import STATE_TAG, may_load_in_run
 from sync_pipeline.engine.errors import SyncError
 from sync_pipeline.engine.queries import list_conflicts
-from sync_pipeline.engine.records import decision_version, latest_session, replica_record
+from sync_pipeline.engine.records import (
+    ConflictStatus,
+    ReplicaStatus,
+    SessionStatus,
+    decision_version,
+    latest_session,
+    replica_record,
+)
 from sync_pipeline.engine.run_driver import driver_for, finish_retirement, resolve_step
 from sync_pipeline.engine.schema import TableInfo
 from sync_pipeline.engine.session_state import SessionContext, counts_of, last_session_of, pending_of, session_context
@@ -151,7 +158,7 @@ def local_changes(
         except (SyncError, dg.Failure):
             # A retired replica launched again: not an error of the code, so the reason and no stack trace.
             # (A file an interrupted run left unretired is no error: opening it retires it.)
-            if record["status"] == "retired":
+            if record["status"] == ReplicaStatus.RETIRED:
                 raise retired_failure(record, last_session_of(engine, replica_id)) from None
             raise
         if driver.replica_id != replica_id:
@@ -192,7 +199,9 @@ def local_changes(
 def conflicts(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg.MaterializeResult:
     with master.engine() as engine:
         ctx = require_session(engine, context.partition_key)
-        if ctx.status == "extracted":  # stored without detection (start_session): only then is the file needed
+        if (
+            ctx.status == SessionStatus.EXTRACTED
+        ):  # stored without detection (start_session): only then is the file needed
             with driver_for(engine, ctx.replica_id, ctx.replica_path or "") as driver:
                 driver.detect(ctx)
         context.log.info(f"session {ctx.session_id} is {ctx.status}: its changes are detected")
@@ -219,11 +228,11 @@ def resolutions(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg
         ctx = require_session(engine, context.partition_key)
         pending = resolve_step(engine, ctx)  # policies run only right after detection
         version = decision_version(engine, ctx.session_id)
-        status = (latest_session(engine, ctx.replica_id) or {}).get("status", ctx.status)
+        status = str((latest_session(engine, ctx.replica_id) or {}).get("status", ctx.status))
         items = list_conflicts(engine, ctx.session_id)
     decided: dict[str, dict[str, int]] = {}
     for item in items:
-        if item["status"] == "decided" and item["decision"]:
+        if item["status"] == ConflictStatus.DECIDED and item["decision"]:
             rule = item["decision"]["rule"]
             decided.setdefault(item["module"], {}).setdefault(rule, 0)
             decided[item["module"]][rule] += 1
@@ -232,7 +241,10 @@ def resolutions(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg
             f"session {ctx.session_id}: {pending_summary(pending)}; decide on {review_session_url(ctx.session_id)}"
         )
     # The Runs list shows run tags: a run that stops for a person says so there, not only in its log.
-    context.instance.add_run_tags(context.run.run_id, {STATE_TAG: "waiting" if pending else "ready"})
+    # Tag and metadata values are plain str: Dagster serialises no enum it does not know.
+    context.instance.add_run_tags(
+        context.run.run_id, {STATE_TAG: str(SessionStatus.WAITING if pending else SessionStatus.READY)}
+    )
     return dg.MaterializeResult(
         metadata={
             **session_metadata(ctx),
@@ -257,7 +269,7 @@ def resolutions(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg
 def master_load(context: dg.AssetExecutionContext, master: MasterDatabase) -> Iterator[dg.MaterializeResult]:
     with master.engine() as engine:
         ctx = require_session(engine, context.partition_key)
-        if ctx.status == "done":
+        if ctx.status == SessionStatus.DONE:
             if finish_retirement(engine, ctx.replica_path):
                 context.log.info(f"session {ctx.session_id} was loaded before; its replica file is retired now")
             else:
@@ -284,11 +296,11 @@ def master_load(context: dg.AssetExecutionContext, master: MasterDatabase) -> It
                 f"the master changed during the load of session {ctx.session_id}: "
                 f"{sum(pending.values())} new conflict(s) wait for decisions; nothing was loaded"
             )
-            context.instance.add_run_tags(context.run.run_id, {STATE_TAG: "waiting"})
+            context.instance.add_run_tags(context.run.run_id, {STATE_TAG: str(SessionStatus.WAITING)})
             return
         after = table_row_counts(engine, ctx.infos)
         counts = counts_of(engine, ctx.session_id)
-    context.instance.add_run_tags(context.run.run_id, {STATE_TAG: "done"})
+    context.instance.add_run_tags(context.run.run_id, {STATE_TAG: str(SessionStatus.DONE)})
     yield dg.MaterializeResult(
         metadata={
             **session_metadata(ctx),
