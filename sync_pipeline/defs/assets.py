@@ -199,9 +199,8 @@ def local_changes(
 def conflicts(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg.MaterializeResult:
     with master.engine() as engine:
         ctx = require_session(engine, context.partition_key)
-        if (
-            ctx.status == SessionStatus.EXTRACTED
-        ):  # stored without detection (start_session): only then is the file needed
+        # Stored without detection (start_session): only then is the file needed.
+        if ctx.status == SessionStatus.EXTRACTED:
             with driver_for(engine, ctx.replica_id, ctx.replica_path or "") as driver:
                 driver.detect(ctx)
         context.log.info(f"session {ctx.session_id} is {ctx.status}: its changes are detected")
