@@ -39,6 +39,12 @@ from sync_pipeline.links import review_session_url
 
 SYNC_GROUP = "sync"
 
+
+def sync_asset(**kwargs: Any) -> Any:
+    """`dg.asset` for one step of a replica's sync: partitioned by replica, in the sync group."""
+    return dg.asset(partitions_def=replicas_partitions, group_name=SYNC_GROUP, **kwargs)
+
+
 # ------------------------------------------------------------------------------------------------
 # Reading a partition's session from the sync tables
 # ------------------------------------------------------------------------------------------------
@@ -132,9 +138,7 @@ class LocalChangesConfig(dg.Config):
     )
 
 
-@dg.asset(
-    partitions_def=replicas_partitions,
-    group_name=SYNC_GROUP,
+@sync_asset(
     description="The replica's net local changes, detected against the master while the verified file is open "
     "and stored as a session in the master's sync tables; the replica is frozen from here on. A session already "
     "open for the replica continues instead.",
@@ -188,9 +192,7 @@ def local_changes(
     )
 
 
-@dg.asset(
-    partitions_def=replicas_partitions,
-    group_name=SYNC_GROUP,
+@sync_asset(
     deps=[local_changes],
     description="Three-way, field-level conflict detection of the session's changes against the master (done "
     "with the extraction, which holds the replica open; here only for a session stored undetected).",
@@ -214,9 +216,7 @@ def conflicts(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg.M
     )
 
 
-@dg.asset(
-    partitions_def=replicas_partitions,
-    group_name=SYNC_GROUP,
+@sync_asset(
     deps=[conflicts],
     description="Policies decide what they can; conflicts of `manual` modules wait for a person. Ends the "
     "detect run: the load runs only when nothing is pending (approval_sensor or `sync-pipeline sync`).",
@@ -256,9 +256,7 @@ def resolutions(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg
     )
 
 
-@dg.asset(
-    partitions_def=replicas_partitions,
-    group_name=SYNC_GROUP,
+@sync_asset(
     deps=[resolutions],
     output_required=False,
     description="One transaction into the master; rows the master changed meanwhile go back to detection. "
@@ -315,9 +313,7 @@ def master_load(context: dg.AssetExecutionContext, master: MasterDatabase) -> It
     )
 
 
-@dg.asset(
-    partitions_def=replicas_partitions,
-    group_name=SYNC_GROUP,
+@sync_asset(
     deps=[master_load],
     description="The session's protocol: written as JSON, Markdown and HTML to $SYNC_HOME/protocols/ (the PDF "
     "on demand: sync_protocol_pdf), and "

@@ -8,15 +8,12 @@ Materialize this asset for a replica's partition in the UI (or run
 
 import dagster as dg
 
-from sync_pipeline.defs.assets import SYNC_GROUP, require_session, session_metadata, sync_protocol
+from sync_pipeline.defs.assets import require_session, session_metadata, sync_asset, sync_protocol
 from sync_pipeline.defs.failures import reports_sync_errors
-from sync_pipeline.defs.partitions import replicas_partitions
 from sync_pipeline.defs.resources import MasterDatabase
 
 
-@dg.asset(
-    partitions_def=replicas_partitions,
-    group_name=SYNC_GROUP,
+@sync_asset(
     deps=[sync_protocol],
     description="The session's protocol as a printable PDF (A4) in $SYNC_HOME/protocols/, next to the JSON, "
     "Markdown and HTML that sync_protocol writes. Not part of the sync's runs: materialize it when a printout "
