@@ -10,7 +10,7 @@ process, continue where the detect run stopped.
 """
 
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import dagster as dg
@@ -72,6 +72,15 @@ def require_session(engine: Engine, partition_key: str) -> SessionContext:
             metadata={"fix": "materialize local_changes for this partition first (job sync_detect)"},
         )
     return session_context(engine, session["session_id"])
+
+
+@contextmanager
+def partition_session(
+    master: MasterDatabase, context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext
+) -> Iterator[tuple[Engine, SessionContext]]:
+    """The master's engine and the session of the run's partition: how every step and check begins."""
+    with master.engine() as engine:
+        yield engine, require_session(engine, context.partition_key)
 
 
 def table_row_counts(engine: Engine, infos: dict[str, TableInfo]) -> dict[str, int]:
@@ -199,8 +208,7 @@ def local_changes(
 )
 @reports_sync_errors
 def conflicts(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg.MaterializeResult:
-    with master.engine() as engine:
-        ctx = require_session(engine, context.partition_key)
+    with partition_session(master, context) as (engine, ctx):
         # Stored without detection (start_session): only then is the file needed.
         if ctx.status == SessionStatus.EXTRACTED:
             with driver_for(engine, ctx.replica_id, ctx.replica_path or "") as driver:
@@ -223,8 +231,7 @@ def conflicts(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg.M
 )
 @reports_sync_errors
 def resolutions(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg.MaterializeResult:
-    with master.engine() as engine:
-        ctx = require_session(engine, context.partition_key)
+    with partition_session(master, context) as (engine, ctx):
         pending = resolve_step(engine, ctx)  # policies run only right after detection
         version = decision_version(engine, ctx.session_id)
         status = str((latest_session(engine, ctx.replica_id) or {}).get("status", ctx.status))
@@ -264,8 +271,7 @@ def resolutions(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg
 )
 @reports_sync_errors
 def master_load(context: dg.AssetExecutionContext, master: MasterDatabase) -> Iterator[dg.MaterializeResult]:
-    with master.engine() as engine:
-        ctx = require_session(engine, context.partition_key)
+    with partition_session(master, context) as (engine, ctx):
         if ctx.status == SessionStatus.DONE:
             if finish_retirement(engine, ctx.replica_path):
                 context.log.info(f"session {ctx.session_id} was loaded before; its replica file is retired now")
@@ -325,8 +331,7 @@ def sync_protocol(context: dg.AssetExecutionContext, master: MasterDatabase) -> 
     from sync_pipeline.reports.files import default_protocol_folder, write_protocol
     from sync_pipeline.reports.renderers import TEXT_FORMATS, render_markdown
 
-    with master.engine() as engine:
-        ctx = require_session(engine, context.partition_key)
+    with partition_session(master, context) as (engine, ctx):
         protocol = build_protocol(engine, ctx.session_id)
         counts = counts_of(engine, ctx.session_id)
     # The PDF is left to its own asset (sync_protocol_pdf): laying it out would keep the sync waiting.
