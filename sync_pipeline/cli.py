@@ -24,6 +24,7 @@ from sync_pipeline.cli_common import (
 from sync_pipeline.cli_conflicts import conflicts_group, serve_command
 from sync_pipeline.cli_deploy import deploy_home_command
 from sync_pipeline.cli_reports import history_command, protocol_command, purge_command
+from sync_pipeline.engine.records import SessionStatus
 
 
 @click.group()
@@ -118,9 +119,9 @@ def sync_command(
     from sync_pipeline.cli_output import print_sync_result
 
     print_sync_result(engine, result, as_json, replica_path, master_url, without_dagster)
-    if result.status == "waiting":
+    if result.status == SessionStatus.WAITING:
         sys.exit(EXIT_WAITING)
-    if result.status == "failed":
+    if result.status == SessionStatus.FAILED:
         sys.exit(EXIT_FAILED)
 
 

@@ -23,6 +23,7 @@ from sync_pipeline.accounts import Account, Accounts, UnknownPersonError, defaul
 from sync_pipeline.cli_accounts import accounts_option
 from sync_pipeline.cli_common import handles_errors, master_option, open_master
 from sync_pipeline.engine.errors import AlreadyDecidedError, BadInputError, DecisionError
+from sync_pipeline.engine.records import ConflictStatus
 from sync_pipeline.links import DEFAULT_REVIEW_HOST, DEFAULT_REVIEW_PORT
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ def conflicts_group() -> None:
 @token_option
 @click.option("--session", "session_id", default=None, help="Only this session.")
 @click.option("--module", default=None, help="Only this module.")
-@click.option("--status", type=click.Choice(["pending", "decided"]), default=None)
+@click.option("--status", type=click.Choice([str(s) for s in ConflictStatus]), default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print the conflicts as JSON (the public shape).")
 @handles_errors
 def conflicts_list(

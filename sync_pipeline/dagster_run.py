@@ -26,7 +26,7 @@ from sync_pipeline.defs.run_keys import APPLY_KEY_TAG, DETECT_KEY_TAG, SESSION_T
 from sync_pipeline.defs.run_tags import DETECT_STAGE, LOAD_STAGE, stage_tags
 from sync_pipeline.engine.errors import SyncError
 from sync_pipeline.engine.master import connect_master, sync_home
-from sync_pipeline.engine.records import latest_session
+from sync_pipeline.engine.records import SessionStatus, latest_session
 from sync_pipeline.engine.run_driver import LOAD_LEFT_CONFLICTS, WAITING, RunDriver, holding, open_run
 from sync_pipeline.engine.session_state import SyncResult, counts_of, pending_of
 
@@ -162,7 +162,7 @@ def _failed(result: dg.ExecuteInProcessResult, engine: Engine, driver: RunDriver
     exit code 2, nothing written); any other failure reports the session failed.
     """
     session = latest_session(engine, driver.replica_id)
-    if session is not None and session["status"] == "done":
+    if session is not None and session["status"] == SessionStatus.DONE:
         driver.retire_file()  # the run may have ended before it retired the file (done once at most)
         return driver.done(session["session_id"], [f"after the load committed: {_failure_message(result)}"])
     for _message, error in _step_failures(result):
@@ -172,7 +172,7 @@ def _failed(result: dg.ExecuteInProcessResult, engine: Engine, driver: RunDriver
     return SyncResult(
         session_id,
         driver.replica_id,
-        "failed",
+        SessionStatus.FAILED,
         counts_of(engine, session_id) if session_id else {},
         pending_of(engine, session_id) if session_id else {},
         _failure_message(result),
@@ -222,13 +222,13 @@ def _run_jobs(master_url: str | None, engine: Engine, dagster: dg.DagsterInstanc
     assert session is not None, "sync_detect succeeded without a session"
     session_id = session["session_id"]
     # `loading`: an earlier load stopped half-way (nothing was committed); loading again is safe.
-    if session["status"] not in ("ready", "loading"):
+    if session["status"] not in (SessionStatus.READY, SessionStatus.LOADING):
         return _outcome(engine, driver, session_id, WAITING, [])
     # Claimed on the master and tagged like approval_sensor's runs: only one of them loads.
     key = claim_cli_apply(engine, dagster, session_id, session["decision_version"])
     if key is None:
         message = "approval_sensor launched the load of this decision version: see its run in Dagster"
-        return SyncResult(session_id, replica_id, "waiting", counts_of(engine, session_id), {}, message)
+        return SyncResult(session_id, replica_id, SessionStatus.WAITING, counts_of(engine, session_id), {}, message)
     tags = {SESSION_TAG: session_id, APPLY_KEY_TAG: key, **stage_tags(engine, LOAD_STAGE)}
     apply = _run_job(APPLY_JOB_NAME, master_url, dagster, partition, tags=tags)
     if not apply.success:
@@ -240,14 +240,14 @@ def _outcome(engine: Engine, driver: RunDriver, session_id: str, waiting: str, w
     """The result of runs that succeeded, from the session's state on the master."""
     session = latest_session(engine, driver.replica_id)
     assert session is not None
-    if session["status"] == "done":
+    if session["status"] == SessionStatus.DONE:
         return driver.done(session_id, warnings)
-    if session["status"] == "failed":
+    if session["status"] == SessionStatus.FAILED:
         pending = pending_of(engine, session_id)
         return SyncResult(
             session_id,
             driver.replica_id,
-            "failed",
+            SessionStatus.FAILED,
             counts_of(engine, session_id),
             pending,
             session["error"] or "failed",

@@ -10,7 +10,7 @@ process, continue where the detect run stopped.
 """
 
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import dagster as dg
@@ -24,13 +24,26 @@ from sync_pipeline.defs.resources import MasterDatabase
 from sync_pipeline.defs.run_keys import STATE_TAG, may_load_in_run
 from sync_pipeline.engine.errors import SyncError
 from sync_pipeline.engine.queries import list_conflicts
-from sync_pipeline.engine.records import decision_version, latest_session, replica_record
+from sync_pipeline.engine.records import (
+    ConflictStatus,
+    ReplicaStatus,
+    SessionStatus,
+    decision_version,
+    latest_session,
+    replica_record,
+)
 from sync_pipeline.engine.run_driver import driver_for, finish_retirement, resolve_step
 from sync_pipeline.engine.schema import TableInfo
 from sync_pipeline.engine.session_state import SessionContext, counts_of, last_session_of, pending_of, session_context
 from sync_pipeline.links import review_session_url
 
 SYNC_GROUP = "sync"
+
+
+def sync_asset(**kwargs: Any) -> Any:
+    """`dg.asset` for one step of a replica's sync: partitioned by replica, in the sync group."""
+    return dg.asset(partitions_def=replicas_partitions, group_name=SYNC_GROUP, **kwargs)
+
 
 # ------------------------------------------------------------------------------------------------
 # Reading a partition's session from the sync tables
@@ -59,6 +72,15 @@ def require_session(engine: Engine, partition_key: str) -> SessionContext:
             metadata={"fix": "materialize local_changes for this partition first (job sync_detect)"},
         )
     return session_context(engine, session["session_id"])
+
+
+@contextmanager
+def partition_session(
+    master: MasterDatabase, context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext
+) -> Iterator[tuple[Engine, SessionContext]]:
+    """The master's engine and the session of the run's partition: how every step and check begins."""
+    with master.engine() as engine:
+        yield engine, require_session(engine, context.partition_key)
 
 
 def table_row_counts(engine: Engine, infos: dict[str, TableInfo]) -> dict[str, int]:
@@ -125,9 +147,7 @@ class LocalChangesConfig(dg.Config):
     )
 
 
-@dg.asset(
-    partitions_def=replicas_partitions,
-    group_name=SYNC_GROUP,
+@sync_asset(
     description="The replica's net local changes, detected against the master while the verified file is open "
     "and stored as a session in the master's sync tables; the replica is frozen from here on. A session already "
     "open for the replica continues instead.",
@@ -151,7 +171,7 @@ def local_changes(
         except (SyncError, dg.Failure):
             # A retired replica launched again: not an error of the code, so the reason and no stack trace.
             # (A file an interrupted run left unretired is no error: opening it retires it.)
-            if record["status"] == "retired":
+            if record["status"] == ReplicaStatus.RETIRED:
                 raise retired_failure(record, last_session_of(engine, replica_id)) from None
             raise
         if driver.replica_id != replica_id:
@@ -181,18 +201,16 @@ def local_changes(
     )
 
 
-@dg.asset(
-    partitions_def=replicas_partitions,
-    group_name=SYNC_GROUP,
+@sync_asset(
     deps=[local_changes],
     description="Three-way, field-level conflict detection of the session's changes against the master (done "
     "with the extraction, which holds the replica open; here only for a session stored undetected).",
 )
 @reports_sync_errors
 def conflicts(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg.MaterializeResult:
-    with master.engine() as engine:
-        ctx = require_session(engine, context.partition_key)
-        if ctx.status == "extracted":  # stored without detection (start_session): only then is the file needed
+    with partition_session(master, context) as (engine, ctx):
+        # Stored without detection (start_session): only then is the file needed.
+        if ctx.status == SessionStatus.EXTRACTED:
             with driver_for(engine, ctx.replica_id, ctx.replica_path or "") as driver:
                 driver.detect(ctx)
         context.log.info(f"session {ctx.session_id} is {ctx.status}: its changes are detected")
@@ -206,24 +224,21 @@ def conflicts(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg.M
     )
 
 
-@dg.asset(
-    partitions_def=replicas_partitions,
-    group_name=SYNC_GROUP,
+@sync_asset(
     deps=[conflicts],
     description="Policies decide what they can; conflicts of `manual` modules wait for a person. Ends the "
     "detect run: the load runs only when nothing is pending (approval_sensor or `sync-pipeline sync`).",
 )
 @reports_sync_errors
 def resolutions(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg.MaterializeResult:
-    with master.engine() as engine:
-        ctx = require_session(engine, context.partition_key)
+    with partition_session(master, context) as (engine, ctx):
         pending = resolve_step(engine, ctx)  # policies run only right after detection
         version = decision_version(engine, ctx.session_id)
-        status = (latest_session(engine, ctx.replica_id) or {}).get("status", ctx.status)
+        status = str((latest_session(engine, ctx.replica_id) or {}).get("status", ctx.status))
         items = list_conflicts(engine, ctx.session_id)
     decided: dict[str, dict[str, int]] = {}
     for item in items:
-        if item["status"] == "decided" and item["decision"]:
+        if item["status"] == ConflictStatus.DECIDED and item["decision"]:
             rule = item["decision"]["rule"]
             decided.setdefault(item["module"], {}).setdefault(rule, 0)
             decided[item["module"]][rule] += 1
@@ -232,7 +247,10 @@ def resolutions(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg
             f"session {ctx.session_id}: {pending_summary(pending)}; decide on {review_session_url(ctx.session_id)}"
         )
     # The Runs list shows run tags: a run that stops for a person says so there, not only in its log.
-    context.instance.add_run_tags(context.run.run_id, {STATE_TAG: "waiting" if pending else "ready"})
+    # Tag and metadata values are plain str: Dagster serialises no enum it does not know.
+    context.instance.add_run_tags(
+        context.run.run_id, {STATE_TAG: str(SessionStatus.WAITING if pending else SessionStatus.READY)}
+    )
     return dg.MaterializeResult(
         metadata={
             **session_metadata(ctx),
@@ -245,9 +263,7 @@ def resolutions(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg
     )
 
 
-@dg.asset(
-    partitions_def=replicas_partitions,
-    group_name=SYNC_GROUP,
+@sync_asset(
     deps=[resolutions],
     output_required=False,
     description="One transaction into the master; rows the master changed meanwhile go back to detection. "
@@ -255,9 +271,8 @@ def resolutions(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg
 )
 @reports_sync_errors
 def master_load(context: dg.AssetExecutionContext, master: MasterDatabase) -> Iterator[dg.MaterializeResult]:
-    with master.engine() as engine:
-        ctx = require_session(engine, context.partition_key)
-        if ctx.status == "done":
+    with partition_session(master, context) as (engine, ctx):
+        if ctx.status == SessionStatus.DONE:
             if finish_retirement(engine, ctx.replica_path):
                 context.log.info(f"session {ctx.session_id} was loaded before; its replica file is retired now")
             else:
@@ -284,11 +299,11 @@ def master_load(context: dg.AssetExecutionContext, master: MasterDatabase) -> It
                 f"the master changed during the load of session {ctx.session_id}: "
                 f"{sum(pending.values())} new conflict(s) wait for decisions; nothing was loaded"
             )
-            context.instance.add_run_tags(context.run.run_id, {STATE_TAG: "waiting"})
+            context.instance.add_run_tags(context.run.run_id, {STATE_TAG: str(SessionStatus.WAITING)})
             return
         after = table_row_counts(engine, ctx.infos)
         counts = counts_of(engine, ctx.session_id)
-    context.instance.add_run_tags(context.run.run_id, {STATE_TAG: "done"})
+    context.instance.add_run_tags(context.run.run_id, {STATE_TAG: str(SessionStatus.DONE)})
     yield dg.MaterializeResult(
         metadata={
             **session_metadata(ctx),
@@ -304,9 +319,7 @@ def master_load(context: dg.AssetExecutionContext, master: MasterDatabase) -> It
     )
 
 
-@dg.asset(
-    partitions_def=replicas_partitions,
-    group_name=SYNC_GROUP,
+@sync_asset(
     deps=[master_load],
     description="The session's protocol: written as JSON, Markdown and HTML to $SYNC_HOME/protocols/ (the PDF "
     "on demand: sync_protocol_pdf), and "
@@ -318,8 +331,7 @@ def sync_protocol(context: dg.AssetExecutionContext, master: MasterDatabase) -> 
     from sync_pipeline.reports.files import default_protocol_folder, write_protocol
     from sync_pipeline.reports.renderers import TEXT_FORMATS, render_markdown
 
-    with master.engine() as engine:
-        ctx = require_session(engine, context.partition_key)
+    with partition_session(master, context) as (engine, ctx):
         protocol = build_protocol(engine, ctx.session_id)
         counts = counts_of(engine, ctx.session_id)
     # The PDF is left to its own asset (sync_protocol_pdf): laying it out would keep the sync waiting.

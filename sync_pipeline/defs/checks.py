@@ -13,7 +13,7 @@ import dagster as dg
 from sqlalchemy.engine import Engine
 
 from sync_pipeline.defs.assets import local_changes as local_changes_asset
-from sync_pipeline.defs.assets import master_load, require_session, resolutions
+from sync_pipeline.defs.assets import master_load, partition_session, resolutions
 from sync_pipeline.defs.check_suites import (
     decided_value_suites,
     loaded_values_suite,
@@ -68,8 +68,7 @@ def _local_changes_gate(
     session as failed (fail_session_on)."""
     settings = suite == "settings"
     what = "settings expectations of the local changes" if settings else "schema suite of the local changes"
-    with master.engine() as engine:
-        ctx = require_session(engine, context.partition_key)
+    with partition_session(master, context) as (engine, ctx):
         report = validate(local_change_suites(engine, ctx, with_settings=settings, with_schema=not settings))
         result = check_result(report, ctx, what)
         fail_session_on(engine, ctx, result, check_name)
@@ -109,8 +108,7 @@ def local_changes_meet_settings_expectations(
 )
 @reports_sync_errors
 def resolutions_all_decided(context: dg.AssetCheckExecutionContext, master: MasterDatabase) -> dg.AssetCheckResult:
-    with master.engine() as engine:
-        ctx = require_session(engine, context.partition_key)
+    with partition_session(master, context) as (engine, ctx):
         pending = pending_of(engine, ctx.session_id)
         undecided = [
             {"conflict": c["id"], "module": c["module"], "table": c["table"], "key": c["key"], "kind": c["kind"]}
@@ -163,8 +161,7 @@ def resolutions_all_decided(context: dg.AssetCheckExecutionContext, master: Mast
 )
 @reports_sync_errors
 def decided_values_match_schema(context: dg.AssetCheckExecutionContext, master: MasterDatabase) -> dg.AssetCheckResult:
-    with master.engine() as engine:
-        ctx = require_session(engine, context.partition_key)
+    with partition_session(master, context) as (engine, ctx):
         report = validate(decided_value_suites(engine, ctx))
     return check_result(report, ctx, "schema suite of the decided values")
 
@@ -212,8 +209,7 @@ def verified_by_load(recorded: dict[str, Any]) -> str:
 def master_reconciles(context: dg.AssetCheckExecutionContext, master: MasterDatabase) -> dg.AssetCheckResult:
     recorded = load_metadata(context)
     before = rows_before_load(recorded)
-    with master.engine() as engine:
-        ctx = require_session(engine, context.partition_key)
+    with partition_session(master, context) as (engine, ctx):
         suites = [loaded_values_suite(engine, ctx)]
         if before:
             suites.append(row_count_suite(engine, ctx, before))

@@ -8,15 +8,12 @@ Materialize this asset for a replica's partition in the UI (or run
 
 import dagster as dg
 
-from sync_pipeline.defs.assets import SYNC_GROUP, require_session, session_metadata, sync_protocol
+from sync_pipeline.defs.assets import partition_session, session_metadata, sync_asset, sync_protocol
 from sync_pipeline.defs.failures import reports_sync_errors
-from sync_pipeline.defs.partitions import replicas_partitions
 from sync_pipeline.defs.resources import MasterDatabase
 
 
-@dg.asset(
-    partitions_def=replicas_partitions,
-    group_name=SYNC_GROUP,
+@sync_asset(
     deps=[sync_protocol],
     description="The session's protocol as a printable PDF (A4) in $SYNC_HOME/protocols/, next to the JSON, "
     "Markdown and HTML that sync_protocol writes. Not part of the sync's runs: materialize it when a printout "
@@ -27,8 +24,7 @@ def sync_protocol_pdf(context: dg.AssetExecutionContext, master: MasterDatabase)
     from sync_pipeline.engine.protocol import build_protocol
     from sync_pipeline.reports.files import default_protocol_folder, write_protocol
 
-    with master.engine() as engine:
-        ctx = require_session(engine, context.partition_key)
+    with partition_session(master, context) as (engine, ctx):
         protocol = build_protocol(engine, ctx.session_id)
     paths = write_protocol(protocol, default_protocol_folder(), formats=("pdf",))
     context.log.info(f"protocol written: {paths['pdf']}")

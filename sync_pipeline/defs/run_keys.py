@@ -96,7 +96,7 @@ def may_load_in_run(context: dg.AssetExecutionContext, engine: Engine, session_i
         return True
     if status == records.SessionStatus.WAITING:
         context.log.info(f"session {session_id}: manual decisions pending; the load waits for them (sync_apply)")
-        context.instance.add_run_tags(context.run.run_id, {STATE_TAG: "waiting"})
+        context.instance.add_run_tags(context.run.run_id, {STATE_TAG: str(records.SessionStatus.WAITING)})
         return False
     if status not in (records.SessionStatus.READY, records.SessionStatus.LOADING):
         return True  # done (nothing to load) or a state the load step reports itself

@@ -8,7 +8,7 @@ yellow until the decisions are made and the load runs.
 
 import dagster as dg
 
-from sync_pipeline.defs.assets import pending_summary, require_session
+from sync_pipeline.defs.assets import partition_session, pending_summary
 from sync_pipeline.defs.assets import resolutions as resolutions_asset
 from sync_pipeline.defs.resources import MasterDatabase
 from sync_pipeline.engine.session import pending_of
@@ -25,8 +25,7 @@ WAITING_CHECK_NAME = "no_manual_decisions_pending"
     "review page of the session, where they are decided.",
 )
 def no_manual_decisions_pending(context: dg.AssetCheckExecutionContext, master: MasterDatabase) -> dg.AssetCheckResult:
-    with master.engine() as engine:
-        ctx = require_session(engine, context.partition_key)
+    with partition_session(master, context) as (engine, ctx):
         pending = pending_of(engine, ctx.session_id)
     return dg.AssetCheckResult(
         passed=not pending,

@@ -196,6 +196,17 @@ class SQLiteStoredTemporal(sa.types.TypeDecorator[Any]):
 # ---------------------------------------------------------------------------------------------
 
 
+# Generic types whose carrier needs no parameter, in the order they are tested.
+_PLAIN_KINDS: tuple[tuple[type[sa.types.TypeEngine[Any]], str], ...] = (
+    (sa.DateTime, "datetime"),
+    (sa.Date, "date"),
+    (sa.Time, "time"),
+    (sa.Interval, "interval"),
+    (sa.LargeBinary, "bytes"),
+    (sa.JSON, "json"),
+)
+
+
 def generic_carrier(column_type: sa.types.TypeEngine[Any], int_bits: int = 64) -> Carrier:
     """Rules that hold on every database, by SQLAlchemy's generic type classes."""
     t = column_type
@@ -213,18 +224,9 @@ def generic_carrier(column_type: sa.types.TypeEngine[Any], int_bits: int = 64) -
         if not getattr(t, "asdecimal", True):
             return Carrier("float")
         return Carrier("decimal", precision=t.precision, scale=t.scale)
-    if isinstance(t, sa.DateTime):
-        return Carrier("datetime")
-    if isinstance(t, sa.Date):
-        return Carrier("date")
-    if isinstance(t, sa.Time):
-        return Carrier("time")
-    if isinstance(t, sa.Interval):
-        return Carrier("interval")
-    if isinstance(t, sa.LargeBinary):
-        return Carrier("bytes")
-    if isinstance(t, sa.JSON):
-        return Carrier("json")
+    for generic, kind in _PLAIN_KINDS:
+        if isinstance(t, generic):
+            return Carrier(kind)
     if isinstance(t, sa.Uuid):
         return Carrier("uuid", as_uuid=getattr(t, "as_uuid", True))
     if isinstance(t, sa.Enum) and t.enums:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from sync_pipeline.engine import store
 from sync_pipeline.engine.conflict_records import (
@@ -102,6 +102,15 @@ def _module_of(settings: SyncSettings | None, table: str, fallback: str = "?") -
         return fallback
 
 
+def _op_counts(conn: Connection, table: sa.Table, by: str, session_id: str) -> list[sa.Row[Any]]:
+    """(`by`, op, count) of one session's rows in `table`: its changes per module, its writes per table."""
+    return conn.execute(
+        sa.select(table.c[by], table.c.op, sa.func.count())
+        .where(table.c.session_id == session_id)
+        .group_by(table.c[by], table.c.op)
+    ).all()
+
+
 def _state_and_notice(
     session: Mapping[str, Any], changes: int, applied: int, pending: Mapping[str, int]
 ) -> tuple[str, str]:
@@ -170,18 +179,8 @@ def build_protocol(engine: Engine, session_id: str, now: str | None = None) -> P
             )
         settings_in_force, settings = _settings_in_force(session["settings"], session_id)
         summary = json.loads(session["summary"] or "{}")
-        c = store.sync_change
-        local_counts = conn.execute(
-            sa.select(c.c.module, c.c.op, sa.func.count())
-            .where(c.c.session_id == session_id)
-            .group_by(c.c.module, c.c.op)
-        ).all()
-        a = store.sync_applied
-        applied_counts = conn.execute(
-            sa.select(a.c.table_name, a.c.op, sa.func.count())
-            .where(a.c.session_id == session_id)
-            .group_by(a.c.table_name, a.c.op)
-        ).all()
+        local_counts = _op_counts(conn, store.sync_change, "module", session_id)
+        applied_counts = _op_counts(conn, store.sync_applied, "table_name", session_id)
         conflict_rows = [
             dict(x)
             for x in conn.execute(

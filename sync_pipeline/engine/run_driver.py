@@ -26,7 +26,7 @@ from sqlalchemy.engine import Engine
 from sync_pipeline.engine import store
 from sync_pipeline.engine.errors import BadInputError, SyncError
 from sync_pipeline.engine.faults import checkpoint
-from sync_pipeline.engine.records import replica_record_by_path
+from sync_pipeline.engine.records import ReplicaStatus, SessionStatus, replica_record_by_path
 from sync_pipeline.engine.replica import OpenReplica, already_synchronised, open_replica, retire_replica
 from sync_pipeline.engine.session_apply import load_with_redetection
 from sync_pipeline.engine.session_decide import resolve_session
@@ -67,11 +67,11 @@ def resolve_step(engine: Engine, ctx: SessionContext) -> dict[str, int]:
 
     Only right after detection do policies run: resolving again would bump the decision version and
     make approval_sensor launch the same load once more. Needs no replica."""
-    if ctx.status != "detected":
+    if ctx.status != SessionStatus.DETECTED:
         return pending_of(engine, ctx.session_id)
     with failing_marks_session(engine, ctx):
         pending = resolve_session(engine, ctx)
-    ctx.status = "waiting" if pending else "ready"
+    ctx.status = SessionStatus.WAITING if pending else SessionStatus.READY
     return pending
 
 
@@ -114,7 +114,9 @@ class RunDriver:
             session_id, detected = begin_session(self.engine, self.replica, dagster_run_id, detect=True)
             # Just stored from this replica: its settings and reflected tables are the session's.
             replica = self.replica
-            ctx = SessionContext(session_id, self.replica_id, path, replica.settings, replica.infos, "detected")
+            ctx = SessionContext(
+                session_id, self.replica_id, path, replica.settings, replica.infos, SessionStatus.DETECTED
+            )
             ctx.cached_detected = detected
             return ctx
         self.continued = True
@@ -126,15 +128,15 @@ class RunDriver:
 
     def detect(self, ctx: SessionContext) -> None:
         """Detection of a session stored before it was detected (by `start_session`, or older code)."""
-        if ctx.status != "extracted":
+        if ctx.status != SessionStatus.EXTRACTED:
             return
         self.say("detecting conflicts")
         with failing_marks_session(self.engine, ctx):
             detect_session(self.engine, ctx, self.replica.row)
-        ctx.status = "detected"
+        ctx.status = SessionStatus.DETECTED
 
     def resolve(self, ctx: SessionContext) -> dict[str, int]:
-        if ctx.status == "detected":
+        if ctx.status == SessionStatus.DETECTED:
             self.say("applying policies")
         return resolve_step(self.engine, ctx)
 
@@ -166,11 +168,13 @@ class RunDriver:
     def done(self, session_id: str | None, notes: list[str] | None = None) -> SyncResult:
         message = "; ".join(["synchronised", *self.notes, *(notes or [])])
         counts = counts_of(self.engine, session_id) if session_id else {}
-        return SyncResult(session_id, self.replica_id, "done", counts, {}, message)
+        return SyncResult(session_id, self.replica_id, SessionStatus.DONE, counts, {}, message)
 
     def waiting(self, session_id: str, message: str = WAITING) -> SyncResult:
         counts = counts_of(self.engine, session_id)
-        return SyncResult(session_id, self.replica_id, "waiting", counts, pending_of(self.engine, session_id), message)
+        return SyncResult(
+            session_id, self.replica_id, SessionStatus.WAITING, counts, pending_of(self.engine, session_id), message
+        )
 
     def run(self) -> SyncResult:
         """The whole session in this process: to its end, or until it waits for decisions."""
@@ -189,7 +193,7 @@ def open_run(engine: Engine, replica_path: str | Path, progress: Progress | None
     but whose file the ending process did not retire is retired here, and `finished` says it is done."""
     replica = open_replica(engine, replica_path, allow_retired=True)
     driver = RunDriver(engine, replica, progress)
-    if replica.record["status"] != "retired":
+    if replica.record["status"] != ReplicaStatus.RETIRED:
         return driver
     driver.close()
     if replica.manifest.status == "retired":
@@ -214,11 +218,11 @@ def finish_retirement(engine: Engine, path: str | None) -> bool:
     if not path or not Path(path).is_file():
         return False
     record = replica_record_by_path(engine, str(path))
-    if record is not None and (record["status"] != "retired" or record["file_retired_at"] is not None):
+    if record is not None and (record["status"] != ReplicaStatus.RETIRED or record["file_retired_at"] is not None):
         return False  # not loaded, or its file's retirement is on record already (the master refuses it now)
     replica = open_replica(engine, path, allow_retired=True)
     replica.close()
-    if replica.record["status"] != "retired" or replica.manifest.status == "retired":
+    if replica.record["status"] != ReplicaStatus.RETIRED or replica.manifest.status == "retired":
         return False
     retire_replica(engine, replica)
     return True

@@ -22,6 +22,7 @@ from sync_pipeline.engine.errors import (
 )
 from sync_pipeline.engine.faults import checkpoint
 from sync_pipeline.engine.load import StaleRows, build_plan, execute_plan
+from sync_pipeline.engine.records import ReplicaStatus, SessionStatus, set_replica_status, set_session_status
 from sync_pipeline.engine.resolve import (
     CurrentDecision,
     current_decision,
@@ -37,8 +38,6 @@ from sync_pipeline.engine.session_state import (
     detected_from,
     insert_in_chunks,
     load_changes,
-    set_replica_status,
-    set_status,
 )
 
 MAX_REDETECT_ROUNDS = 5
@@ -77,8 +76,10 @@ def load_session(
         # From here on decisions are read-only: what is loaded is what was decided.
         conn.execute(
             sa.update(store.sync_session)
-            .where(store.sync_session.c.session_id == ctx.session_id, store.sync_session.c.status == "ready")
-            .values(status="loading")
+            .where(
+                store.sync_session.c.session_id == ctx.session_id, store.sync_session.c.status == SessionStatus.READY
+            )
+            .values(status=SessionStatus.LOADING)
         )
     checkpoint("load_begin")
     items = _load_items(engine, ctx)
@@ -96,9 +97,9 @@ def load_session(
             .where(store.sync_session.c.session_id == ctx.session_id)
             .with_for_update()
         ).scalar_one()
-        if status == "done":
+        if status == SessionStatus.DONE:
             return {"already_loaded": True}
-        if status != "loading":
+        if status != SessionStatus.LOADING:
             raise DecisionError(
                 f"session {ctx.session_id} is {status}, not ready to load",
                 "decide the pending conflicts first (`sync-pipeline conflicts list`)",
@@ -127,15 +128,15 @@ def load_session(
         summary = _summary(conn, ctx, result)
         if retries is not None and retries.total:
             summary["retries"] = retries.as_dict()
-        set_status(
+        set_session_status(
             conn,
             ctx.session_id,
-            "done",
+            SessionStatus.DONE,
             finished_at=now,
             summary=json.dumps(summary),
             **({"dagster_run_id": dagster_run_id} if dagster_run_id else {}),
         )
-        set_replica_status(conn, ctx.replica_id, "retired", retired_at=now)
+        set_replica_status(conn, ctx.replica_id, ReplicaStatus.RETIRED, retired_at=now)
         checkpoint("load_commit")
     return summary
 

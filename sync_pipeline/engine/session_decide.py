@@ -19,7 +19,14 @@ from sync_pipeline.engine.errors import (
     DecisionError,
 )
 from sync_pipeline.engine.faults import checkpoint
-from sync_pipeline.engine.records import DECIDABLE_STATUSES
+from sync_pipeline.engine.records import (
+    DECIDABLE_STATUSES,
+    ConflictStatus,
+    ReplicaStatus,
+    SessionStatus,
+    set_replica_status,
+    set_session_status,
+)
 from sync_pipeline.engine.resolve import (
     FIELD_KINDS,
     auto_decide,
@@ -35,8 +42,6 @@ from sync_pipeline.engine.session_state import (
     detected_from,
     load_changes,
     pending_per_module,
-    set_replica_status,
-    set_status,
 )
 
 
@@ -46,7 +51,7 @@ def resolve_session(engine: Engine, ctx: SessionContext) -> dict[str, int]:
     detected_at = dt.datetime.fromisoformat(now)
     cached = {d.change.seq: d for d in ctx.cached_detected or []}
     with engine.connect() as conn:
-        undecided = [c["change_id"] for c in conflicts_of(conn, ctx.session_id, status="pending")]
+        undecided = [c["change_id"] for c in conflicts_of(conn, ctx.session_id, status=ConflictStatus.PENDING)]
     missing = [change_id for change_id in undecided if change_id not in cached]
     records = {r["change_id"]: r for r in load_changes(engine, ctx, missing)} if missing else {}
     with engine.begin() as conn:
@@ -55,7 +60,7 @@ def resolve_session(engine: Engine, ctx: SessionContext) -> dict[str, int]:
         decisions: list[dict[str, Any]] = []
         decided: list[int] = []
         for conflict in conflicts:
-            if conflict["status"] == "decided" or history.get(conflict["conflict_id"]):
+            if conflict["status"] == ConflictStatus.DECIDED or history.get(conflict["conflict_id"]):
                 continue
             d = cached.get(conflict["change_id"])
             if d is None:
@@ -87,16 +92,16 @@ def resolve_session(engine: Engine, ctx: SessionContext) -> dict[str, int]:
             conn.execute(
                 sa.update(store.sync_conflict)
                 .where(store.sync_conflict.c.conflict_id.in_(decided[start : start + 1000]))
-                .values(status="decided")
+                .values(status=ConflictStatus.DECIDED)
             )
         pending = pending_per_module(conn, ctx.session_id)
-        set_status(
+        set_session_status(
             conn,
             ctx.session_id,
-            "waiting" if pending else "ready",
+            SessionStatus.WAITING if pending else SessionStatus.READY,
             decision_version=store.sync_session.c.decision_version + 1,
         )
-        set_replica_status(conn, ctx.replica_id, "waiting" if pending else "syncing")
+        set_replica_status(conn, ctx.replica_id, ReplicaStatus.WAITING if pending else ReplicaStatus.SYNCING)
     return pending
 
 
@@ -200,16 +205,16 @@ def _record_decision(
     conn.execute(
         sa.update(store.sync_conflict)
         .where(store.sync_conflict.c.conflict_id == conflict["conflict_id"])
-        .values(status="decided" if decided else "pending")
+        .values(status=ConflictStatus.DECIDED if decided else ConflictStatus.PENDING)
     )
     pending = pending_per_module(conn, conflict["session_id"])
-    set_status(
+    set_session_status(
         conn,
         conflict["session_id"],
-        "waiting" if pending else "ready",
+        SessionStatus.WAITING if pending else SessionStatus.READY,
         decision_version=store.sync_session.c.decision_version + 1,
     )
-    set_replica_status(conn, session.replica_id, "waiting" if pending else "syncing")
+    set_replica_status(conn, session.replica_id, ReplicaStatus.WAITING if pending else ReplicaStatus.SYNCING)
     checkpoint("decide_person")
 
 
@@ -225,7 +230,7 @@ def decide_module(engine: Engine, session_id: str, module: str, choice: str, by:
         ).first()
         if exists is None:
             raise ConflictNotFoundError(f"session {session_id} does not exist", "check the session id")
-        conflicts = conflicts_of(conn, session_id, module=module, status="pending")
+        conflicts = conflicts_of(conn, session_id, module=module, status=ConflictStatus.PENDING)
         history = decisions_of(conn, [c["conflict_id"] for c in conflicts])
         for conflict in conflicts:
             names = [f["name"] for f in json.loads(conflict["fields"])]

@@ -24,7 +24,14 @@ from sync_pipeline.engine.errors import (
 from sync_pipeline.engine.extract import ChangeSet, canonicalize_local_values, extract_changes
 from sync_pipeline.engine.faults import checkpoint
 from sync_pipeline.engine.progress import report
-from sync_pipeline.engine.records import OPEN_STATUSES
+from sync_pipeline.engine.records import (
+    OPEN_STATUSES,
+    ConflictStatus,
+    ReplicaStatus,
+    SessionStatus,
+    set_replica_status,
+    set_session_status,
+)
 from sync_pipeline.engine.replica import (
     OpenReplica,
     already_synchronised,
@@ -43,8 +50,6 @@ from sync_pipeline.engine.session_state import (
     encode_fields,
     insert_in_chunks,
     load_changes,
-    set_replica_status,
-    set_status,
 )
 from sync_pipeline.engine.settings import SyncSettings
 
@@ -114,7 +119,7 @@ def begin_session(
             .mappings()
             .one()
         )
-        if now_record["status"] == "retired":
+        if now_record["status"] == ReplicaStatus.RETIRED:
             raise already_synchronised(replica.path, replica.manifest, dict(now_record))
         running = conn.execute(
             sa.select(store.sync_session.c.session_id).where(
@@ -131,14 +136,14 @@ def begin_session(
             sa.insert(store.sync_session).values(
                 session_id=session_id,
                 replica_id=replica.manifest.replica_id,
-                status="extracted" if detected is None else "detected",
+                status=SessionStatus.EXTRACTED if detected is None else SessionStatus.DETECTED,
                 started_at=now,
                 dagster_run_id=dagster_run_id,
                 summary=json.dumps({"extracted": changes.counts()}),
             )
         )
         insert_in_chunks(conn, store.sync_change, records)
-        set_replica_status(conn, replica.manifest.replica_id, "syncing", path=str(replica.path.resolve()))
+        set_replica_status(conn, replica.manifest.replica_id, ReplicaStatus.SYNCING, path=str(replica.path.resolve()))
         checkpoint("extract_store")
         if detected is not None:
             insert_in_chunks(conn, store.sync_conflict, conflicts)
@@ -178,7 +183,7 @@ def _detection_rows(
                     "kind": d.kind,
                     "fields": encode_fields(d.fields),
                     "policy": settings.policy_for(d.change.table),
-                    "status": "pending",
+                    "status": ConflictStatus.PENDING,
                     "detail": dumps(detail),
                     "created_at": now,
                 }
@@ -223,7 +228,7 @@ def detect_session(
         insert_in_chunks(conn, store.sync_conflict, conflicts)
         if earlier:
             _carry_over_decisions(conn, ctx.session_id, earlier)
-        set_status(conn, ctx.session_id, "detected")
+        set_session_status(conn, ctx.session_id, SessionStatus.DETECTED)
         checkpoint("detect_store")
     return detected
 

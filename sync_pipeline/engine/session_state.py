@@ -24,7 +24,15 @@ from sync_pipeline.engine.errors import (
 )
 from sync_pipeline.engine.extract import RowChange
 from sync_pipeline.engine.progress import report
-from sync_pipeline.engine.records import OPEN_STATUSES, decision_history
+from sync_pipeline.engine.records import (
+    OPEN_STATUSES,
+    ConflictStatus,
+    ReplicaStatus,
+    SessionStatus,
+    decision_history,
+    set_replica_status,
+    set_session_status,
+)
 from sync_pipeline.engine.replica import (
     unfreeze_file,
 )
@@ -36,7 +44,7 @@ from sync_pipeline.engine.settings import SyncSettings, parse_settings
 class SyncResult:
     session_id: str | None
     replica_id: str
-    status: str  # done | waiting | failed | dry-run
+    status: str  # SessionStatus DONE | WAITING | FAILED, or "dry-run"
     modules: dict[str, dict[str, int]] = field(default_factory=dict)
     pending: dict[str, int] = field(default_factory=dict)
     message: str = ""
@@ -90,27 +98,11 @@ def session_context(engine: Engine, session_id: str) -> SessionContext:
     return SessionContext(session_id, row["replica_id"], row["path"], settings, infos, row["status"])
 
 
-def set_status(conn: Connection, session_id: str, status: str, **extra: Any) -> None:
-    conn.execute(
-        sa.update(store.sync_session)
-        .where(store.sync_session.c.session_id == session_id)
-        .values(status=status, **extra)
-    )
-
-
-def set_replica_status(conn: Connection, replica_id: str, status: str, **extra: Any) -> None:
-    conn.execute(
-        sa.update(store.sync_replica)
-        .where(store.sync_replica.c.replica_id == replica_id)
-        .values(status=status, **extra)
-    )
-
-
 def last_session_of(engine: Engine, replica_id: str) -> str | None:
     with engine.connect() as conn:
         return conn.execute(
             sa.select(store.sync_session.c.session_id)
-            .where(store.sync_session.c.replica_id == replica_id, store.sync_session.c.status == "done")
+            .where(store.sync_session.c.replica_id == replica_id, store.sync_session.c.status == SessionStatus.DONE)
             .order_by(store.sync_session.c.started_at.desc())
         ).scalar()
 
@@ -231,7 +223,7 @@ def decisions_of(conn: Connection, conflict_ids: list[int]) -> dict[int, list[di
 def pending_per_module(conn: Connection, session_id: str) -> dict[str, int]:
     rows = conn.execute(
         sa.select(store.sync_conflict.c.module, sa.func.count())
-        .where(store.sync_conflict.c.session_id == session_id, store.sync_conflict.c.status == "pending")
+        .where(store.sync_conflict.c.session_id == session_id, store.sync_conflict.c.status == ConflictStatus.PENDING)
         .group_by(store.sync_conflict.c.module)
     )
     return {module: count for module, count in rows}
@@ -244,10 +236,10 @@ def mark_failed(engine: Engine, session_id: str, replica_id: str, error: str) ->
         status = conn.execute(
             sa.select(store.sync_session.c.status).where(store.sync_session.c.session_id == session_id)
         ).scalar()
-        if status == "done":
+        if status == SessionStatus.DONE:
             return  # the load committed: what failed after it (retiring the file, a report) cannot undo that
-        set_status(conn, session_id, "failed", finished_at=store.now_iso(), error=error[:4000])
-        set_replica_status(conn, replica_id, "failed")
+        set_session_status(conn, session_id, SessionStatus.FAILED, finished_at=store.now_iso(), error=error[:4000])
+        set_replica_status(conn, replica_id, ReplicaStatus.FAILED)
         path = conn.execute(
             sa.select(store.sync_replica.c.path).where(store.sync_replica.c.replica_id == replica_id)
         ).scalar()
