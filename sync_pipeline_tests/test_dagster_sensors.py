@@ -17,8 +17,8 @@ from sync_pipeline.defs.partitions import REPLICAS_PARTITION_NAME, replica_id_of
 from sync_pipeline.defs.resources import MasterDatabase, SyncInbox, SyncSettingsResource
 from sync_pipeline.defs.sensors import APPLY_KEY_TAG, SESSION_TAG, approval_sensor, replica_sensor
 from sync_pipeline.engine.queries import list_conflicts
-from sync_pipeline.engine.session import decide, decide_module, open_session_of
-from sync_pipeline_tests.test_dagster_assets import AUTOMATIC_SETTINGS, build_demo
+from sync_pipeline.engine.session import SyncResult, decide, decide_module, open_session_of
+from sync_pipeline_tests.test_dagster_assets import AUTOMATIC_SETTINGS, Demo, build_demo
 
 
 @pytest.fixture
@@ -72,6 +72,18 @@ def launch(instance: dg.DagsterInstance, master_url: str, job_name: str, request
         )
     )
     assert run.success
+
+
+def decided_and_requested(
+    master_url: str, tmp_path: Path, instance: dg.DagsterInstance
+) -> tuple[Demo, SyncResult, dg.RunRequest]:
+    """The demo synced to waiting, crm decided, and the load approval_sensor asks for then."""
+    demo = build_demo(master_url, tmp_path / "replicas")
+    waiting = materialize_sync(master_url, str(demo.replica), instance)
+    assert waiting.session_id
+    decide_module(demo.engine, waiting.session_id, "crm", "local", "Tess Tester")
+    [request] = tick_approval(instance, master_url, None).run_requests
+    return demo, waiting, request
 
 
 def test_sensors_run_by_default() -> None:
@@ -150,11 +162,7 @@ def test_changed_decision_before_the_load_launches_once_more(
 def test_approval_sensor_skips_a_load_that_already_ran(
     master_url: str, tmp_path: Path, instance: dg.DagsterInstance
 ) -> None:
-    demo = build_demo(master_url, tmp_path / "replicas")
-    waiting = materialize_sync(master_url, str(demo.replica), instance)
-    assert waiting.session_id
-    decide_module(demo.engine, waiting.session_id, "crm", "local", "Tess Tester")
-    [request] = tick_approval(instance, master_url, None).run_requests
+    demo, waiting, request = decided_and_requested(master_url, tmp_path, instance)
     # A run carrying this load's key exists (e.g. the CLI's sync started it): a fresh cursor must not relaunch.
     instance.create_run_for_job(
         build_definitions(master_url).resolve_job_def(APPLY_JOB_NAME),
@@ -168,11 +176,7 @@ def test_approval_sensor_waits_while_a_load_of_the_session_runs(
 ) -> None:
     # A load that re-detects goes on in its own run under the next decision version: the session looks
     # ready again meanwhile, but a second load run of it must not start (issue 17.4, seen on the stack).
-    demo = build_demo(master_url, tmp_path / "replicas")
-    waiting = materialize_sync(master_url, str(demo.replica), instance)
-    assert waiting.session_id
-    decide_module(demo.engine, waiting.session_id, "crm", "local", "Tess Tester")
-    [request] = tick_approval(instance, master_url, None).run_requests
+    demo, waiting, request = decided_and_requested(master_url, tmp_path, instance)
     running = instance.create_run_for_job(
         build_definitions(master_url).resolve_job_def(APPLY_JOB_NAME),
         tags={SESSION_TAG: waiting.session_id, APPLY_KEY_TAG: request.run_key},
