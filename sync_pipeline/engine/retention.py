@@ -95,27 +95,16 @@ def purge_sync_history(
                 "sync_session": store.sync_session.c.session_id.in_(chunk),
             }
             for name, condition in statements.items():
-                table = store.metadata.tables[name]
-                if dry_run:
-                    counts[name] += conn.execute(
-                        sa.select(sa.func.count()).select_from(table).where(condition)
-                    ).scalar_one()
-                else:
-                    counts[name] += conn.execute(sa.delete(table).where(condition)).rowcount
+                counts[name] += _purge(conn, store.metadata.tables[name], condition, dry_run)
         clock = store.sync_field_clock
-        old_clock = clock.c.changed_at < _clock_cutoff(conn, before)
-        if dry_run:
-            counts["sync_field_clock"] = conn.execute(
-                sa.select(sa.func.count()).select_from(clock).where(old_clock)
-            ).scalar_one()
-        else:
-            counts["sync_field_clock"] = conn.execute(sa.delete(clock).where(old_clock)).rowcount
+        counts["sync_field_clock"] = _purge(conn, clock, clock.c.changed_at < _clock_cutoff(conn, before), dry_run)
         tombstone = store.sync_tombstone
-        old_tombstone = tombstone.c.deleted_at < before
-        if dry_run:
-            counts["sync_tombstone"] = conn.execute(
-                sa.select(sa.func.count()).select_from(tombstone).where(old_tombstone)
-            ).scalar_one()
-        else:
-            counts["sync_tombstone"] = conn.execute(sa.delete(tombstone).where(old_tombstone)).rowcount
+        counts["sync_tombstone"] = _purge(conn, tombstone, tombstone.c.deleted_at < before, dry_run)
     return counts
+
+
+def _purge(conn: Connection, table: sa.Table, condition: sa.ColumnElement[bool], dry_run: bool) -> int:
+    """Delete the rows of `table` that meet `condition`, or with `dry_run` only count them."""
+    if dry_run:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(table).where(condition)).scalar_one())
+    return int(conn.execute(sa.delete(table).where(condition)).rowcount)

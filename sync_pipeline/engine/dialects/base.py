@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import sqlalchemy as sa
@@ -105,14 +106,21 @@ class DialectImpl:
         times are compared with the field clock's change times."""
         raise self._no_capture()
 
+    # The module of this database's trigger DDL (`install(conn, info)`, `remove(conn, info)`); None: no capture.
+    capture_module: ClassVar[ModuleType | None] = None
+
     def install_capture(self, conn: Connection, info: TableInfo) -> None:
         """Create (or replace) the triggers that keep `sync_field_clock` (one row per changed field, '*' for
         an inserted or deleted row) and `sync_tombstone` (the JSON image of a deleted row) for one table."""
-        raise self._no_capture()
+        if self.capture_module is None:
+            raise self._no_capture()
+        self.capture_module.install(conn, info)
 
     def remove_capture(self, conn: Connection, info: TableInfo) -> None:
         """Drop the change-capture triggers of one table."""
-        raise self._no_capture()
+        if self.capture_module is None:
+            raise self._no_capture()
+        self.capture_module.remove(conn, info)
 
     def capture_installed(self, conn: Connection, info: TableInfo) -> bool:
         """Whether the table's change-capture triggers exist."""

@@ -47,6 +47,7 @@ _INT_BITS = {mysql.TINYINT: 8, mysql.SMALLINT: 16, mysql.MEDIUMINT: 24, mysql.IN
 
 class MySQLImpl(DialectImpl):
     __dialect__ = "mysql"
+    capture_module = mysql_capture
 
     # -- connecting --------------------------------------------------------------------------------
 
@@ -87,12 +88,6 @@ class MySQLImpl(DialectImpl):
         return conn.execute(
             sa.select(sa.func.date_format(sa.func.utc_timestamp(6), "%Y-%m-%dT%H:%i:%s.%f"))
         ).scalar_one()
-
-    def install_capture(self, conn: Connection, info: TableInfo) -> None:
-        mysql_capture.install(conn, info)
-
-    def remove_capture(self, conn: Connection, info: TableInfo) -> None:
-        mysql_capture.remove(conn, info)
 
     def capture_installed(self, conn: Connection, info: TableInfo) -> bool:
         found = conn.execute(

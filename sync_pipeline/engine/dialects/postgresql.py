@@ -32,6 +32,7 @@ _ARRAY_SAFE = (sa.Integer, sa.String, sa.Uuid, sa.Date, sa.DateTime, sa.Numeric)
 
 class PostgreSQLImpl(DialectImpl):
     __dialect__ = "postgresql"
+    capture_module = capture
 
     def prepare_url(self, url: URL) -> URL:
         if url.drivername in ("postgresql", "postgres"):
@@ -43,12 +44,6 @@ class PostgreSQLImpl(DialectImpl):
     def now(self, conn: Connection) -> str:
         utc = sa.func.timezone("UTC", sa.func.clock_timestamp())
         return conn.execute(sa.select(sa.func.to_char(utc, 'YYYY-MM-DD"T"HH24:MI:SS.US'))).scalar_one()
-
-    def install_capture(self, conn: Connection, info: TableInfo) -> None:
-        capture.install(conn, info)
-
-    def remove_capture(self, conn: Connection, info: TableInfo) -> None:
-        capture.remove(conn, info)
 
     def capture_installed(self, conn: Connection, info: TableInfo) -> bool:
         found = conn.execute(

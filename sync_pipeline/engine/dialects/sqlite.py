@@ -29,6 +29,7 @@ from sync_pipeline.engine.triggers import read_source, without_comments_and_stri
 
 class SQLiteImpl(DialectImpl):
     __dialect__ = "sqlite"
+    capture_module = capture
 
     # -- connecting --------------------------------------------------------------------------------
 
@@ -63,12 +64,6 @@ class SQLiteImpl(DialectImpl):
 
     def now(self, conn: Connection) -> str:
         return conn.execute(sa.select(sa.func.strftime("%Y-%m-%dT%H:%M:%f", "now"))).scalar_one()
-
-    def install_capture(self, conn: Connection, info: TableInfo) -> None:
-        capture.install(conn, info)
-
-    def remove_capture(self, conn: Connection, info: TableInfo) -> None:
-        capture.remove(conn, info)
 
     def capture_installed(self, conn: Connection, info: TableInfo) -> bool:
         names = set(capture.trigger_names(info))
