@@ -65,3 +65,22 @@ def test_a_done_session_is_never_marked_failed(master_url: str, tmp_path: Path) 
     assert [r["status"] for r in rows(engine, "sync_replica")] == ["retired"]
     with pytest.raises(ReplicaError, match="retired"):
         run_sync(engine, replica)
+
+
+def test_the_masters_record_not_the_file_decides_whether_the_file_was_retired(master_url: str, tmp_path: Path) -> None:
+    # The process died after writing "retired" into the file and before the master recorded it: the file's
+    # word is not taken; the master's record (loaded, file not retired) finishes the retirement and says done.
+    engine = make_master(master_url)
+    replica = _edited_replica(engine, tmp_path)
+    assert run_sync(engine, replica).status == "done"
+    with engine.begin() as conn:
+        conn.execute(sa.update(store.sync_replica).values(file_retired_at=None))
+
+    again = run_sync(engine, replica)
+
+    assert again.status == "done"
+    assert [s["status"] for s in rows(engine, "sync_session")] == ["done"]  # nothing loaded twice
+    assert row(engine, "parent", id=1)["city"] == "Local"
+    assert rows(engine, "sync_replica")[0]["file_retired_at"] is not None
+    with pytest.raises(ReplicaError, match="retired"):
+        run_sync(engine, replica)

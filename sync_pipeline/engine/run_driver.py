@@ -27,7 +27,7 @@ from sync_pipeline.engine import store
 from sync_pipeline.engine.errors import BadInputError, SyncError
 from sync_pipeline.engine.faults import checkpoint
 from sync_pipeline.engine.records import ReplicaStatus, SessionStatus, replica_record_by_path
-from sync_pipeline.engine.replica import OpenReplica, already_synchronised, open_replica, retire_replica
+from sync_pipeline.engine.replica import OpenReplica, open_replica, retire_replica
 from sync_pipeline.engine.session_apply import load_with_redetection
 from sync_pipeline.engine.session_decide import resolve_session
 from sync_pipeline.engine.session_detect import begin_session, detect_session
@@ -195,9 +195,9 @@ def open_run(engine: Engine, replica_path: str | Path, progress: Progress | None
     driver = RunDriver(engine, replica, progress)
     if replica.record["status"] != ReplicaStatus.RETIRED:
         return driver
+    # open_replica let it through: the master's record says loaded, file not yet retired. The file's own
+    # status is not asked: the master's record decides, and retiring twice is harmless.
     driver.close()
-    if replica.manifest.status == "retired":
-        raise already_synchronised(replica.path, replica.manifest, replica.record)
     done = last_session_of(engine, driver.replica_id)
     retire_replica(engine, replica)  # dated by the master's record of the retirement
     driver.finished = driver.done(done)
@@ -222,7 +222,7 @@ def finish_retirement(engine: Engine, path: str | None) -> bool:
         return False  # not loaded, or its file's retirement is on record already (the master refuses it now)
     replica = open_replica(engine, path, allow_retired=True)
     replica.close()
-    if replica.record["status"] != ReplicaStatus.RETIRED or replica.manifest.status == "retired":
+    if replica.record["status"] != ReplicaStatus.RETIRED:
         return False
     retire_replica(engine, replica)
     return True
