@@ -67,13 +67,8 @@ _IN_PROGRESS = [
 ]
 
 
-def _runs_in_progress(instance: dg.DagsterInstance, partition_key: str) -> bool:
-    runs = dg.RunsFilter(tags={"dagster/partition": partition_key}, statuses=_IN_PROGRESS)
-    return bool(instance.get_run_records(runs, limit=1))
-
-
-def _load_in_progress(instance: dg.DagsterInstance, session_id: str) -> bool:
-    runs = dg.RunsFilter(tags={SESSION_TAG: session_id}, statuses=_IN_PROGRESS)
+def _run_in_progress(instance: dg.DagsterInstance, tag: str, value: str) -> bool:
+    runs = dg.RunsFilter(tags={tag: value}, statuses=_IN_PROGRESS)
     return bool(instance.get_run_records(runs, limit=1))
 
 
@@ -85,7 +80,8 @@ def _partition_requests(
     known = set(context.instance.get_dynamic_partitions(REPLICAS_PARTITION_NAME))
     new = [key for key in dict.fromkeys(out) if key not in known]
     # A load that retired its replica may still be writing the protocol under that partition: wait for it.
-    gone = sorted(key for key in (known & stale) - set(out) if not _runs_in_progress(context.instance, key))
+    leaving = (known & stale) - set(out)
+    gone = sorted(key for key in leaving if not _run_in_progress(context.instance, "dagster/partition", key))
     requests: list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] = []
     if new:
         requests.append(replicas_partitions.build_add_request(new))
@@ -102,7 +98,7 @@ def _load_requests(
         key = apply_key(session_id, version)
         if launched.get(session_id) == version:
             continue
-        if _load_in_progress(context.instance, session_id):
+        if _run_in_progress(context.instance, SESSION_TAG, session_id):
             # Its load re-detected rows another load changed and goes on under the next decision version
             # in the same run: a second run of it would find the session loaded and do nothing.
             context.log.info(f"session {session_id}: its load run is still going")
