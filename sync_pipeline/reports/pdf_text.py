@@ -196,22 +196,39 @@ def _advance(text: str, face: Face) -> float:
 
 
 class Canvas:
-    """Draws on the current page with as few state changes as fpdf2 needs."""
+    """Draws on the current page, calling fpdf2 only when a colour, font or line width changes (fpdf2
+    carries them over to a new page itself)."""
 
     def __init__(self, pdf: FPDF, fonts: Fonts) -> None:
         self.pdf = pdf
         self.fonts = fonts
-        self._color: str | None = None
+        self._state: dict[str, object] = {}
+
+    def _set(self, name: str, value: object) -> bool:
+        """Whether `name` changes to `value` (and remember it)."""
+        if self._state.get(name) == value:
+            return False
+        self._state[name] = value
+        return True
+
+    def _font(self, key: str, size: float) -> None:
+        if self._set("font", (key, size)):
+            self.pdf.set_font(key, "", size)
 
     def _text_color(self, color: str) -> None:
-        if self._color != color:
+        if self._set("text", color):
             self.pdf.set_text_color(*_hex(color))
-            self._color = color
+
+    def _stroke(self, width_pt: float, color: str) -> None:
+        if self._set("draw", color):
+            self.pdf.set_draw_color(*_hex(color))
+        if self._set("width", width_pt):
+            self.pdf.set_line_width(width_pt * PT)
 
     def text(self, x: float, baseline: float, text: str, style: Style) -> None:
         self._text_color(style.color)
         for part, face in self.fonts.segments(text, style):
-            self.pdf.set_font(face.key, "", style.size)
+            self._font(face.key, style.size)
             self.pdf.text(x, baseline, part)
             if len(part) < len(text):  # more segments follow
                 x += _advance(part, face) * style.size * 0.001 * PT
@@ -219,32 +236,30 @@ class Canvas:
     def page_number(self, right: float, baseline: float, text: str, style: Style) -> None:
         """`text` and the page count, ending at `right`: fpdf2 writes the count ({nb}) into text that
         `cell` wrote when it closes the document."""
-        self.pdf.set_font(self.fonts.face(style).key, "", style.size)
+        self._font(self.fonts.face(style).key, style.size)
         self._text_color(style.color)
         height = style.size * PT * 1.2
         self.pdf.set_xy(right - 60, baseline - height / 2 - 0.3 * style.size * PT)
         self.pdf.cell(60, height, text + "{nb}", align="R")
 
     def rect(self, x: float, y: float, w: float, h: float, fill: str, radius: float = 0.0) -> None:
-        self.pdf.set_fill_color(*_hex(fill))
+        if self._set("fill", fill):
+            self.pdf.set_fill_color(*_hex(fill))
         if radius:
             self.pdf.rect(x, y, w, h, style="F", round_corners=True, corner_radius=radius)
         else:
             self.pdf.rect(x, y, w, h, style="F")
 
     def frame(self, x: float, y: float, w: float, h: float, width_pt: float, color: str) -> None:
-        self.pdf.set_draw_color(*_hex(color))
-        self.pdf.set_line_width(width_pt * PT)
+        self._stroke(width_pt, color)
         self.pdf.rect(x, y, w, h, style="D")
 
     def line(self, x1: float, y1: float, x2: float, y2: float, width_pt: float, color: str) -> None:
-        self.pdf.set_draw_color(*_hex(color))
-        self.pdf.set_line_width(width_pt * PT)
+        self._stroke(width_pt, color)
         self.pdf.line(x1, y1, x2, y2)
 
     def new_page(self) -> None:
         self.pdf.add_page()
-        self._color = None  # each page's content stream starts with the default colour
 
     def lines(self, lines: Iterable[Line], x: float, y: float, width: float, align: str = "left") -> float:
         """Draws wrapped lines from `y` (their top); returns the y below the last one."""
@@ -272,6 +287,8 @@ def wrap(fonts: Fonts, paragraphs: Iterable[Paragraph], width: float) -> list[Li
         line = Line()
         lines.append(line)
         spaced = False  # whitespace before the next word (also across runs)
+        if len(paragraph) == 1 and _fits_whole(fonts, line, paragraph[0], width):
+            continue
         for run in paragraph:
             style = run.style
             height = style.size * style.leading * PT
@@ -300,6 +317,18 @@ def wrap(fonts: Fonts, paragraphs: Iterable[Paragraph], width: float) -> list[Li
                 _place(line, word, word_width, style, sep + gap, height, joined=sep > 0 and gap == 0)
             spaced = run.text[-1:].isspace() if words else spaced or bool(run.text)
     return lines
+
+
+def _fits_whole(fonts: Fonts, line: Line, run: Run, width: float) -> bool:
+    """The common case (a cell's short value), placed without splitting it into words."""
+    style, text = run.style, run.text
+    if style.box or style.preserve or run.gap or not text or text != " ".join(text.split()):
+        return False
+    text_width = fonts.width(text, style)
+    if text_width > width:
+        return False
+    _place(line, text, text_width, style, 0.0, style.size * style.leading * PT)
+    return True
 
 
 def _words(text: str, style: Style) -> list[str]:
