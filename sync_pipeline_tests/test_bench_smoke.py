@@ -30,3 +30,16 @@ def test_quick_benchmark_prints_its_table() -> None:
     assert "| figure | ours | baseline | ratio | target | met |" in done.stdout
     assert "replica writes (2,000) with vs without change capture" in done.stdout
     assert "extract+detect 2,000 changes" in done.stdout
+
+
+def test_protocol_pdf_benchmark_prints_its_table() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_protocol_pdf.py"), "--quick", "--repeat", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "### PDF protocol of 200 conflicts (2,000 changes" in done.stdout
+    assert "| render HTML (baseline) |" in done.stdout and "| render PDF |" in done.stdout
