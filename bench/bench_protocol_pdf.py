@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -72,23 +74,86 @@ def pdf_pages(pdf: bytes) -> int:
     return len(PdfReader(BytesIO(pdf)).pages)
 
 
-def cli_protocol(url: str, session_id: str, target: Path) -> float:
-    """`sync-pipeline protocol --format pdf` in a fresh process: imports, reading the master, the PDF."""
+def cli_protocol(url: str, session_id: str, target: Path) -> tuple[float, float]:
+    """`sync-pipeline protocol --format pdf` in a fresh process (imports, reading the master, the PDF):
+    wall-clock and CPU seconds (the child's user + system time)."""
     command = [sys.executable, "-m", "sync_pipeline.cli", "protocol", "--master", url, "--session", session_id]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run([*command, "--format", "pdf", "--out", str(target)], check=True, capture_output=True)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
 
 
-def weasyprint_pdf(protocol: Protocol) -> float:
-    """The former renderer, for the record: WeasyPrint printing the HTML rendering (if installed)."""
+def weasyprint_pdf(protocol: Protocol) -> tuple[float, float]:
+    """The former renderer, for the record: WeasyPrint printing the HTML rendering (if installed);
+    wall-clock and CPU seconds."""
     import logging
 
     from weasyprint import HTML
 
     logging.getLogger("weasyprint").setLevel(logging.ERROR)
     HTML(string="<p>warm</p>").write_pdf()
-    return timed(lambda: HTML(string=render_html(protocol)).write_pdf())
+    start, cpu = time.perf_counter(), time.process_time()
+    HTML(string=render_html(protocol)).write_pdf()
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+@dataclass
+class Figures:
+    conflicts: int
+    pages: int
+    build: list[float] = field(default_factory=list)
+    html: list[float] = field(default_factory=list)
+    pdf: list[float] = field(default_factory=list)
+    pdf_cpu: list[float] = field(default_factory=list)  # on a busy machine, less noisy than the wall clock
+    cli: list[float] = field(default_factory=list)
+    cli_cpu: list[float] = field(default_factory=list)
+    weasyprint: tuple[float, float] | None = None
+
+
+def measure(folder: Path, rows: int, changes: int, repeat: int, weasyprint: bool) -> tuple[Figures, bytes]:
+    master, session_id = conflicted_session(folder, rows, changes)
+    try:
+        protocol: Protocol = build_protocol(master.engine, session_id)
+        document = render_pdf(protocol)  # the first call pays the imports and the fonts: once per process
+        figures = Figures(len(protocol.conflicts), pdf_pages(document))
+        for _ in range(repeat):
+            figures.build.append(timed(lambda: build_protocol(master.engine, session_id)))
+            figures.html.append(timed(lambda: render_html(protocol)))
+            start, cpu = time.perf_counter(), time.process_time()
+            document = render_pdf(protocol)
+            figures.pdf.append(time.perf_counter() - start)
+            figures.pdf_cpu.append(time.process_time() - cpu)
+            wall, cpu = cli_protocol(master.url, session_id, folder / "cli.pdf")
+            figures.cli.append(wall)
+            figures.cli_cpu.append(cpu)
+        figures.weasyprint = weasyprint_pdf(protocol) if weasyprint else None
+    finally:
+        master.drop()
+    return figures, document
+
+
+def report(f: Figures, changes: int, repeat: int) -> None:
+    def row(figure: str, wall: float, cpu: float | None, ratio: str) -> None:
+        print(f"| {figure} | {wall:.3f} | {'—' if cpu is None else f'{cpu:.2f}'} | {ratio} |")
+
+    pdf = median(f.pdf)
+    print(
+        f"\n### PDF protocol of {f.conflicts:,} conflicts ({changes:,} changes, {f.pages} pages), median of {repeat}\n"
+    )
+    print("| figure | wall-clock s | CPU s | ratio (wall-clock) |")
+    print("|---|---|---|---|")
+    row("render HTML (baseline)", median(f.html), None, "1 ×")
+    row("render PDF", pdf, median(f.pdf_cpu), f"{pdf / median(f.html):.1f} × the HTML")
+    if f.weasyprint:
+        row("WeasyPrint printing the HTML (before; once)", *f.weasyprint, f"{f.weasyprint[0] / pdf:.1f} × the PDF")
+    row("read the protocol from the master (`build_protocol`)", median(f.build), None, "—")
+    row("on demand: `sync-pipeline protocol --format pdf`, new process", median(f.cli), median(f.cli_cpu), "—")
+    met = "met" if median(f.cli) <= TARGET_SECONDS else "not met"
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\ntarget: on demand ≤ {TARGET_SECONDS:.0f} s (wall-clock): {met}; load average {load}")
 
 
 def main() -> None:
@@ -99,49 +164,11 @@ def main() -> None:
     parser.add_argument("--weasyprint", action="store_true", help="also time WeasyPrint on the HTML, once")
     args = parser.parse_args()
     rows, changes = (20_000, 2_000) if args.quick else (100_000, 10_000)
-
     with tempfile.TemporaryDirectory(prefix="sync-bench-pdf-") as tmp:
-        master, session_id = conflicted_session(Path(tmp), rows, changes)
-        try:
-            protocol: Protocol = build_protocol(master.engine, session_id)
-            conflicts = len(protocol.conflicts)
-            render_pdf(protocol)  # the first call pays the imports and font loading: a process pays it once
-            built, html, pdf, pdf_cpu, cli = [], [], [], [], []
-            document = b""
-            for _ in range(args.repeat):
-                built.append(timed(lambda: build_protocol(master.engine, session_id)))
-                html.append(timed(lambda: render_html(protocol)))
-                start, cpu = time.perf_counter(), time.process_time()
-                document = render_pdf(protocol)
-                pdf.append(time.perf_counter() - start)
-                pdf_cpu.append(time.process_time() - cpu)  # on a busy machine, less noisy than the wall clock
-                cli.append(cli_protocol(master.url, session_id, Path(tmp) / "cli.pdf"))
-            before = weasyprint_pdf(protocol) if args.weasyprint else None
-        finally:
-            master.drop()
+        figures, document = measure(Path(tmp), rows, changes, args.repeat, args.weasyprint)
     if args.keep:
         args.keep.write_bytes(document)
-    pages = pdf_pages(document)
-    met = "yes" if median(cli) <= TARGET_SECONDS else "no"
-    print(
-        f"\n### PDF protocol of {conflicts:,} conflicts ({changes:,} changes, {pages} pages), median of {args.repeat}\n"
-    )
-    print("| figure | seconds | ratio |")
-    print("|---|---|---|")
-    print(f"| render HTML (baseline) | {median(html):.3f} | 1 × |")
-    print(f"| render PDF | {median(pdf):.2f} | {median(pdf) / median(html):.1f} × the HTML |")
-    print(f"| render PDF, CPU time of this process | {median(pdf_cpu):.2f} | — |")
-    if before is not None:
-        print(f"| WeasyPrint printing the HTML (before, once) | {before:.2f} | {before / median(pdf):.1f} × the PDF |")
-    print(f"| read the protocol from the master (`build_protocol`) | {median(built):.2f} | — |")
-    print(f"| on demand: `sync-pipeline protocol --format pdf` in a new process | {median(cli):.2f} | — |")
-    print(
-        f"\ntarget: on demand ≤ {TARGET_SECONDS:.0f} s: {'met' if met == 'yes' else 'not met'}; load average {load()}"
-    )
-
-
-def load() -> str:
-    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+    report(figures, changes, args.repeat)
 
 
 if __name__ == "__main__":
