@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sync_pipeline.engine import store
+from sync_pipeline.engine.checkout import checkout
 from sync_pipeline.engine.master import connect_master, init_master
 from sync_pipeline.engine.protocol import Protocol, build_protocol
 from sync_pipeline.engine.session import run_sync
@@ -27,7 +28,7 @@ from sync_pipeline.reports import formatting, render_html, render_pdf
 from sync_pipeline.reports.pdf import CONFLICT_COLUMNS
 from sync_pipeline.reports.pdf_layout import CONTENT_WIDTH, MARGIN_LEFT, PAGE_WIDTH
 from sync_pipeline.reports.pdf_text import PT, Fonts, Run, Style, wrap
-from sync_pipeline_tests.helpers import make_replica, pause, replica_engine
+from sync_pipeline_tests.helpers import make_master, make_replica, pause, replica_engine
 from sync_pipeline_tests.test_protocol import _demo_session
 
 NOTE = sa.Table("note", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True), sa.Column("body", sa.Text))
@@ -180,6 +181,24 @@ def test_a_pdf_of_300_conflicts_keeps_each_conflict_whole_on_a_page_and_cuts_not
     assert pieces == len(LONG_WORD)
     raw = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
     assert "✓" in raw and FALLBACK in raw.replace("\n", " ")
+
+
+def test_a_long_owner_name_stays_inside_the_page_and_whole_in_the_body(tmp_path: Path) -> None:
+    owner = " ".join(["Maximiliane Adelheid von Hohenzollern-Sigmaringen"] * 12)
+    engine = make_master(f"sqlite:///{tmp_path / 'master.db'}")
+    replica = tmp_path / "replica.db"
+    checkout(engine, replica, owner)
+    result = run_sync(engine, replica)
+    assert result.session_id
+    protocol = build_protocol(engine, result.session_id)
+    pdf = _write(protocol, tmp_path / "owner.pdf")
+    for words in _words_with_boxes(pdf):
+        for x0, y0, x1, _y1, text in words:
+            assert x0 >= MARGIN_LEFT / PT - 0.5 and x1 <= (PAGE_WIDTH - MARGIN_LEFT) / PT + 0.5, text
+            assert y0 >= 0, text
+    raw = subprocess.run(["pdftotext", "-raw", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    assert _squeeze(f"Owner {owner} Checked out") in _squeeze(raw)  # the facts table has it whole
+    assert "…" in raw.split("Sync protocol", 2)[1]  # the running header has three lines of it
 
 
 @settings(max_examples=60, deadline=None)

@@ -126,6 +126,9 @@ class ProtocolPdf:
         # Bottom-aligned in the top margin, 4 mm above the content; a long owner name wraps upwards.
         date = flow.wrap([_p(self.header_date, RUNNING)])
         replica = flow.wrap([_p(self.header_text, RUNNING)], CONTENT_WIDTH - date[0].width - 4)
+        if len(replica) > 3:  # an owner's name of a paragraph: three lines here, the Owner row has it whole
+            replica = replica[:3]
+            replica[-1].pieces[-1].text += " …"
         canvas.lines(replica, MARGIN_LEFT, MARGIN_TOP - 4 - lines_height(replica), CONTENT_WIDTH)
         canvas.lines(date, MARGIN_LEFT, MARGIN_TOP - 4 - lines_height(date), CONTENT_WIDTH, "right")
         baseline = PAGE_HEIGHT - MARGIN_BOTTOM / 2 + 1
