@@ -1,4 +1,4 @@
-"""The benchmark script runs and prints its table (no timing is asserted: figures live in docs/benchmarks.md)."""
+"""The benchmark scripts run and print their tables (no timing is asserted: figures live in docs/benchmarks.md)."""
 
 import subprocess
 import sys
@@ -9,37 +9,24 @@ from sync_pipeline_tests.conftest import require_postgres
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_quick_benchmark_prints_its_table() -> None:
-    require_postgres()
+def _bench(script: str, *args: str) -> str:
+    """The script's standard output; it must succeed."""
     done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "bench_sync.py"),
-            "--quick",
-            "--only",
-            "capture,scaling",
-            "--repeat",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+        [sys.executable, str(ROOT / "bench" / script), *args], capture_output=True, text=True, timeout=600, check=False
     )
     assert done.returncode == 0, done.stderr
-    assert "| figure | ours | baseline | ratio | target | met |" in done.stdout
-    assert "replica writes (2,000) with vs without change capture" in done.stdout
-    assert "extract+detect 2,000 changes" in done.stdout
+    return done.stdout
+
+
+def test_quick_benchmark_prints_its_table() -> None:
+    require_postgres()
+    printed = _bench("bench_sync.py", "--quick", "--only", "capture,scaling", "--repeat", "1")
+    assert "| figure | ours | baseline | ratio | target | met |" in printed
+    assert "replica writes (2,000) with vs without change capture" in printed
+    assert "extract+detect 2,000 changes" in printed
 
 
 def test_protocol_pdf_benchmark_prints_its_table() -> None:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "bench_protocol_pdf.py"), "--quick", "--repeat", "1"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "### PDF protocol of 200 conflicts (2,000 changes" in done.stdout
-    assert "| render HTML (baseline) |" in done.stdout and "| render PDF |" in done.stdout
+    printed = _bench("bench_protocol_pdf.py", "--quick", "--repeat", "1")
+    assert "### PDF protocol of 200 conflicts (2,000 changes" in printed
+    assert "| render HTML (baseline) |" in printed and "| render PDF |" in printed

@@ -10,16 +10,19 @@ not depend on the master's database).
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sync_pipeline.engine import store
 from sync_pipeline.engine.checkout import checkout
+from sync_pipeline.engine.errors import SyncError
 from sync_pipeline.engine.master import connect_master, init_master
 from sync_pipeline.engine.protocol import Protocol, build_protocol
 from sync_pipeline.engine.session import run_sync
@@ -199,6 +202,28 @@ def test_a_long_owner_name_stays_inside_the_page_and_whole_in_the_body(tmp_path:
     raw = subprocess.run(["pdftotext", "-raw", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
     assert _squeeze(f"Owner {owner} Checked out") in _squeeze(raw)  # the facts table has it whole
     assert "…" in raw.split("Sync protocol", 2)[1]  # the running header has three lines of it
+
+
+def test_fonts_come_from_sync_pdf_font_dir_and_without_any_the_pdf_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fpdf import FPDF
+
+    from sync_pipeline.reports import pdf_text
+
+    dejavu = pdf_text.installed_fonts()["DejaVuSans.ttf"]
+    monkeypatch.setattr(pdf_text, "FONT_DIRS", ())  # the system's folders are not searched
+    monkeypatch.setenv("SYNC_PDF_FONT_DIR", str(tmp_path))
+    pdf_text.installed_fonts.cache_clear()
+    try:
+        with pytest.raises(SyncError) as raised:
+            Fonts(FPDF()).face(Style())
+        assert raised.value.fix and "fonts-dejavu-core" in raised.value.fix
+        shutil.copy(dejavu, tmp_path / "DejaVuSans.ttf")
+        pdf_text.installed_fonts.cache_clear()
+        assert Fonts(FPDF()).face(Style(bold=True)).key == "dejavusans"  # no bold face: the regular one
+    finally:
+        pdf_text.installed_fonts.cache_clear()
 
 
 @settings(max_examples=60, deadline=None)

@@ -19,6 +19,8 @@ from typing import Any
 
 from fpdf import FPDF
 
+from sync_pipeline.engine.errors import SyncError
+
 PT = 25.4 / 72  # one point in millimetres
 REPLACEMENT = "\ufffd"
 
@@ -161,9 +163,11 @@ class Fonts:
                 if face is not None:
                     break
             else:
-                raise RuntimeError(
-                    "no font for the PDF protocol: install Liberation or DejaVu (Debian: fonts-dejavu-core), "
-                    "or point SYNC_PDF_FONT_DIR at a folder that holds DejaVuSans.ttf"
+                raise SyncError(
+                    f"no font for the PDF protocol: none of {', '.join(f[0] for f in FAMILIES[style.family])} "
+                    f"is installed under {', '.join(FONT_DIRS)}",
+                    "install fonts-dejavu-core (Debian), or set SYNC_PDF_FONT_DIR to a folder that holds "
+                    "DejaVuSans.ttf and DejaVuSansMono.ttf",
                 )
             self.faces[wanted] = face
         return self.faces[wanted]
