@@ -41,6 +41,7 @@ SESSION_SETUP = (
 )
 # Driver error numbers of aborts caused by other transactions (retried like PostgreSQL's 40P01/40001).
 TRANSIENT_ERRORS = {1213: "deadlock", 1205: "lock_wait_timeout"}
+REFUSALS = {4025, 3819, 1644}  # CHECK constraint failed (MariaDB, MySQL), SIGNAL in a trigger
 
 
 class MySQLImpl(DialectImpl):
@@ -69,6 +70,12 @@ class MySQLImpl(DialectImpl):
         # mysqlclient's errors are (error number, message), without SQLSTATE.
         code = error.args[0] if error.args else None
         return TRANSIENT_ERRORS.get(code) if isinstance(code, int) else None
+
+    def refused_by_master(self, error: sa.exc.DBAPIError) -> bool:
+        # MariaDB reports a failed CHECK constraint (4025; MySQL 3819) and a trigger's SIGNAL (1644) as
+        # operational errors, not integrity errors.
+        code = error.orig.args[0] if error.orig is not None and error.orig.args else None
+        return super().refused_by_master(error) or code in REFUSALS
 
     def engine_options(self) -> dict[str, Any]:
         return {"isolation_level": "READ COMMITTED"}

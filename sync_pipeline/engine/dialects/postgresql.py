@@ -41,6 +41,10 @@ class PostgreSQLImpl(DialectImpl):
 
     # -- clock and change capture -----------------------------------------------------------------
 
+    def refused_by_master(self, error: sa.exc.DBAPIError) -> bool:
+        # A trigger of the master's own that raises (RAISE EXCEPTION: SQLSTATE P0001) refuses the data too.
+        return super().refused_by_master(error) or getattr(error.orig, "sqlstate", None) == "P0001"
+
     def now(self, conn: Connection) -> str:
         utc = sa.func.timezone("UTC", sa.func.clock_timestamp())
         return conn.execute(sa.select(sa.func.to_char(utc, 'YYYY-MM-DD"T"HH24:MI:SS.US'))).scalar_one()
