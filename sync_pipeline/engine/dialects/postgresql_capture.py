@@ -77,12 +77,12 @@ def _literal(value: str) -> str:
     return sql_string(value)
 
 
-def _key(info: TableInfo, ref: str) -> str:
+def key_sql(info: TableInfo, ref: str) -> str:
     sep = f"chr({ord(KEY_SEPARATOR)})"
     return f" || {sep} || ".join(f"CAST({ref}.{_q(c)} AS TEXT)" for c in info.pk)
 
 
-def _differs(info: TableInfo, old_ref: str, new_ref: str, c: str) -> str:
+def differs_sql(info: TableInfo, old_ref: str, new_ref: str, c: str) -> str:
     old, new = f"{old_ref}.{_q(c)}", f"{new_ref}.{_q(c)}"
     if carrier_of(info.table.columns[c]).kind == "text":
         # Types carried as text may have no equality operator (json, xml, point): compare the text.
@@ -106,20 +106,20 @@ def _update(info: TableInfo, name: str) -> str:
     statement may carry a key twice (writable CTEs updating one table), and an upsert must not propose a
     conflict key twice.
     """
-    changed = ",\n          ".join(f"({_literal(c)}, {_differs(info, 'o', 'n', c)})" for c in info.columns)
+    changed = ",\n          ".join(f"({_literal(c)}, {differs_sql(info, 'o', 'n', c)})" for c in info.columns)
     paired = _same_key(info, "o", "n")
     return f"""
     {CLOCK_INSERT}
     SELECT DISTINCT {name}, c.row_key, c.column_name, ts FROM (
-      SELECT {_key(info, "n")} AS row_key, v.col AS column_name
+      SELECT {key_sql(info, "n")} AS row_key, v.col AS column_name
       FROM {NEW_ROWS} AS n JOIN {OLD_ROWS} AS o ON {paired}
       CROSS JOIN LATERAL (VALUES {changed}) AS v(col, changed)
       WHERE v.changed
       UNION ALL
-      SELECT {_key(info, "n")}, '*' FROM {NEW_ROWS} AS n
+      SELECT {key_sql(info, "n")}, '*' FROM {NEW_ROWS} AS n
       WHERE NOT EXISTS (SELECT FROM {OLD_ROWS} AS o WHERE {paired})
       UNION ALL
-      SELECT {_key(info, "o")}, '*' FROM {OLD_ROWS} AS o
+      SELECT {key_sql(info, "o")}, '*' FROM {OLD_ROWS} AS o
       WHERE NOT EXISTS (SELECT FROM {NEW_ROWS} AS n WHERE {paired})
     ) AS c
     {UPSERT_TAIL};"""
@@ -130,7 +130,7 @@ def _tombstones(info: TableInfo, name: str, vanished_only: bool = False) -> str:
     the key: all rows of a statement share one time, and an upsert must not propose a conflict key twice."""
     vanished = f"WHERE NOT EXISTS (SELECT FROM {NEW_ROWS} AS n WHERE {_same_key(info, 'o', 'n')})"
     return f"""INSERT INTO sync_tombstone (table_name, row_key, deleted_at, row_image, deleted_by)
-    SELECT DISTINCT ON (2) {name}, {_key(info, "o")}, ts, to_jsonb(o)::text, who FROM {OLD_ROWS} AS o
+    SELECT DISTINCT ON (2) {name}, {key_sql(info, "o")}, ts, to_jsonb(o)::text, who FROM {OLD_ROWS} AS o
     {vanished if vanished_only else ""}
     {TOMBSTONE_UPSERT_TAIL};"""
 
@@ -155,16 +155,16 @@ DECLARE
 BEGIN
   IF TG_LEVEL = 'ROW' THEN
     -- The key changed: both keys changed in every field (separate statements: they may render alike).
-    {CLOCK_INSERT} VALUES ({name}, {_key(info, "OLD")}, '*', ts) {UPSERT_TAIL};
-    {CLOCK_INSERT} VALUES ({name}, {_key(info, "NEW")}, '*', ts) {UPSERT_TAIL};
+    {CLOCK_INSERT} VALUES ({name}, {key_sql(info, "OLD")}, '*', ts) {UPSERT_TAIL};
+    {CLOCK_INSERT} VALUES ({name}, {key_sql(info, "NEW")}, '*', ts) {UPSERT_TAIL};
   ELSIF TG_OP = 'INSERT' THEN
     {CLOCK_INSERT}
-    SELECT DISTINCT {name}, {_key(info, "n")}, '*', ts FROM {NEW_ROWS} AS n
+    SELECT DISTINCT {name}, {key_sql(info, "n")}, '*', ts FROM {NEW_ROWS} AS n
     {UPSERT_TAIL};
   ELSIF TG_OP = 'DELETE' THEN
     who := {DELETED_BY};
     {CLOCK_INSERT}
-    SELECT DISTINCT {name}, {_key(info, "o")}, '*', ts FROM {OLD_ROWS} AS o
+    SELECT DISTINCT {name}, {key_sql(info, "o")}, '*', ts FROM {OLD_ROWS} AS o
     {UPSERT_TAIL};
     {_tombstones(info, name)}
   ELSE{_update(info, name)}{moved}
@@ -221,7 +221,7 @@ def install(conn: Connection, info: TableInfo) -> None:
                 f"FOR EACH STATEMENT EXECUTE FUNCTION {function}()",
             )
     # A row trigger on a partitioned table is cloned onto its partitions by PostgreSQL itself.
-    key_changed = " OR ".join(_differs(info, "OLD", "NEW", c) for c in info.pk)
+    key_changed = " OR ".join(differs_sql(info, "OLD", "NEW", c) for c in info.pk)
     run_ddl(conn, f"DROP TRIGGER IF EXISTS {_q(key_trigger)} ON {table}")
     run_ddl(
         conn,
