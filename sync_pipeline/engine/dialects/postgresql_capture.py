@@ -126,12 +126,15 @@ def _update(info: TableInfo, name: str) -> str:
 
 
 def _tombstones(info: TableInfo, name: str, vanished_only: bool = False) -> str:
-    """Tombstones of the statement's old rows (`vanished_only`: those whose key no new row has). DISTINCT ON
-    the key: all rows of a statement share one time, and an upsert must not propose a conflict key twice."""
+    """Tombstones of the statement's old rows (`vanished_only`: those whose key no new row has). One per
+    rendered key (GROUP BY, hashed: cheaper than sorting the keys for DISTINCT ON): all rows of a statement
+    share one time, and an upsert must not propose a conflict key twice."""
     vanished = f"WHERE NOT EXISTS (SELECT FROM {NEW_ROWS} AS n WHERE {_same_key(info, 'o', 'n')})"
     return f"""INSERT INTO sync_tombstone (table_name, row_key, deleted_at, row_image, deleted_by)
-    SELECT DISTINCT ON (2) {name}, {key_sql(info, "o")}, ts, to_jsonb(o)::text, who FROM {OLD_ROWS} AS o
-    {vanished if vanished_only else ""}
+    SELECT {name}, d.row_key, ts, min(d.row_image), who FROM (
+      SELECT {key_sql(info, "o")} AS row_key, to_jsonb(o)::text AS row_image FROM {OLD_ROWS} AS o
+      {vanished if vanished_only else ""}
+    ) AS d GROUP BY d.row_key
     {TOMBSTONE_UPSERT_TAIL};"""
 
 
