@@ -96,7 +96,8 @@ def update_from(cur: object, keys: list[int], rows: int) -> None:
 
 def insert_select(cur: object, keys: list[int], rows: int) -> None:
     cur.execute(  # type: ignore[attr-defined]
-        "INSERT INTO item SELECT g, 'new ' || g, 1, 'new' FROM generate_series(%s, %s) g", (rows + 1, rows + len(keys))
+        "INSERT INTO item SELECT g, 'new ' || g, 1, 'new' FROM generate_series(%s::integer, %s::integer) g",
+        (rows + 1, rows + len(keys)),
     )
 
 
@@ -130,8 +131,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="100k rows, 2k changes")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--rows", type=int, help="rows in the table (overrides the size)")
+    parser.add_argument("--changes", type=int, help="changes per write (overrides the size)")
     args = parser.parse_args()
     rows, changes = (100_000, 2_000) if args.quick else (1_000_000, 10_000)
+    rows, changes = args.rows or rows, args.changes or changes
     schema = f"bench_capture_{uuid.uuid4().hex[:8]}"
     admin = sa.create_engine(PG_URL)
     with admin.begin() as conn:
