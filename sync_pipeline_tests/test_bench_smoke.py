@@ -1,4 +1,4 @@
-"""The benchmark script runs and prints its table (no timing is asserted: figures live in docs/benchmarks.md)."""
+"""The benchmark scripts run and prints its table (no timing is asserted: figures live in docs/benchmarks.md)."""
 
 import subprocess
 import sys
@@ -30,3 +30,14 @@ def test_quick_benchmark_prints_its_table() -> None:
     assert "| figure | ours | baseline | ratio | target | met |" in done.stdout
     assert "replica writes (2,000) with vs without change capture" in done.stdout
     assert "extract+detect 2,000 changes" in done.stdout
+
+
+def test_capture_benchmark_prints_its_table() -> None:
+    require_postgres()
+    script = ROOT / "bench" / "bench_capture.py"
+    command = [sys.executable, str(script), "--rows", "3000", "--changes", "200", "--repeat", "1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "PostgreSQL, 3,000 rows, 200 changes per write" in done.stdout
+    for write in ("executemany UPDATE", "UPDATE … FROM", "INSERT … SELECT", "DELETE … USING"):
+        assert sum(line.startswith(write) and line.count("×") == 2 for line in done.stdout.splitlines()) == 1
