@@ -41,3 +41,16 @@ def test_capture_benchmark_prints_its_table() -> None:
     assert "PostgreSQL, 3,000 rows, 200 changes per write" in done.stdout
     for write in ("executemany UPDATE", "UPDATE … FROM", "INSERT … SELECT", "DELETE … USING"):
         assert sum(line.startswith(write) and line.count("×") == 2 for line in done.stdout.splitlines()) == 1
+
+
+def test_protocol_pdf_benchmark_prints_its_table() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_protocol_pdf.py"), "--quick", "--repeat", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "### PDF protocol of 200 conflicts (2,000 changes" in done.stdout
+    assert "| render HTML (baseline) |" in done.stdout and "| render PDF |" in done.stdout

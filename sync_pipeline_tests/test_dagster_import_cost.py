@@ -10,7 +10,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 # Imported by the steps that need them, when they run: the checks (GX, pandas, numpy, scipy, altair),
-# the PDF (weasyprint), the review page (starlette, uvicorn), columnar work (pyarrow), the Celery
+# the PDF (fpdf), the review page (starlette, uvicorn), columnar work (pyarrow), the Celery
 # executor of the production deployment (celery, dagster_celery).
 HEAVY = (
     "great_expectations",
@@ -19,7 +19,7 @@ HEAVY = (
     "scipy",
     "altair",
     "pyarrow",
-    "weasyprint",
+    "fpdf",
     "starlette",
     "uvicorn",
     "celery",

@@ -1,5 +1,6 @@
 """Renderings of a `Protocol`: JSON (the stable, documented format), Markdown (the Dagster asset's
-metadata), HTML (print stylesheet: A4, running header, page numbers) and PDF (WeasyPrint from that HTML).
+metadata), HTML (print stylesheet: A4, running header, page numbers) and PDF (the same content and look,
+laid out with fpdf2 in `reports/pdf.py`).
 """
 
 from __future__ import annotations
@@ -189,16 +190,10 @@ def render_html(protocol: Protocol) -> str:
 
 
 def render_pdf(protocol: Protocol) -> bytes:
-    """The HTML rendering printed to PDF by WeasyPrint (imported here: it is slow to import)."""
-    import logging
+    """The protocol printed to A4: the HTML rendering's content and look, laid out directly (reports/pdf.py)."""
+    from sync_pipeline.reports.pdf import protocol_pdf  # fpdf2 and the fonts load only when a PDF is wanted
 
-    from weasyprint import HTML
-
-    # WeasyPrint logs every CSS property it does not know at WARNING; the template is ours and tested.
-    logging.getLogger("weasyprint").setLevel(logging.ERROR)
-    pdf = HTML(string=render_html(protocol)).write_pdf()
-    assert pdf is not None  # write_pdf returns the bytes when no target is given
-    return pdf
+    return protocol_pdf(protocol)
 
 
 def render(protocol: Protocol, fmt: str) -> str | bytes:
