@@ -83,8 +83,10 @@ def replica_metadata(infos: dict[str, TableInfo]) -> sa.MetaData:
                 c.name,
                 _rowid_type(replica_type(c)) if info.generated_pk and c.primary_key else replica_type(c),
                 primary_key=c.primary_key,
-                # A column the master fills or computes may stay empty in a local insert (see load_columns).
-                nullable=c.nullable or filled_by_default(c) or c.name in info.generated_columns,
+                # A column the master fills or computes may stay empty in a local insert (see load_columns);
+                # a key never (SQLite would take NULL in a key that is not its rowid).
+                nullable=c.nullable
+                or (not c.primary_key and (filled_by_default(c) or c.name in info.generated_columns)),
                 autoincrement=info.generated_pk and c.primary_key,
             )
             for c in info.table.columns
