@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import time
 from collections.abc import Iterable
 from decimal import Decimal
@@ -146,3 +147,12 @@ def pause() -> None:
 
 def ids(records: Iterable[dict[str, Any]], column: str = "id") -> list[Any]:
     return [r[column] for r in records]
+
+
+def replica_sql(replica: Path, *statements: str) -> None:
+    """Run statements in a replica as a local application would, and commit."""
+    conn = sqlite3.connect(replica)
+    for statement in statements:
+        conn.execute(statement)
+    conn.commit()
+    conn.close()

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from sync_pipeline.cli import main
-from sync_pipeline_tests.helpers import TABLES, make_master, make_replica, master_state, replica_engine
+from sync_pipeline_tests.helpers import TABLES, make_master, make_replica, master_state, replica_engine, replica_sql
 from sync_pipeline_tests.masters import backend_on_all_masters  # noqa: F401 - `backend` over all three masters
 
 P = TABLES["parent"]
@@ -28,14 +28,6 @@ def _edited_replica(engine: sa.Engine, tmp_path: Path) -> Path:
     with replica_engine(replica).begin() as r:
         r.execute(sa.update(P).where(P.c.id == 1).values(city="edited"))
     return replica
-
-
-def _sql(replica: Path, *statements: str) -> None:
-    conn = sqlite3.connect(replica)
-    for statement in statements:
-        conn.execute(statement)
-    conn.commit()
-    conn.close()
 
 
 def _manifest_value(replica: Path, key: str, value: object) -> None:
@@ -57,7 +49,7 @@ def _not_sqlite(engine: sa.Engine, tmp_path: Path) -> Path:
 
 def _sqlite_not_replica(engine: sa.Engine, tmp_path: Path) -> Path:
     path = tmp_path / "other.db"
-    _sql(path, "CREATE TABLE t (x INTEGER)")
+    replica_sql(path, "CREATE TABLE t (x INTEGER)")
     return path
 
 
@@ -88,7 +80,7 @@ def _forged_signature(engine: sa.Engine, tmp_path: Path) -> Path:
 
 def _log_outside_modules(engine: sa.Engine, tmp_path: Path) -> Path:
     replica = _edited_replica(engine, tmp_path)
-    _sql(
+    replica_sql(
         replica,
         "INSERT INTO _sync_log (table_name, op, row_key, old_values, new_values, changed_at) VALUES "
         "('salary', 'I', '[1]', NULL, '{\"id\": 1, \"amount\": 1000000}', '2026-01-01T00:00:00.000')",
@@ -98,7 +90,7 @@ def _log_outside_modules(engine: sa.Engine, tmp_path: Path) -> Path:
 
 def _log_unknown_column(engine: sa.Engine, tmp_path: Path) -> Path:
     replica = _edited_replica(engine, tmp_path)
-    _sql(
+    replica_sql(
         replica,
         "INSERT INTO _sync_log (table_name, op, row_key, old_values, new_values, changed_at) VALUES "
         "('parent', 'I', '[90]', NULL, "
@@ -109,19 +101,19 @@ def _log_unknown_column(engine: sa.Engine, tmp_path: Path) -> Path:
 
 def _text_in_integer_column(engine: sa.Engine, tmp_path: Path) -> Path:
     replica = _edited_replica(engine, tmp_path)
-    _sql(replica, "INSERT INTO child (id, parent_id, label) VALUES (900, 'not a number', 'x')")
+    replica_sql(replica, "INSERT INTO child (id, parent_id, label) VALUES (900, 'not a number', 'x')")
     return replica
 
 
 def _too_long_text(engine: sa.Engine, tmp_path: Path) -> Path:
     replica = _edited_replica(engine, tmp_path)
-    _sql(replica, f"UPDATE parent SET name = '{'x' * 51}' WHERE id = 2")
+    replica_sql(replica, f"UPDATE parent SET name = '{'x' * 51}' WHERE id = 2")
     return replica
 
 
 def _invalid_date(engine: sa.Engine, tmp_path: Path) -> Path:
     replica = _edited_replica(engine, tmp_path)
-    _sql(replica, "INSERT INTO tagged (code, version, title, valid_from) VALUES ('D', 1, 't', '2026-02-30')")
+    replica_sql(replica, "INSERT INTO tagged (code, version, title, valid_from) VALUES ('D', 1, 't', '2026-02-30')")
     return replica
 
 
@@ -200,7 +192,7 @@ def test_dry_run_writes_nothing(master_url: str, tmp_path: Path) -> None:
 def _forged_base(engine: sa.Engine, tmp_path: Path) -> Path:
     replica = _edited_replica(engine, tmp_path)
     # Claim that parent 1's name was something else at checkout, to sneak a change past detection.
-    _sql(
+    replica_sql(
         replica,
         "UPDATE _sync_log SET old_values = json_set(old_values, '$.name', 'Forged') WHERE table_name = 'parent'",
     )
@@ -209,7 +201,7 @@ def _forged_base(engine: sa.Engine, tmp_path: Path) -> Path:
 
 def _forged_key(engine: sa.Engine, tmp_path: Path) -> Path:
     replica = _edited_replica(engine, tmp_path)
-    _sql(
+    replica_sql(
         replica,
         "INSERT INTO _sync_log (table_name, op, row_key, old_values, new_values, changed_at) VALUES "
         '(\'parent\', \'D\', \'[4242]\', \'{"id": 4242, "name": "ghost", "city": null, "email": null}\', '
@@ -233,6 +225,6 @@ def test_bad_input_leaves_the_replica_unfrozen(tmp_path: Path) -> None:
     code, output = _sync(str(engine.url), replica)
     assert code == 2
     # The field worker can correct the row and sync again.
-    _sql(replica, "UPDATE child SET parent_id = 1 WHERE id = 900")
+    replica_sql(replica, "UPDATE child SET parent_id = 1 WHERE id = 900")
     code, output = _sync(str(engine.url), replica)
     assert code == 0, output

@@ -26,6 +26,14 @@ def test_quick_benchmark_prints_its_table() -> None:
     assert "extract+detect 2,000 changes" in printed
 
 
+def test_capture_benchmark_prints_its_table() -> None:
+    require_postgres()
+    printed = _bench("bench_capture.py", "--rows", "3000", "--changes", "200", "--repeat", "1")
+    assert "PostgreSQL, 3,000 rows, 200 changes per write" in printed
+    for write in ("executemany UPDATE", "UPDATE … FROM", "INSERT … SELECT", "DELETE … USING"):
+        assert sum(line.startswith(write) and line.count("×") == 2 for line in printed.splitlines()) == 1
+
+
 def test_protocol_pdf_benchmark_prints_its_table() -> None:
     printed = _bench("bench_protocol_pdf.py", "--quick", "--repeat", "1")
     assert "### PDF protocol of 200 conflicts (2,000 changes" in printed

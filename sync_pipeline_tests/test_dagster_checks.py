@@ -157,6 +157,31 @@ def test_schema_suite_names_wrong_types_lengths_nulls_and_duplicate_keys() -> No
     assert report.successful == report.evaluated - 4
 
 
+def test_a_column_the_master_fills_may_be_empty_in_an_insert_only() -> None:
+    """NOT NULL with a default: a local insert may leave it to the master; an update may not empty it."""
+    metadata = sa.MetaData()
+    table = sa.Table(
+        "account",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("status", sa.String(10), nullable=False, server_default="new"),
+    )
+    info = TableInfo(table, ("id",), True)
+    rows = [
+        {"_change_id": 0, "_op": "insert", "id": 1, "status": None},  # the master's default fills it
+        {"_change_id": 1, "_op": "update", "id": 2, "status": None},  # the master would refuse it
+        {"_change_id": 2, "_op": "update", "id": 3, "status": "old"},
+    ]
+    suite = FrameSuite(
+        "rows:account", ["_change_id", "_op", *info.columns], rows, schema_expectations(info), ["_change_id", "id"]
+    )
+
+    report = validate([suite])
+
+    failed = {(f["expectation"], f["column"]): sorted(r["_change_id"] for r in f["rows"]) for f in report.failures}
+    assert failed == {("expect_column_values_to_not_be_null", "status"): [1]}
+
+
 def test_unknown_expectation_in_the_settings_fails_the_check_visibly() -> None:
     suite = FrameSuite(
         "rows:contact",

@@ -1,4 +1,4 @@
-"""Trigger DDL is inert whatever the identifiers (issue 11, point 7), on SQLite and PostgreSQL masters.
+"""Trigger DDL is inert whatever the identifiers (issue 11, point 7), on every master.
 
 A table whose name and many columns are hostile (a dollar-quote tag with SQL after it, quotes, semicolons,
 percent signs, backslashes, unicode, spaces, reserved words, names as long as the database allows, and a
@@ -21,6 +21,7 @@ from sync_pipeline.engine.master import connect_master, init_master
 from sync_pipeline.engine.session import run_sync
 from sync_pipeline.engine.settings import parse_settings
 from sync_pipeline_tests.helpers import make_replica, pause
+from sync_pipeline_tests.masters import backend_on_all_masters  # noqa: F401 (the `backend` fixture)
 
 MARK = uuid.uuid4().hex[:8]
 INJECTION = f"c$sync$;CREATE TABLE pwned_{MARK}();SELECT $sync$"
@@ -51,13 +52,15 @@ HOSTILE = [  # the first 5 go into SQLite's first json_object chunk, the others 
     "a.b",
     "$.x",
     "END",
+    f"b`;CREATE TABLE pwned_{MARK}(i INT);--x",  # a backtick-quoted name (MariaDB) ended early
 ]
 TABLE = f'tbl "x" $sync$; --{MARK}'
 KEY = 'key "id" $sync$'
 
 
 def _column_names(backend: str) -> list[str]:
-    long_name = "l" * (63 if backend == "postgresql" else 300)  # PostgreSQL keeps 63 bytes of a name
+    # PostgreSQL keeps 63 bytes of a name, MariaDB allows 64 characters.
+    long_name = "l" * {"postgresql": 63, "mariadb": 64}.get(backend, 300)
     filler = [f"f{i}" for i in range(130)]
     # Hostile names in the first chunk of 60, past the 60th and past the 120th column.
     return [*HOSTILE[:5], *filler[:60], *HOSTILE[5:15], *filler[60:], *HOSTILE[15:], long_name]
@@ -74,6 +77,14 @@ def _objects(engine: sa.Engine) -> dict[str, set[str]]:
             for kind, name in conn.exec_driver_sql("SELECT type, name FROM sqlite_master"):
                 found.setdefault(kind, set()).add(name)
             return found
+        if engine.dialect.name in ("mysql", "mariadb"):
+            tables = conn.exec_driver_sql(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()"
+            ).scalars()
+            triggers = conn.exec_driver_sql(
+                "SELECT trigger_name FROM information_schema.triggers WHERE trigger_schema = DATABASE()"
+            ).scalars()
+            return {"table": set(tables), "trigger": set(triggers)}
         tables = conn.exec_driver_sql(
             "SELECT relname FROM pg_class WHERE relnamespace = CAST(current_schema() AS regnamespace) "
             "AND relkind IN ('r', 'v', 'm', 'p', 'f')"

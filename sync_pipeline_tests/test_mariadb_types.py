@@ -165,3 +165,69 @@ def test_zero_date_is_bad_input_and_master_unchanged(master: tuple[str, Engine],
     assert result.exit_code == 2, result.output
     assert "0000-00-00" in result.output and "placed_at" in result.output, result.output
     assert master_state(engine) == before
+
+
+SHIFT_SETTINGS = "modules:\n  hr:\n    policy: master_wins\n    tables:\n      shift: {}\n"
+
+
+@pytest.fixture
+def shift_master() -> Iterator[tuple[str, Engine]]:
+    """TIME (a duration: over 24 hours and negative are valid), BIT(1) with a default SQLAlchemy's reflection
+    drops, SET and YEAR: types of real MariaDB schemas."""
+    with fresh_mariadb_url() as url:
+        engine = connect_master(url, must_exist=False)
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "CREATE TABLE shift (id INT AUTO_INCREMENT PRIMARY KEY, starts TIME(3) NULL, "
+                    "length TIME NULL, night BIT(1) NOT NULL DEFAULT b'0', days SET('mon','tue','wed') NULL, "
+                    "since YEAR NULL)"
+                )
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO shift (starts, length, night, days, since) VALUES "
+                    "('08:30:00.250', '30:00:00', b'1', 'mon,wed', 2019), ('22:00', '-01:30:00', b'0', NULL, NULL)"
+                )
+            )
+        init_master(engine, parse_settings(SHIFT_SETTINGS, "test-settings.yaml"))
+        yield url, engine
+        engine.dispose()
+
+
+def _shifts(engine: Engine) -> list[tuple[object, ...]]:
+    with engine.connect() as conn:
+        query = "SELECT id, CAST(starts AS CHAR), CAST(length AS CHAR), night + 0, days, since FROM shift ORDER BY id"
+        return [tuple(r) for r in conn.execute(sa.text(query))]
+
+
+def test_time_bit_set_and_year_travel_both_ways(shift_master: tuple[str, Engine], tmp_path: Path) -> None:
+    url, engine = shift_master
+    replica = make_replica(engine, tmp_path)
+    conn = sqlite3.connect(replica)  # TIME as the server's text, BIT as its number
+    assert conn.execute("SELECT starts, length, night, days FROM shift ORDER BY id").fetchall() == [
+        ("08:30:00.250", "30:00:00", 1, "mon,wed"),
+        ("22:00:00.000", "-01:30:00", 0, None),
+    ]
+    conn.close()
+    _replica_sql(replica, "UPDATE shift SET starts = '9:15', length = '100:00:00', night = 0 WHERE id = 1")
+    _replica_sql(replica, "UPDATE shift SET days = 'mon,tue,wed', since = 2024 WHERE id = 2")
+    _replica_sql(replica, "INSERT INTO shift (starts, length) VALUES ('23:59:59.999', '-838:59:59')")
+    result = run_sync(engine, replica)
+    assert result.status == "done", result
+    assert _shifts(engine) == [
+        (1, "09:15:00.000", "100:00:00", 0, "mon,wed", 2019),
+        (2, "22:00:00.000", "-01:30:00", 0, "mon,tue,wed", 2024),
+        (3, "23:59:59.999", "-838:59:59", 0, None, None),  # night: the master's default b'0'
+    ]
+
+
+def test_a_time_the_server_cannot_read_is_bad_input(shift_master: tuple[str, Engine], tmp_path: Path) -> None:
+    url, engine = shift_master
+    replica = make_replica(engine, tmp_path)
+    _replica_sql(replica, "UPDATE shift SET starts = '25:61' WHERE id = 2")
+    before = master_state(engine)
+    result = CliRunner().invoke(main, ["sync", "--master", url, "--replica", str(replica)])
+    assert result.exit_code == 2, result.output
+    assert "25:61" in result.output and "starts" in result.output, result.output
+    assert master_state(engine) == before

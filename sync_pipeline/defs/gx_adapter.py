@@ -29,6 +29,8 @@ MAX_FAILING_ROWS = 100  # per check, in the metadata; the counts are always comp
 class ExpectationSpec:
     type: str  # the GX name, snake_case as users write it in the settings: expect_column_values_to_...
     kwargs: dict[str, Any]
+    # (column, value): rows holding that value are not checked (GX's row condition `column != value`).
+    except_where: tuple[str, Any] | None = None
 
 
 @dataclass
@@ -164,7 +166,7 @@ def expectation_class(gxe: Any, name: str) -> Any:
 
 def _gx_suite(loaded: _GreatExpectations, suite: FrameSuite) -> tuple[Any, list[dict[str, Any]]]:
     """The GX suite of `suite` and the expectations that could not be built, built once per process."""
-    key = dumps([suite.name, [[spec.type, _plain(spec.kwargs)] for spec in suite.expectations]])
+    key = dumps([suite.name, [[spec.type, _plain(spec.kwargs), spec.except_where] for spec in suite.expectations]])
     cached = loaded.suites.get(key)
     if cached is not None:
         return cached
@@ -172,7 +174,13 @@ def _gx_suite(loaded: _GreatExpectations, suite: FrameSuite) -> tuple[Any, list[
     broken: list[dict[str, Any]] = []
     for spec in suite.expectations:
         try:
-            gx_suite.add_expectation(expectation_class(loaded.gxe, spec.type)(**spec.kwargs))
+            kwargs = dict(spec.kwargs)
+            if spec.except_where is not None:
+                from great_expectations.expectations.row_conditions import Column
+
+                column, value = spec.except_where
+                kwargs["row_condition"] = Column(name=column) != value
+            gx_suite.add_expectation(expectation_class(loaded.gxe, spec.type)(**kwargs))
         except Exception as exc:  # a wrong name or argument in the settings fails this suite, visibly
             broken.append(
                 {

@@ -28,7 +28,7 @@ from sync_pipeline.engine.manifest import Manifest, schema_snapshot, write_manif
 from sync_pipeline.engine.master import create_private_file, master_settings
 from sync_pipeline.engine.records import ReplicaStatus
 from sync_pipeline.engine.replica_names import free_name
-from sync_pipeline.engine.schema import TableInfo, dumps, fk_order, reflect_tables
+from sync_pipeline.engine.schema import TableInfo, dumps, filled_by_default, fk_order, reflect_tables
 from sync_pipeline.engine.signing_key import require_signing_key
 
 CHUNK_ROWS = 10_000
@@ -67,6 +67,12 @@ def sqlite_value(value: Any) -> Any:
     return str(value)
 
 
+def _rowid_type(column_type: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[Any]:
+    """A generated integer key becomes SQLite's INTEGER PRIMARY KEY, the rowid (64-bit): SQLite allows
+    AUTOINCREMENT on no other spelling, so a BIGINT or SMALLINT key would make the checkout fail."""
+    return sa.Integer() if isinstance(column_type, sa.Integer) else column_type
+
+
 def replica_metadata(infos: dict[str, TableInfo]) -> sa.MetaData:
     """The replica's tables: the master's columns in their generic types; FKs only between copied tables."""
     metadata = sa.MetaData()
@@ -75,9 +81,12 @@ def replica_metadata(infos: dict[str, TableInfo]) -> sa.MetaData:
         columns = [
             sa.Column(
                 c.name,
-                replica_type(c),
+                _rowid_type(replica_type(c)) if info.generated_pk and c.primary_key else replica_type(c),
                 primary_key=c.primary_key,
-                nullable=c.nullable,
+                # A column the master fills or computes may stay empty in a local insert (see load_columns);
+                # a key never (SQLite would take NULL in a key that is not its rowid).
+                nullable=c.nullable
+                or (not c.primary_key and (filled_by_default(c) or c.name in info.generated_columns)),
                 autoincrement=info.generated_pk and c.primary_key,
             )
             for c in info.table.columns

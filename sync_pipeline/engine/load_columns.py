@@ -15,12 +15,11 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.dml import Insert
 
 from sync_pipeline.engine.dialects import impl_for
-from sync_pipeline.engine.schema import TableInfo
+from sync_pipeline.engine.schema import TableInfo, filled_by_default
 
 
 def writable(info: TableInfo, op: str, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -31,14 +30,10 @@ def writable(info: TableInfo, op: str, values: Mapping[str, Any]) -> dict[str, A
     for name, value in values.items():
         if name in skipped:
             continue
-        if value is None and op == "insert" and name in columns and _filled_by_default(columns[name]):
+        if value is None and op == "insert" and name in columns and filled_by_default(columns[name]):
             continue
         out[name] = value
     return out
-
-
-def _filled_by_default(column: sa.Column) -> bool:
-    return not column.nullable and (column.server_default is not None or column.identity is not None)
 
 
 def insert_statement(conn: Connection, info: TableInfo, columns: Iterable[str]) -> Insert:

@@ -80,6 +80,12 @@ class TableInfo:
         return dict(zip(self.pk, key, strict=True))
 
 
+def filled_by_default(column: sa.Column[Any]) -> bool:
+    """A NOT NULL column the master fills when an insert leaves it out (a default, an identity): a local
+    insert may leave it empty, and the load then leaves it to the master (`load_columns.writable`)."""
+    return not column.nullable and (column.server_default is not None or column.identity is not None)
+
+
 def reflect_tables(bind: Engine | Connection, names: Iterable[str]) -> dict[str, TableInfo]:
     """Reflect the named tables (and what their FKs point at) from the master."""
     wanted = list(dict.fromkeys(names))

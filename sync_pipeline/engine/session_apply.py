@@ -165,6 +165,14 @@ def _summary(conn: Connection, ctx: SessionContext, result: Any) -> dict[str, An
     }
 
 
+def refusal_text(reason: str) -> str:
+    """The database's refusal in one line: its message and the detail naming the row or the key
+    (PostgreSQL's `DETAIL:  Key (lower(email))=(x@y) already exists.`), without its hints and context."""
+    lines = [line.strip() for line in reason.splitlines() if line.strip()]
+    detail = next((line for line in lines[1:] if line.startswith("DETAIL:")), None)
+    return lines[0] if detail is None else f"{lines[0]} ({detail.removeprefix('DETAIL:').strip()})"
+
+
 def load_with_redetection(
     engine: Engine,
     ctx: SessionContext,
@@ -185,13 +193,15 @@ def load_with_redetection(
         except StaleRows as stale:
             stale_ids = stale.change_ids
             retries.counts["redetected_stale"] += 1
-        except sa.exc.IntegrityError as exc:
+        except sa.exc.DBAPIError as exc:
+            if not impl_for(engine).refused_by_master(exc):
+                raise
             # A concurrent writer took a key or a reference we rely on: look at every row again. The same
             # refusal twice is the data's own (another load would have moved on to another key).
             reason = str(exc.orig).strip()
             if reason in refused:
                 raise SyncError(
-                    f"the master refused the session's changes: {reason.splitlines()[0]}",
+                    f"the master refused the session's changes: {refusal_text(reason)}",
                     "see which row the message names; correct it on the master or in a new replica",
                 ) from None
             refused.add(reason)

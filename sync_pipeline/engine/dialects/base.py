@@ -97,6 +97,11 @@ class DialectImpl:
         whose errors carry no SQLSTATE (`retry.transient_kind` reads SQLSTATEs itself); None otherwise."""
         return None
 
+    def refused_by_master(self, error: sa.exc.DBAPIError) -> bool:
+        """Whether an error is the master refusing the data written (a constraint, a value out of range, a
+        trigger of its own raising an error), not a failure of the database or the connection."""
+        return isinstance(error, (sa.exc.IntegrityError, sa.exc.DataError))
+
     # ------------------------------------------------------------------------------------------
     # The master's clock and change capture (the field clock and tombstones, written by triggers)
     # ------------------------------------------------------------------------------------------

@@ -19,15 +19,15 @@ import re
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import Cast
 
-from sync_pipeline.engine.column_types import CARRIER_INFO, Carrier, DialectTypes, generic_carrier
+from sync_pipeline.engine.column_types import DialectTypes
 from sync_pipeline.engine.dialects import mysql_capture, mysql_collation
 from sync_pipeline.engine.dialects.base import DialectImpl, Key, KeyedRows, TriggerRow, catalog_connection
+from sync_pipeline.engine.dialects.mysql_types import MySQLTypes
 from sync_pipeline.engine.errors import BadInputError
 from sync_pipeline.engine.schema import TableInfo
 from sync_pipeline.engine.triggers import read_source, without_comments_and_strings
@@ -41,8 +41,7 @@ SESSION_SETUP = (
 )
 # Driver error numbers of aborts caused by other transactions (retried like PostgreSQL's 40P01/40001).
 TRANSIENT_ERRORS = {1213: "deadlock", 1205: "lock_wait_timeout"}
-# Integer widths in bits (an unsigned column holds one bit more of positive range).
-_INT_BITS = {mysql.TINYINT: 8, mysql.SMALLINT: 16, mysql.MEDIUMINT: 24, mysql.INTEGER: 32, mysql.BIGINT: 64}
+REFUSALS = {4025, 3819, 1644}  # CHECK constraint failed (MariaDB, MySQL), SIGNAL in a trigger
 
 
 class MySQLImpl(DialectImpl):
@@ -71,6 +70,12 @@ class MySQLImpl(DialectImpl):
         # mysqlclient's errors are (error number, message), without SQLSTATE.
         code = error.args[0] if error.args else None
         return TRANSIENT_ERRORS.get(code) if isinstance(code, int) else None
+
+    def refused_by_master(self, error: sa.exc.DBAPIError) -> bool:
+        # MariaDB reports a failed CHECK constraint (4025; MySQL 3819) and a trigger's SIGNAL (1644) as
+        # operational errors, not integrity errors.
+        code = error.orig.args[0] if error.orig is not None and error.orig.args else None
+        return super().refused_by_master(error) or code in REFUSALS
 
     def engine_options(self) -> dict[str, Any]:
         return {"isolation_level": "READ COMMITTED"}
@@ -167,41 +172,6 @@ def _unescape_backticks(inspector: Any, table: sa.Table, column_info: dict[str, 
 
 
 _SET_NEW = re.compile(r"\bSET\s+(?=NEW\s*\.)", re.IGNORECASE)
-
-
-class MySQLTypes(DialectTypes):
-    """MySQL's types: TINYINT(1) is a boolean, unsigned integers hold one bit more, DATETIME(n) keeps n
-    digits of a second, SET values travel as their text ('a,b'), binary strings as bytes."""
-
-    def prepare(self, bind: Engine | Connection, table: sa.Table) -> None:
-        mysql_collation.read_collations(bind, table)  # natural keys compare by the column's collation
-        for column in table.columns:
-            t = column.type
-            if isinstance(t, mysql.TINYINT) and t.display_width == 1:
-                column.type = sa.Boolean(create_constraint=False)
-            elif isinstance(t, mysql.SET):
-                column.type = sa.String(getattr(t, "length", None))
-            column.info[CARRIER_INFO] = self.carrier(column)
-
-    def carrier(self, column: sa.Column[Any]) -> Carrier:
-        t = column.type
-        for cls, bits in _INT_BITS.items():
-            if isinstance(t, cls):
-                return Carrier("int", int_bits=bits + (1 if getattr(t, "unsigned", False) else 0))
-        if isinstance(t, mysql.YEAR):
-            return Carrier("int", int_bits=16)
-        if isinstance(t, mysql.BIT):
-            return Carrier("int", int_bits=64)
-        if isinstance(t, sa.DateTime):
-            return Carrier("datetime", zoned=False, second_digits=getattr(t, "fsp", None) or 0)
-        if isinstance(t, sa.Time):
-            return Carrier("time", second_digits=getattr(t, "fsp", None) or 0)
-        if isinstance(t, sa.types._Binary):
-            return Carrier("bytes")
-        if isinstance(t, sa.String) and not isinstance(t, sa.Enum):
-            # MySQL cuts spaces beyond a VARCHAR's length (a note, not an error, even in strict mode).
-            return Carrier("str", length=getattr(t, "length", None), cuts_excess_spaces=True)
-        return generic_carrier(t)
 
 
 _TYPES = MySQLTypes()

@@ -1,8 +1,9 @@
 """PostgreSQL as the master: psycopg 3, row locks, sequences and identities, COPY, server-side cursors,
 partitions, roles (the signing key in a schema of its own).
 
-Change capture is one PL/pgSQL function and one row trigger per table (`postgresql_capture.py`); catalog
-queries are in `postgresql_catalog.py`, column-type rules in `postgresql_types.py`.
+Change capture is one PL/pgSQL function and statement-level triggers with transition tables per table
+(`postgresql_capture.py`); catalog queries are in `postgresql_catalog.py`, column-type rules in
+`postgresql_types.py`.
 """
 
 from __future__ import annotations
@@ -41,16 +42,21 @@ class PostgreSQLImpl(DialectImpl):
 
     # -- clock and change capture -----------------------------------------------------------------
 
+    def refused_by_master(self, error: sa.exc.DBAPIError) -> bool:
+        # A trigger of the master's own that raises (RAISE EXCEPTION: SQLSTATE P0001) refuses the data too.
+        return super().refused_by_master(error) or getattr(error.orig, "sqlstate", None) == "P0001"
+
     def now(self, conn: Connection) -> str:
         utc = sa.func.timezone("UTC", sa.func.clock_timestamp())
         return conn.execute(sa.select(sa.func.to_char(utc, 'YYYY-MM-DD"T"HH24:MI:SS.US'))).scalar_one()
 
     def capture_installed(self, conn: Connection, info: TableInfo) -> bool:
+        names = capture.trigger_names(info)
         found = conn.execute(
-            sa.text("SELECT 1 FROM pg_trigger WHERE tgname = :n AND tgrelid = CAST(:t AS regclass)"),
-            {"n": capture.trigger_of(info), "t": quote_identifier(info.name)},
-        ).first()
-        return found is not None
+            sa.text("SELECT count(*) FROM pg_trigger WHERE tgname = ANY(:n) AND tgrelid = CAST(:t AS regclass)"),
+            {"n": names, "t": quote_identifier(info.name)},
+        ).scalar_one()
+        return found == len(names)
 
     def tombstone_bytes(self, text: str) -> str:
         return text.removeprefix("\\x")  # to_jsonb writes bytea as '\x…' hex
