@@ -1,7 +1,8 @@
 """The printable protocol, written on demand outside the sync's runs.
 
-Laying out a PDF of a thousand conflicts takes WeasyPrint seconds; the sync's own run (`sync_apply`)
-writes the protocol as JSON, Markdown and HTML only, so a sync is never kept waiting for a printout.
+A PDF of a thousand conflicts is some 70 pages (about a second to lay out, reports/pdf.py); the sync's own
+run (`sync_apply`) writes the protocol as JSON, Markdown and HTML only, so a sync is never kept waiting
+for a printout.
 Materialize this asset for a replica's partition in the UI (or run
 `sync-pipeline protocol --session ID --format pdf --out FILE.pdf`) when a PDF is wanted.
 """
