@@ -202,8 +202,8 @@ def _validate_one(loaded: _GreatExpectations, suite: FrameSuite) -> SuiteOutcome
     gx_suite, broken = _gx_suite(loaded, suite)
     failures = [dict(f) for f in broken]
     index = [c for c in suite.index_columns if c in suite.columns]
-    # What `batch_definition.get_batch(...).validate(suite)` does, with the frame loaded once: that way
-    # GX builds the batch (and fingerprints the whole frame, row by row) twice.
+    # What `batch_definition.get_batch(...).validate(suite)` does, but with the frame loaded once: that
+    # path builds the batch twice, and each time GX fingerprints the whole frame, row by row.
     validator = loaded.validator(
         batch_definition=loaded.batch_definition,
         batch_parameters={"dataframe": frame},
