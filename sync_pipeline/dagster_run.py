@@ -1,7 +1,9 @@
 """`sync-pipeline sync` through the Dagster asset graph, in-process, against the persistent instance.
 
-The CLI's sync runs the same jobs the UI launches (`sync_detect`, then `sync_apply` when nothing is
-pending), so a sync from the command line appears in the UI's run history like one launched there.
+The CLI's sync runs the job the UI launches, `sync` (detect, policies and, when nothing waits for a
+person, the load, in one run), so a sync from the command line appears in the UI's run history as one
+run, like one launched there. With decisions pending the run ends waiting; the next `sync`, or
+approval_sensor's `sync_apply` once they are decided, loads the session.
 The instance is `$DAGSTER_HOME` when set, else `$SYNC_HOME/dagster_home` (created with a dagster.yaml
 on first use): start `dagster dev` with DAGSTER_HOME pointing there to see the CLI's runs.
 """
@@ -20,10 +22,9 @@ from sqlalchemy.engine import Engine
 from sync_pipeline.definitions import build_definitions
 from sync_pipeline.defs.failures import error_of
 from sync_pipeline.defs.instance_config import write_instance_config
-from sync_pipeline.defs.jobs import APPLY_JOB_NAME, DETECT_JOB_NAME
 from sync_pipeline.defs.partitions import ensure_partition
-from sync_pipeline.defs.run_keys import APPLY_KEY_TAG, DETECT_KEY_TAG, SESSION_TAG, claim_cli_apply, detect_key
-from sync_pipeline.defs.run_tags import DETECT_STAGE, LOAD_STAGE, stage_tags
+from sync_pipeline.defs.run_keys import APPLY_KEY_TAG, DETECT_KEY_TAG, SYNC_JOB_NAME, detect_key
+from sync_pipeline.defs.run_tags import LOAD_STAGE, stage_tags
 from sync_pipeline.engine.errors import SyncError
 from sync_pipeline.engine.master import connect_master, sync_home
 from sync_pipeline.engine.records import SessionStatus, latest_session
@@ -182,8 +183,8 @@ def _failed(result: dg.ExecuteInProcessResult, engine: Engine, driver: RunDriver
 def materialize_sync(
     master_url: str | None, replica_path: str, instance: dg.DagsterInstance | None = None
 ) -> SyncResult:
-    """Run (or continue) a replica's session through the asset graph: `sync_detect`, then `sync_apply`
-    when nothing is pending. Returns what `run_sync` returns (status done, waiting or failed).
+    """Run (or continue) a replica's session through the asset graph: one run of the job `sync`, which
+    loads when nothing is pending. Returns what `run_sync` returns (status done, waiting or failed).
 
     The replica is opened and verified once, here, before any run starts (`run_driver.open_run`): bad
     input raises `BadInputError` with nothing written, neither to the master nor to the Dagster instance,
@@ -195,45 +196,44 @@ def materialize_sync(
             if driver.finished is not None:  # loaded before an interruption: opening retired the file
                 return driver.finished
             with holding(driver), _instance_or(instance) as dagster:
-                return _run_jobs(master_url, engine, dagster, driver)
+                return _run_sync_job(master_url, engine, dagster, driver)
     finally:
         engine.dispose()
 
 
-def _run_jobs(master_url: str | None, engine: Engine, dagster: dg.DagsterInstance, driver: RunDriver) -> SyncResult:
+def _run_sync_job(master_url: str | None, engine: Engine, dagster: dg.DagsterInstance, driver: RunDriver) -> SyncResult:
+    """One run of the job `sync`, as the UI's launch: detect, decide by policy and, when nothing waits for
+    a person, load under the apply claim of the session's decision version (`run_keys.may_load_in_run`)."""
     replica_id = driver.replica_id
     resolved_path = str(driver.replica.path.resolve())
     partition = ensure_partition(engine, dagster, replica_id)
-    detect = _run_job(
-        DETECT_JOB_NAME,
+    run = _run_job(
+        SYNC_JOB_NAME,
         master_url,
         dagster,
         partition,
         {"ops": {"local_changes": {"config": {"replica_path": resolved_path}}}},
-        {
-            "sync/replica_file": resolved_path,
-            DETECT_KEY_TAG: detect_key(replica_id),
-            **stage_tags(engine, DETECT_STAGE),
-        },
+        # The run may load: it carries the load's limit tags (deploy/dagster.yaml) and the detect key that
+        # keeps replica_sensor from launching a detect run of the same file beside it.
+        {"sync/replica_file": resolved_path, DETECT_KEY_TAG: detect_key(replica_id), **stage_tags(engine, LOAD_STAGE)},
     )
-    if not detect.success:
-        return _failed(detect, engine, driver)
+    if not run.success:
+        return _failed(run, engine, driver)
     session = latest_session(engine, replica_id)
-    assert session is not None, "sync_detect succeeded without a session"
+    assert session is not None, "the sync run succeeded without a session"
     session_id = session["session_id"]
-    # `loading`: an earlier load stopped half-way (nothing was committed); loading again is safe.
-    if session["status"] not in (SessionStatus.READY, SessionStatus.LOADING):
-        return _outcome(engine, driver, session_id, WAITING, [])
-    # Claimed on the master and tagged like approval_sensor's runs: only one of them loads.
-    key = claim_cli_apply(engine, dagster, session_id, session["decision_version"])
-    if key is None:
+    # The run tags itself with the apply key when its load step claimed the load (may_load_in_run).
+    claimed = APPLY_KEY_TAG in _run_tags(dagster, run.run_id)
+    if session["status"] in (SessionStatus.READY, SessionStatus.LOADING) and not claimed:
         message = "approval_sensor launched the load of this decision version: see its run in Dagster"
         return SyncResult(session_id, replica_id, SessionStatus.WAITING, counts_of(engine, session_id), {}, message)
-    tags = {SESSION_TAG: session_id, APPLY_KEY_TAG: key, **stage_tags(engine, LOAD_STAGE)}
-    apply = _run_job(APPLY_JOB_NAME, master_url, dagster, partition, tags=tags)
-    if not apply.success:
-        return _failed(apply, engine, driver)
-    return _outcome(engine, driver, session_id, LOAD_LEFT_CONFLICTS, _warnings(apply))
+    # Waiting after a load that ran: rows the master changed meanwhile went back to detection.
+    return _outcome(engine, driver, session_id, LOAD_LEFT_CONFLICTS if claimed else WAITING, _warnings(run))
+
+
+def _run_tags(dagster: dg.DagsterInstance, run_id: str) -> dict[str, str]:
+    found = dagster.get_run_by_id(run_id)
+    return dict(found.tags) if found is not None else {}
 
 
 def _outcome(engine: Engine, driver: RunDriver, session_id: str, waiting: str, warnings: list[str]) -> SyncResult:

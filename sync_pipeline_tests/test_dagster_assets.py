@@ -25,10 +25,12 @@ from sync_pipeline.definitions import build_definitions
 from sync_pipeline.defs.assets import conflicts, local_changes, master_load, resolutions, sync_protocol
 from sync_pipeline.defs.jobs import APPLY_JOB_NAME
 from sync_pipeline.defs.partitions import REPLICAS_PARTITION_NAME, partition_key_of
+from sync_pipeline.defs.run_keys import APPLY_KEY_TAG, STATE_TAG, SYNC_JOB_NAME, apply_key
 from sync_pipeline.demo import DEMO_SETTINGS, build_master, demo_metadata, make_demo_edits
 from sync_pipeline.engine.checkout import checkout
 from sync_pipeline.engine.errors import BadInputError, ReplicaError
 from sync_pipeline.engine.master import connect_master, init_master
+from sync_pipeline.engine.records import decision_version
 from sync_pipeline.engine.replica import open_replica
 from sync_pipeline.engine.session import decide_module, open_session_of
 from sync_pipeline.engine.settings import parse_settings
@@ -156,9 +158,9 @@ def test_automatic_sync_runs_the_whole_graph_and_retires_the_replica(
     assert instance.has_dynamic_partition(REPLICAS_PARTITION_NAME, demo.partition)
     for asset in (local_changes, conflicts, resolutions, master_load, sync_protocol):
         assert demo.partition in materialized_partitions(instance, asset), asset.key
-    runs = instance.get_runs()
-    assert sorted(r.job_name for r in runs) == ["sync_apply", "sync_detect"]
-    assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+    # One run, as the UI's launch: the job `sync` detected, decided by policy and loaded.
+    [run] = instance.get_runs()
+    assert (run.job_name, run.status) == (SYNC_JOB_NAME, dg.DagsterRunStatus.SUCCESS)
 
     # Counts are numeric metadata (the UI plots them), next to the session id.
     detected = latest_metadata(instance, conflicts, demo.partition)
@@ -176,10 +178,16 @@ def test_automatic_sync_runs_the_whole_graph_and_retires_the_replica(
         assert conn.execute(sa.select(contact.c.phone).where(contact.c.id == 1)).scalar_one() == "+49 170 1111111"
     with pytest.raises(ReplicaError, match="retired"):
         open_replica(demo.engine, demo.replica)
-    apply_run = next(r for r in runs if r.job_name == APPLY_JOB_NAME)
-    evaluations = check_evaluations(instance, apply_run.run_id)
-    assert evaluations["master_reconciles"].passed
-    assert evaluations["resolutions_all_decided"].passed
+    # Every check of the run reports its result in the run's history, passed.
+    evaluations = check_evaluations(instance, run.run_id)
+    assert sorted(evaluations) == [
+        "decided_values_match_schema",
+        "local_changes_match_schema",
+        "local_changes_meet_settings_expectations",
+        "master_reconciles",
+        "no_manual_decisions_pending",
+    ]
+    assert all(e.passed for e in evaluations.values()), evaluations
 
 
 def test_manual_sync_waits_without_loading_then_loads_after_decisions(
@@ -193,7 +201,9 @@ def test_manual_sync_waits_without_loading_then_loads_after_decisions(
     assert waiting.status == "waiting"
     assert waiting.pending == {"crm": 5}
     assert business_rows(demo.engine) == before, "the detect run must not touch the master's data"
-    assert [r.job_name for r in instance.get_runs()] == ["sync_detect"]
+    [run] = instance.get_runs()
+    assert run.job_name == SYNC_JOB_NAME and run.tags[STATE_TAG] == "waiting"
+    assert APPLY_KEY_TAG not in run.tags, "a waiting session's load is not claimed"
     assert demo.partition not in materialized_partitions(instance, master_load)
     metadata = latest_metadata(instance, resolutions, demo.partition)
     assert metadata["pending/crm"] == 5 and metadata["pending_total"] == 5
@@ -210,6 +220,13 @@ def test_manual_sync_waits_without_loading_then_loads_after_decisions(
 
     assert (done.status, done.session_id) == ("done", waiting.session_id)
     assert open_session_of(demo.engine, demo.replica_id) is None
+    # Three runs of `sync` in the history; the last loaded under the claim of the decided version.
+    latest, *earlier = instance.get_runs()
+    assert [r.job_name for r in [latest, *earlier]] == [SYNC_JOB_NAME] * 3
+    version = decision_version(demo.engine, waiting.session_id)
+    assert latest.tags[APPLY_KEY_TAG] == apply_key(waiting.session_id, version)
+    assert latest.tags[STATE_TAG] == "done"
+    assert all(APPLY_KEY_TAG not in r.tags for r in earlier)
     contact = demo_metadata().tables["contact"]
     with demo.engine.connect() as conn:
         # master_wins by decision: contact 1 keeps the master's phone; contact 2 gets the local one.

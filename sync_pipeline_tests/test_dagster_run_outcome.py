@@ -22,6 +22,7 @@ from sync_pipeline.defs.assets import master_load
 from sync_pipeline.defs.failures import ERROR_TYPE, FIX, error_of
 from sync_pipeline.defs.jobs import APPLY_JOB_NAME, DETECT_JOB_NAME
 from sync_pipeline.defs.partitions import REPLICAS_PARTITION_NAME
+from sync_pipeline.defs.run_keys import SYNC_JOB_NAME
 from sync_pipeline.demo import demo_metadata
 from sync_pipeline.engine import store
 from sync_pipeline.engine.errors import ReplicaError
@@ -105,7 +106,7 @@ def test_master_reconciles_warns_about_a_difference_after_the_commit(
 ) -> None:
     demo = build_demo(master_url, tmp_path / "replicas", AUTOMATIC_SETTINGS)
     assert materialize_sync(master_url, str(demo.replica), instance).status == "done"
-    [apply_run] = instance.get_runs(dg.RunsFilter(job_name=APPLY_JOB_NAME))
+    [apply_run] = instance.get_runs(dg.RunsFilter(job_name=SYNC_JOB_NAME))
     first = check_evaluations(instance, apply_run.run_id)["master_reconciles"]
     assert first.passed and "after the commit the master still holds what was written" in first.description
     contact = demo_metadata().tables["contact"]
@@ -142,7 +143,7 @@ def test_master_reconciles_reports_what_the_load_verified(
     the check shows it, and says so when there is none."""
     demo = build_demo(master_url, tmp_path / "replicas", AUTOMATIC_SETTINGS)
     assert materialize_sync(master_url, str(demo.replica), instance).status == "done"
-    [apply_run] = instance.get_runs(dg.RunsFilter(job_name=APPLY_JOB_NAME))
+    [apply_run] = instance.get_runs(dg.RunsFilter(job_name=SYNC_JOB_NAME))
     evaluation = check_evaluations(instance, apply_run.run_id)["master_reconciles"]
     records = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=master_load.key, asset_partitions=[demo.partition]), limit=1

@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from sync_pipeline.definitions import build_definitions
+from sync_pipeline.defs import assets as assets_module
 from sync_pipeline.defs.assets import latest_session, master_load, resolutions, sync_protocol
 from sync_pipeline.defs.jobs import APPLY_JOB_NAME
 from sync_pipeline.defs.partitions import ensure_partition
@@ -22,6 +23,7 @@ from sync_pipeline.demo import demo_metadata
 from sync_pipeline.engine.errors import ReplicaError
 from sync_pipeline.engine.replica import open_replica
 from sync_pipeline.engine.session import decide_module, open_session_of
+from sync_pipeline.engine.session_state import SessionContext, session_context
 from sync_pipeline_tests.test_dagster_assets import (
     AUTOMATIC_SETTINGS,
     Demo,
@@ -148,3 +150,39 @@ def test_a_load_another_launcher_claimed_is_not_repeated(
     assert demo.partition not in materialized_partitions(instance, master_load)
     assert APPLY_KEY_TAG not in instance.get_run_by_id(run.run_id).tags
     assert open_session_of(demo.engine, demo.replica_id)["status"] == "ready"
+
+
+def test_the_steps_of_a_run_share_the_session_context(
+    master_url: str, tmp_path: Path, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every step and check of `sync` needs the session's context: local_changes hands the one it built
+    (settings, reflected tables, detected changes) to the later steps of the run, instead of each step
+    parsing the settings and reflecting the tables again; every check still reports its result."""
+    demo = build_demo(master_url, tmp_path / "replicas", AUTOMATIC_SETTINGS)
+    rebuilt: list[str] = []
+
+    def rebuilding(engine: sa.Engine, session_id: str) -> SessionContext:
+        rebuilt.append(session_id)
+        return session_context(engine, session_id)
+
+    monkeypatch.setattr(assets_module, "session_context", rebuilding)
+
+    run = run_sync_job(demo, instance)
+
+    assert run.success and phones(demo) == {1: "+49 170 1111111", 2: "+49 170 2222222"}
+    assert rebuilt == [], "the later steps took the context local_changes built"
+    evaluations = {e.check_name: e.passed for e in run.get_asset_check_evaluations()}
+    assert evaluations == {
+        "local_changes_match_schema": True,
+        "local_changes_meet_settings_expectations": True,
+        "decided_values_match_schema": True,
+        "no_manual_decisions_pending": True,
+        "master_reconciles": True,
+    }
+
+    # A run of another process (the load launched later, as approval_sensor does) builds its own.
+    rebuilt.clear()
+    session_id = latest_metadata(instance, resolutions, demo.partition)["session_id"]
+    again = build_definitions(master_url).resolve_job_def(APPLY_JOB_NAME)
+    assert again.execute_in_process(instance=instance, partition_key=demo.partition).success
+    assert rebuilt == [session_id], "built once for the run, then shared by its steps"

@@ -14,7 +14,7 @@ from sync_pipeline.dagster_run import materialize_sync, sync_instance
 from sync_pipeline.definitions import build_definitions
 from sync_pipeline.defs.jobs import APPLY_JOB_NAME, DETECT_JOB_NAME
 from sync_pipeline.defs.partitions import REPLICAS_PARTITION_NAME, partition_key_of, replica_id_of_partition
-from sync_pipeline.defs.run_keys import APPLY_KEY_TAG, STATE_TAG, claim_cli_apply
+from sync_pipeline.defs.run_keys import APPLY_KEY_TAG, STATE_TAG, SYNC_JOB_NAME, claim_cli_apply
 from sync_pipeline.defs.waiting_check import WAITING_CHECK_NAME
 from sync_pipeline.engine.checkout import checkout
 from sync_pipeline.engine.session import decide_module, open_session_of
@@ -44,7 +44,7 @@ def test_a_waiting_detect_run_warns_with_counts_tag_and_review_link(
     waiting = materialize_sync(master_url, str(demo.replica), instance)
 
     assert waiting.status == "waiting" and waiting.session_id
-    [detect] = runs_of(instance, DETECT_JOB_NAME)
+    [detect] = runs_of(instance, SYNC_JOB_NAME)
     assert detect.status == dg.DagsterRunStatus.SUCCESS  # waiting is not a failure...
     assert instance.get_run_by_id(detect.run_id).tags[STATE_TAG] == "waiting"  # ...but the Runs list says so
     check = check_evaluations(instance, detect.run_id)[WAITING_CHECK_NAME]
@@ -56,7 +56,7 @@ def test_a_waiting_detect_run_warns_with_counts_tag_and_review_link(
 
     decide_module(demo.engine, waiting.session_id, "crm", "local", "Tess Tester")
     assert materialize_sync(master_url, str(demo.replica), instance).status == "done"
-    apply = runs_of(instance, APPLY_JOB_NAME)[0]
+    apply = runs_of(instance, SYNC_JOB_NAME)[0]  # the latest
     assert check_evaluations(instance, apply.run_id)[WAITING_CHECK_NAME].passed
     assert instance.get_run_by_id(apply.run_id).tags[STATE_TAG] == "done"
 
@@ -156,6 +156,15 @@ def test_sensor_first_then_cli_sync_never_both_load(
 
     assert cli.status == "waiting" and "approval_sensor" in cli.message
     assert runs_of(instance, APPLY_JOB_NAME) == []
+    # The CLI's run detected again and stopped before its load: no claim, no materialization of master_load.
+    cli_run = runs_of(instance, SYNC_JOB_NAME)[0]
+    assert cli_run.status == dg.DagsterRunStatus.SUCCESS and APPLY_KEY_TAG not in cli_run.tags
+    assert not [
+        e
+        for e in instance.get_records_for_run(cli_run.run_id).records
+        if e.event_log_entry.dagster_event_type == dg.DagsterEventType.ASSET_MATERIALIZATION
+        and e.event_log_entry.dagster_event.asset_key == dg.AssetKey("master_load")
+    ]
     assert open_session_of(demo.engine, demo.replica_id)["status"] == "ready"  # what the CLI said: not loaded
     launch(instance, master_url, APPLY_JOB_NAME, request)
     assert [r.tags[APPLY_KEY_TAG] for r in runs_of(instance, APPLY_JOB_NAME)] == [request.run_key]

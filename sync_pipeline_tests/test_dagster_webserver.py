@@ -185,7 +185,7 @@ def test_the_ui_shows_a_waiting_sync_under_a_named_partition_without_the_newslet
     assert "nux:\n  enabled: false" in (dagster_home / "dagster.yaml").read_text()
     [run] = answer["runsOrError"]["results"]
     tags = {tag["key"]: tag["value"] for tag in run["tags"]}
-    assert (run["jobName"], run["status"], tags["sync/state"]) == ("sync_detect", "SUCCESS", "waiting")
+    assert (run["jobName"], run["status"], tags["sync/state"]) == ("sync", "SUCCESS", "waiting")
     assert tags["dagster/partition"] == demo.partition
     [node] = answer["assetNodes"]
     assert node["partitionKeys"] == [demo.partition] and demo.partition.startswith("alex-field-")

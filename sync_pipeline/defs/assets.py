@@ -63,7 +63,10 @@ def require_replica_id(engine: Engine, partition_key: str) -> str:
     return replica_id
 
 
-def require_session(engine: Engine, partition_key: str) -> SessionContext:
+def require_session(engine: Engine, partition_key: str, shared: dict[str, Any] | None = None) -> SessionContext:
+    """The partition's latest session. `shared`: what the steps of one run share in this process
+    (`MasterDatabase.run_state`); a context an earlier step of the run built is taken from there, with
+    the status the master records now, instead of being rebuilt (settings parsed, tables reflected)."""
     replica_id = require_replica_id(engine, partition_key)
     session = latest_session(engine, replica_id)
     if session is None:
@@ -71,7 +74,24 @@ def require_session(engine: Engine, partition_key: str) -> SessionContext:
             description=f"replica {partition_key} has no session on this master yet",
             metadata={"fix": "materialize local_changes for this partition first (job sync_detect)"},
         )
-    return session_context(engine, session["session_id"])
+    known = (shared or {}).get(_SESSION)
+    if isinstance(known, SessionContext) and known.session_id == session["session_id"]:
+        known.status = session["status"]
+        return known
+    ctx = session_context(engine, session["session_id"])
+    share_session(shared, ctx)
+    return ctx
+
+
+_SESSION = "session"  # the key of the run's session context in MasterDatabase.run_state()
+
+
+def share_session(shared: dict[str, Any] | None, ctx: SessionContext) -> None:
+    """Hand `ctx` to the later steps of the run: its reflected tables and settings, and, right after
+    detection, the detected changes the policies and the load use instead of reading them back (as
+    `run_sync` hands them from step to step)."""
+    if shared is not None:
+        shared[_SESSION] = ctx
 
 
 @contextmanager
@@ -80,7 +100,7 @@ def partition_session(
 ) -> Iterator[tuple[Engine, SessionContext]]:
     """The master's engine and the session of the run's partition: how every step and check begins."""
     with master.engine() as engine:
-        yield engine, require_session(engine, context.partition_key)
+        yield engine, require_session(engine, context.partition_key, master.run_state())
 
 
 def table_row_counts(engine: Engine, infos: dict[str, TableInfo]) -> dict[str, int]:
@@ -184,7 +204,9 @@ def local_changes(
             context.log.info(f"replica {replica_id} was loaded before; its file is retired now")
             session_id, resumed = driver.finished.session_id or "", True
         else:
-            session_id, resumed = driver.start(dagster_run_id=context.run.run_id).session_id, driver.continued
+            started = driver.start(dagster_run_id=context.run.run_id)
+            share_session(master.run_state(), started)
+            session_id, resumed = started.session_id, driver.continued
             context.log.info(f"session {session_id}: {'continued' if resumed else 'extracted and detected'}")
         counts = counts_of(engine, session_id) if session_id else {}
     return dg.MaterializeResult(

@@ -132,6 +132,8 @@ def decode_lenient(data: dict[str, Any] | None, info: TableInfo) -> dict[str, An
 def local_change_suites(
     engine: Engine, ctx: SessionContext, with_settings: bool, with_schema: bool
 ) -> list[FrameSuite]:
+    if not with_schema and not any(settings_expectations(ctx.settings, t) for t in ctx.infos):
+        return []  # the settings declare no expectation: nothing to validate, no change to read
     records = load_changes(engine, ctx)
     modules = sorted({ctx.settings.module_of(t) for t in ctx.infos})
     suites: list[FrameSuite] = []
@@ -179,17 +181,18 @@ def local_change_suites(
                     ["_change_id", *pk],
                 )
             )
+        specs = [
+            *(schema_expectations(info) if with_schema else []),
+            *(settings_expectations(ctx.settings, table) if with_settings else []),
+        ]
+        if not specs:  # e.g. the settings declare no expectation for this table: no rows to decode
+            continue
         rows = [
             {"_change_id": r["change_id"], "_op": r["op"], **decode_lenient(json.loads(r["local"]), info)}
             for r in mine
             if r["op"] in ("insert", "update") and r["local"] is not None
         ]
-        specs = [
-            *(schema_expectations(info) if with_schema else []),
-            *(settings_expectations(ctx.settings, table) if with_settings else []),
-        ]
-        if specs:
-            suites.append(FrameSuite(f"rows:{table}", row_frame_columns(info, rows), rows, specs, ["_change_id", *pk]))
+        suites.append(FrameSuite(f"rows:{table}", row_frame_columns(info, rows), rows, specs, ["_change_id", *pk]))
     return suites
 
 
@@ -197,10 +200,11 @@ def decided_rows(engine: Engine, ctx: SessionContext) -> dict[str, list[dict[str
     """Per table, the rows decisions write from the replica side: the local row with each decided
     field's chosen value (local, master or edited). Rows where the master's values are kept entirely
     are left out: they write nothing new."""
-    records = {r["change_id"]: r for r in load_changes(engine, ctx)}
     change_of = sync_records.conflict_changes(engine, ctx.session_id)
+    decided = list_conflicts(engine, ctx.session_id, ConflictStatus.DECIDED)
+    records = _changes_by_id(engine, ctx, sorted({change_of[c["id"]] for c in decided if c["id"] in change_of}))
     out: dict[str, list[dict[str, Any]]] = {}
-    for item in list_conflicts(engine, ctx.session_id, ConflictStatus.DECIDED):
+    for item in decided:
         decision = item["decision"] or {}
         record = records.get(change_of.get(item["id"], -1))
         if record is None or item["table"] not in ctx.infos or record["local"] is None:
@@ -227,6 +231,18 @@ def decided_rows(engine: Engine, ctx: SessionContext) -> dict[str, list[dict[str
                 {"_change_id": record["change_id"], "_op": record["op"], **decode_lenient(row, info)}
             )
     return out
+
+
+CHANGES_PER_QUERY = 5_000  # ids per IN list: the changes of the decided conflicts are read in chunks
+
+
+def _changes_by_id(engine: Engine, ctx: SessionContext, change_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """The stored changes with these ids (only the conflicts' changes, not the whole session's)."""
+    found: dict[int, dict[str, Any]] = {}
+    for start in range(0, len(change_ids), CHANGES_PER_QUERY):
+        for record in load_changes(engine, ctx, change_ids[start : start + CHANGES_PER_QUERY]):
+            found[record["change_id"]] = record
+    return found
 
 
 def decided_value_suites(engine: Engine, ctx: SessionContext) -> list[FrameSuite]:
@@ -273,8 +289,7 @@ def loaded_values_suite(engine: Engine, ctx: SessionContext) -> FrameSuite:
             current = fetch_rows_by_key(conn, info, keys.values())
             for item in items:
                 found = current.get(keys[item["row_key"]])
-                after = decode_row(item["after"], info.table)
-                if after is None:  # a delete: the row must be gone
+                if item["after"] is None:  # a delete: the row must be gone
                     rows.append(
                         {
                             "table": table,
@@ -285,16 +300,9 @@ def loaded_values_suite(engine: Engine, ctx: SessionContext) -> FrameSuite:
                         }
                     )
                     continue
-                for name, value in sorted(after.items()):
-                    actual = "absent" if found is None else dumps(encode(found.get(name)))
+                for name, (expected, actual) in sorted(_written_and_now(item["after"], found, info).items()):
                     rows.append(
-                        {
-                            "table": table,
-                            "key": item["row_key"],
-                            "column": name,
-                            "expected": dumps(encode(value)),
-                            "actual": actual,
-                        }
+                        {"table": table, "key": item["row_key"], "column": name, "expected": expected, "actual": actual}
                     )
     return FrameSuite(
         "loaded_values",
@@ -303,6 +311,32 @@ def loaded_values_suite(engine: Engine, ctx: SessionContext) -> FrameSuite:
         [ExpectationSpec("expect_column_pair_values_to_be_equal", {"column_A": "expected", "column_B": "actual"})],
         ["table", "key", "column"],
     )
+
+
+def _written_and_now(
+    after: dict[str, Any], found: dict[str, Any] | None, info: TableInfo
+) -> dict[str, tuple[str, str]]:
+    """Per written column: the value written and the master's now, both in their canonical JSON form.
+
+    A stored value already equal, type and all, to the encoding of the master's (normalised) value is
+    that value: it is not decoded again. Any other is decoded with its column first, so that only a
+    real difference, not a spelling of the same value, fails the comparison."""
+    out: dict[str, tuple[str, str]] = {}
+    columns = info.table.columns
+    for name, stored in after.items():
+        if name not in columns:
+            continue  # as decode_row: only the table's columns are compared
+        now = "absent"
+        if found is not None:
+            encoded = encode(found.get(name))
+            if type(encoded) is type(stored) and encoded == stored:
+                text = dumps(encoded)
+                out[name] = (text, text)
+                continue
+            now = dumps(encoded)
+        written = (decode_row({name: stored}, info.table) or {}).get(name)
+        out[name] = (dumps(encode(written)), now)
+    return out
 
 
 def row_count_suite(engine: Engine, ctx: SessionContext, before: dict[str, int]) -> FrameSuite:

@@ -123,6 +123,7 @@ class _GreatExpectations:
     gxe: Any
     pd: Any
     batch_definition: Any
+    validator: Any  # GX's Validator class: it runs a suite on a batch definition, as Batch.validate does
     suites: dict[str, tuple[Any, list[dict[str, Any]]]] = field(default_factory=dict)
 
 
@@ -140,12 +141,13 @@ def _great_expectations() -> _GreatExpectations:
         import great_expectations.expectations as gxe
         import pandas as pd
         from great_expectations.data_context.types.base import ProgressBarsConfig
+        from great_expectations.validator.v1_validator import Validator
 
         context = gx.get_context(mode="ephemeral")
         # No progress bars in the run logs.
         context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
         asset = context.data_sources.add_pandas("sync_session").add_dataframe_asset(name="frame")
-        _loaded = _GreatExpectations(gx, gxe, pd, asset.add_batch_definition_whole_dataframe("session"))
+        _loaded = _GreatExpectations(gx, gxe, pd, asset.add_batch_definition_whole_dataframe("session"), Validator)
     return _loaded
 
 
@@ -205,17 +207,20 @@ def validate(suites: Sequence[FrameSuite]) -> ValidationReport:
 
 def _validate_one(loaded: _GreatExpectations, suite: FrameSuite) -> SuiteOutcome:
     frame = loaded.pd.DataFrame(suite.rows, columns=suite.columns, dtype=object)
-    batch = loaded.batch_definition.get_batch(batch_parameters={"dataframe": frame})
     gx_suite, broken = _gx_suite(loaded, suite)
     failures = [dict(f) for f in broken]
     index = [c for c in suite.index_columns if c in suite.columns]
-    result = batch.validate(
-        gx_suite,
+    # What `batch_definition.get_batch(...).validate(suite)` does, but with the frame loaded once: that
+    # path builds the batch twice, and each time GX fingerprints the whole frame, row by row.
+    validator = loaded.validator(
+        batch_definition=loaded.batch_definition,
+        batch_parameters={"dataframe": frame},
         result_format={
             "result_format": "COMPLETE",
             **({"unexpected_index_column_names": index} if index else {}),
         },
     )
+    result = validator.validate_expectation_suite(gx_suite)
     for item in result.results:
         if item.success:
             continue

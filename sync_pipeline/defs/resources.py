@@ -10,9 +10,10 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 from sqlalchemy.engine import Engine
 
 from sync_pipeline.engine.master import connect_master, default_master_url, master_settings, sync_home
@@ -28,8 +29,17 @@ class MasterDatabase(dg.ConfigurableResource):
         "sqlite:///$SYNC_HOME/master.db ($SYNC_HOME defaults to ~/.sync_pipeline).",
     )
 
+    # Set up once per run in each process that executes its steps (all of them, with the in-process
+    # executor): what the steps share about the run's session (`run_state`). No teardown: a resource
+    # with one is a context manager, which every `build_sensor_context` would then have to be.
+    _in_run: bool = PrivateAttr(default=False)
+    _run_state: dict[str, Any] = PrivateAttr(default_factory=dict)
+
     def resolved_url(self) -> str:
         return self.url or default_master_url()
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._in_run = context.run is not None  # a sensor tick has no run: nothing is shared there
 
     @contextmanager
     def engine(self) -> Iterator[Engine]:
@@ -39,6 +49,12 @@ class MasterDatabase(dg.ConfigurableResource):
             yield engine
         finally:
             engine.dispose()
+
+    def run_state(self) -> dict[str, Any]:
+        """State the steps of one run share in this process (the session's context, see
+        `assets.partition_session`), dropped with the run's resources; a fresh, unshared dict outside a
+        run."""
+        return self._run_state if self._in_run else {}
 
 
 class SyncSettingsResource(dg.ConfigurableResource):
