@@ -1,10 +1,10 @@
 """Pages of the printable protocol: blocks and table rows placed down A4 pages.
 
-WeasyPrint laid out the protocol's HTML at about a third of a second per page (68 pages for 1,000
-conflicts: 25 s; with no stylesheet at all still four fifths of that), in its CSS cascade, Pango's
-line breaking and its table layout (docs/benchmarks.md, "The printable protocol"). The protocol needs only paragraphs, preformatted text and tables of fixed
-column widths, so it is laid out here: a block or a group of table rows (a conflict) moves to the next
-page whole when it does not fit, the table's header row repeats on every page, and only what is taller
+WeasyPrint laid out the protocol's HTML at about a third of a second per page (68 pages for 1,000 conflicts: 25
+s; with no stylesheet at all still four fifths of that), in its CSS cascade, Pango's line breaking and its table
+layout (docs/benchmarks.md, "The printable protocol"). The protocol needs only paragraphs, preformatted text and
+tables of fixed column widths, so it is laid out here: a block or a group of table rows (a conflict) moves to
+the next page whole when it does not fit, the table's header row repeats on every page, and only what is taller
 than a page breaks (between lines, as the HTML's rows and blocks do).
 """
 
