@@ -17,6 +17,27 @@ telemetry:
   enabled: false
 nux:
   enabled: false
+
+# Each run is a process of its own, forked from a process that imported Dagster, Great Expectations and
+# pandas once (docs/dagster.md, "Runs: executor, launcher"). Dagster's own launcher instead:
+#   run_launcher: {{module: dagster, class: DefaultRunLauncher}}
+run_launcher:
+  module: sync_pipeline.defs.run_launcher
+  class: WarmRunLauncher
+
+# Runs launched from the UI and by the sensors wait in Dagster's queue until the daemon starts them:
+# checked every second instead of every 5 s, a share of a small sync's time.
+run_coordinator:
+  module: dagster._core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    dequeue_interval_seconds: 1
+
+# A run whose process died is marked failed even when the process that launched it restarted meanwhile.
+run_monitoring:
+  enabled: true
+  poll_interval_seconds: 30
+  max_resume_run_attempts: 0
 """
 
 
