@@ -222,19 +222,32 @@ def test_run_monitoring_fails_a_started_run_whose_process_is_gone(workspace: Wor
     instance = workspace.instance
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    dead = create_run_for_test(instance, status=dg.DagsterRunStatus.STARTED, tags={WORKER_TAG: worker_record(gone.pid)})
-    alive = create_run_for_test(
-        instance, status=dg.DagsterRunStatus.STARTED, tags={WORKER_TAG: worker_record(os.getpid())}
-    )
+    killed = subprocess.Popen(["sleep", "600"])
+    killed_record = worker_record(killed.pid)
+    killed.kill()  # not waited for: a zombie with the same pid and start time until it is reaped
+    wait_for_exit(killed.pid)
+    runs = {
+        name: create_run_for_test(instance, status=dg.DagsterRunStatus.STARTED, tags={WORKER_TAG: record})
+        for name, record in (
+            ("gone", worker_record(gone.pid)),
+            ("zombie", killed_record),
+            ("alive", worker_record(os.getpid())),
+        )
+    }
     logger = logging.getLogger("run_monitoring")
 
     with workspace.create_request_context() as context:
-        for run in (dead, alive):
+        for run in runs.values():
             monitor_started_run(instance, context, instance.get_run_record_by_id(run.run_id), logger)
+    killed.wait()
 
-    assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE
-    assert "is gone" in messages(instance, dead.run_id)
-    assert instance.get_run_by_id(alive.run_id).status == dg.DagsterRunStatus.STARTED
+    status = {name: instance.get_run_by_id(run.run_id).status for name, run in runs.items()}
+    assert status == {
+        "gone": dg.DagsterRunStatus.FAILURE,
+        "zombie": dg.DagsterRunStatus.FAILURE,
+        "alive": dg.DagsterRunStatus.STARTED,
+    }
+    assert "is gone" in messages(instance, runs["gone"].run_id)
 
 
 def worker_record(pid: int) -> str:

@@ -88,11 +88,12 @@ def _run_worker(run_id: str, instance_ref: InstanceRef) -> None:
 
 
 def _start_ticks(pid: int) -> int | None:
-    """When the process started, in clock ticks since boot (Linux), so a reused pid is not mistaken for it."""
+    """When the process started, in clock ticks since boot (Linux), so a reused pid is not mistaken for it;
+    None without /proc (another system) or when the process is gone or a zombie."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
             fields = stat.read().rsplit(")", 1)[1].split()
-        return int(fields[19])  # field 22 of stat(5); fields[0] is field 3
+        return None if fields[0] == "Z" else int(fields[19])  # fields[0] is field 3 of stat(5), the state
     except (OSError, IndexError, ValueError):
         return None
 
@@ -110,9 +111,14 @@ def _alive_worker_pid(run: dg.DagsterRun) -> int | None:
     if worker.get("host") != socket.gethostname():
         return None
     pid = int(worker["pid"])
-    ticks = _start_ticks(pid)
-    if ticks is None or (worker.get("start") is not None and ticks != worker["start"]):
+    if worker.get("start") is not None:  # recorded from /proc: the same process only if it started then
+        return pid if _start_ticks(pid) == worker["start"] else None
+    try:  # no /proc: whether a process of that pid exists
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return None
+    except PermissionError:
+        pass
     return pid
 
 
