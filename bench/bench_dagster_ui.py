@@ -3,22 +3,24 @@
     .venv/bin/python bench/bench_dagster_ui.py              # 3 changes, --repeat 3, both launchers
     .venv/bin/python bench/bench_dagster_ui.py --changes 5 --repeat 5 --launcher warm
 
-Starts `dagster dev` (webserver, daemon, code servers) on a temporary DAGSTER_HOME whose dagster.yaml
-is the one the product writes (`defs/instance_config.py`: the warm run launcher, the run queue checked
+Starts `dagster dev` (webserver, daemon, code servers) on a temporary DAGSTER_HOME whose dagster.yaml is
+the one the product writes (`defs/instance_config.py`: the warm run launcher, the run queue checked
 every second); `--launcher default` swaps in Dagster's `DefaultRunLauncher` (each run a fresh process
-the code server spawns), the figure before. For a replica of the demo master it launches, through the
-GraphQL mutation `launchRun` as the Launch button does, the job `sync` (detect and load in one run),
-and for comparison `sync_detect` then `sync_apply` (two runs); a figure is the wall-clock time from
-the first launch until the last run reports SUCCESS (the queue and the daemon's launch included); the
-first launch after the start is timed apart (it creates the launcher: ours starts its forkserver then).
-`approval_sensor` is stopped meanwhile, so that no sensor races the launches. Then, sensors on (their
-interval set to 5 s), a replica file is dropped into the inbox: `replica_sensor` launches `sync_detect`
-and `approval_sensor` `sync_apply`; that figure is the two runs' time from their creation by the sensor
-to SUCCESS (the sensors' polling interval is a setting, not counted). The baselines, on identical
-masters and replicas: the engine's `run_sync`, and the CLI's path (`materialize_sync`, sync_detect +
-sync_apply executed in process), both timed inside a warm process. Timings are wall-clock seconds,
-medians of --repeat; no figure is asserted anywhere. Where a run's time went is printed from its own
-event log (last attempt): the queue, the launch until the run process is up, and the slowest step.
+the code server spawns), the figure before; `--immediate` replaces the queue with Dagster's
+`DefaultRunCoordinator` (the webserver and the sensor daemon launch runs themselves). For a replica of
+the demo master it launches, through the GraphQL mutation `launchRun` as the Launch button does, the job
+`sync` (detect and load in one run), and for comparison `sync_detect` then `sync_apply` (two runs); a
+figure is the wall-clock time from the first launch until the last run reports SUCCESS (the queue and
+the daemon's launch included); the first launch after the start is timed apart (it creates the launcher:
+ours starts its forkserver then). `approval_sensor` is stopped meanwhile, so that no sensor races the
+launches. Then, sensors on (their interval set to 5 s), a replica file is dropped into the inbox:
+`replica_sensor` launches `sync_detect` and `approval_sensor` `sync_apply`; that figure is the two runs'
+time from their creation by the sensor to SUCCESS (the sensors' polling interval is a setting, not
+counted). The baselines, on identical masters and replicas: the engine's `run_sync`, and the CLI's path
+(`materialize_sync`, sync_detect + sync_apply executed in process), both timed inside a warm process.
+Timings are wall-clock seconds, medians of --repeat; no figure is asserted anywhere. Where a run's time
+went is printed from its own event log (last attempt): the queue, the launch until the run process is
+up, and the slowest step.
 """
 
 from __future__ import annotations
@@ -71,12 +73,15 @@ START_SENSOR = "mutation Start($s: SensorSelector!) { startSensor(sensorSelector
 FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
 
 
-def instance_yaml(home: Path, launcher: str) -> str:
-    """The dagster.yaml the product writes; with `default`, Dagster's own run launcher instead of ours."""
+def instance_yaml(home: Path, launcher: str, immediate: bool) -> str:
+    """The dagster.yaml the product writes; with `default`, Dagster's own run launcher instead of ours;
+    `immediate`: no queue (runs launched by the webserver and the sensor daemon themselves)."""
     write_instance_config(home)
     config = yaml.safe_load((home / "dagster.yaml").read_text(encoding="utf-8"))
     if launcher == "default":
         config["run_launcher"] = {"module": "dagster", "class": "DefaultRunLauncher"}
+    if immediate:
+        config["run_coordinator"] = {"module": "dagster._core.run_coordinator", "class": "DefaultRunCoordinator"}
     return yaml.safe_dump(config)
 
 
@@ -203,12 +208,12 @@ class Measured:
         self.breakdown: list[str] = []
 
 
-def measure_dagster_dev(folder: Path, changes: int, repeat: int, launcher: str) -> Measured:
+def measure_dagster_dev(folder: Path, changes: int, repeat: int, launcher: str, immediate: bool) -> Measured:
     import dagster as dg
 
     home = folder / f"dagster_home_{launcher}"
     home.mkdir(parents=True)
-    (home / "dagster.yaml").write_text(instance_yaml(home, launcher), encoding="utf-8")
+    (home / "dagster.yaml").write_text(instance_yaml(home, launcher, immediate), encoding="utf-8")
     sensor_master, _replica, _replica_id = prepare(folder / f"sensor-{launcher}", changes)
     inbox = folder / f"inbox-{launcher}"
     env = {
@@ -372,6 +377,7 @@ def main() -> None:
     parser.add_argument("--changes", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--launcher", choices=("both", "warm", "default"), default="both")
+    parser.add_argument("--immediate", action="store_true", help="no run queue: DefaultRunCoordinator")
     args = parser.parse_args()
     launchers = ("default", "warm") if args.launcher == "both" else (args.launcher,)
     folder = Path(tempfile.mkdtemp(prefix="bench-dagster-ui-"))
@@ -380,7 +386,8 @@ def main() -> None:
         engine = measure_engine(folder, args.changes, args.repeat)
         cli = measure_cli_path(folder, args.changes, args.repeat)
         measured = {
-            launcher: measure_dagster_dev(folder, args.changes, args.repeat, launcher) for launcher in launchers
+            launcher: measure_dagster_dev(folder, args.changes, args.repeat, launcher, args.immediate)
+            for launcher in launchers
         }
     finally:
         shutil.rmtree(folder, ignore_errors=True)
