@@ -1,8 +1,10 @@
 """The Dagster instance's `dagster.yaml`, written into an instance folder that has none.
 
 Without one, every Dagster command warns "No dagster instance configuration file" and the UI opens with
-its newsletter dialog (the "nux"). Written by `sync-pipeline` commands that record runs and when the
-code location loads, never over a file that exists (a team's own storage settings stay).
+its newsletter dialog (the "nux"). The file also makes runs launched from the UI and the sensors start
+warm (`defs/run_launcher.py`) and leave the queue within a second. Written by `sync-pipeline` commands
+that record runs and when the code location loads, never over a file that exists (a team's own storage
+settings stay).
 """
 
 from __future__ import annotations
@@ -17,6 +19,27 @@ telemetry:
   enabled: false
 nux:
   enabled: false
+
+# Each run is a process of its own, forked from a process that imported Dagster, Great Expectations and
+# pandas once (docs/dagster.md, "Warm run processes"). Dagster's own launcher instead:
+#   run_launcher: {{module: dagster, class: DefaultRunLauncher}}
+run_launcher:
+  module: sync_pipeline.defs.run_launcher
+  class: WarmRunLauncher
+
+# Runs launched from the UI and by the sensors wait in Dagster's queue until the daemon starts them:
+# checked every second instead of every 5 s, a share of a small sync's time.
+run_coordinator:
+  module: dagster._core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    dequeue_interval_seconds: 1
+
+# A run whose process died is marked failed even when the process that launched it restarted meanwhile.
+run_monitoring:
+  enabled: true
+  poll_interval_seconds: 30
+  max_resume_run_attempts: 0
 """
 
 
