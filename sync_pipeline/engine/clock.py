@@ -33,7 +33,7 @@ def fetch_master_times(
         chunk = wanted[start : start + batch]
         rows = conn.execute(
             sa.select(clock.c.row_key, clock.c.column_name, clock.c.changed_at).where(
-                clock.c.table_name == info.name, impl.in_list(clock.c.row_key, chunk)
+                clock.c.table_name == info.name, impl.in_list_second(clock.c.row_key, chunk)
             )
         )
         for row_key, column, changed_at in rows:

@@ -22,7 +22,7 @@ from sync_pipeline.engine.errors import ReplicaError
 from sync_pipeline.engine.extract import ChangeSet, RowChange
 from sync_pipeline.engine.faults import checkpoint
 from sync_pipeline.engine.progress import report
-from sync_pipeline.engine.schema import Reference, TableInfo, normalize_row, references_to
+from sync_pipeline.engine.schema import Reference, TableInfo, normalizer, references_to
 from sync_pipeline.engine.settings import SyncSettings
 from sync_pipeline.engine.tombstones import NO_TOMBSTONE_REASON, SOURCE_TOMBSTONE, latest_tombstones
 
@@ -40,7 +40,7 @@ KINDS = ("update_update", "update_delete", "delete_update", "insert_insert", "du
 DECIDED_WRITES = ("update_update", "insert_insert", "duplicate")
 
 
-@dataclass
+@dataclass(slots=True)
 class FieldDiff:
     name: str
     base: Any
@@ -48,7 +48,7 @@ class FieldDiff:
     master: Any
 
 
-@dataclass
+@dataclass(slots=True)
 class Detected:
     change: RowChange
     module: str
@@ -81,6 +81,10 @@ def fetch_rows_by_key(
     found: dict[tuple[Any, ...], dict[str, Any]] = {}
     table = info.table
     impl = impl_for(conn)
+    # Rows as plain tuples zipped with the names: a mapping per row costs more than the row's values.
+    names = [c.key for c in table.columns]
+    normalizers = [normalizer(c) if normalized else None for c in table.columns]
+    key_at = [names.index(c) for c in columns]
     batch = impl.lookup_batch(len(columns))
     for start in range(0, len(key_list), batch):
         chunk = key_list[start : start + batch]
@@ -91,9 +95,10 @@ def fetch_rows_by_key(
         query = sa.select(table).where(condition)
         if for_update:
             query = impl.lock_rows(query)
-        for row in conn.execute(query).mappings():
-            normal = normalize_row(row, table) if normalized else dict(row)
-            found[tuple(normal[c] for c in columns)] = normal
+        for values in conn.execute(query):
+            if normalized:
+                values = [f(v) for f, v in zip(normalizers, values, strict=True)]  # type: ignore[misc]
+            found[tuple(values[i] for i in key_at)] = dict(zip(names, values, strict=True))
     return found
 
 

@@ -27,7 +27,7 @@ Op = Literal["insert", "update", "delete"]
 PROGRESS_EVERY = 1000  # log entries between progress reports
 
 
-@dataclass
+@dataclass(slots=True)
 class RowChange:
     """The net local change of one row since checkout."""
 
@@ -59,19 +59,16 @@ class ChangeSet:
         return len(self.changes)
 
 
-@dataclass
-class _RowState:
-    existed: bool
-    base: dict[str, Any] | None
-    last: dict[str, Any] | None
-    times: dict[str, str]
-    seq: int
+LogEntry = tuple[int, str, str, str, str | None, str | None, str]
 
 
-def _log_entries(replica: sqlite3.Connection) -> Iterator[tuple[int, str, str, str, str | None, str | None, str]]:
+def _log_entries(replica: sqlite3.Connection) -> Iterator[LogEntry]:
+    """The log, row by row (each row's entries in the order they were written): one row's entries are
+    netted, then dropped, so memory holds the net changes, never the whole decoded log."""
     try:
         cursor = replica.execute(
-            "SELECT seq, table_name, op, row_key, old_values, new_values, changed_at FROM _sync_log ORDER BY seq"
+            "SELECT seq, table_name, op, row_key, old_values, new_values, changed_at FROM _sync_log "
+            "ORDER BY table_name, row_key, seq"
         )
         yield from cursor
     except sqlite3.DatabaseError as exc:
@@ -146,77 +143,89 @@ def _normalized(
 
 def extract_changes(replica: sqlite3.Connection, infos: dict[str, TableInfo]) -> ChangeSet:
     """Net changes of every table in `infos`, from the replica's change log."""
-    states: dict[tuple[str, str], _RowState] = {}
     column_sets = {name: frozenset(info.columns) for name, info in infos.items()}
     total = _log_length(replica)
     faults_armed = armed()
-    for done, (seq, table, op, row_key, old_text, new_text, changed_at) in enumerate(_log_entries(replica), 1):
+    changes: list[RowChange] = []
+    entries: list[LogEntry] = []
+    for done, entry in enumerate(_log_entries(replica), 1):
+        if entries and (entry[1] != entries[0][1] or entry[3] != entries[0][3]):
+            _append_net_change(changes, entries, infos, column_sets)
+            entries = []
+        entries.append(entry)
         if faults_armed:
             checkpoint("extract")
         if done % PROGRESS_EVERY == 0:
             report("extract", done, total)
-        info = infos.get(table)
-        if info is None:
-            raise ReplicaError(
-                f"the change log touches table '{table}', which is not in the replica's modules",
-                "the replica was edited by hand; it cannot be synchronised. Check out a new replica",
-            )
-        where = f"table '{table}', key {row_key}"
-        columns = column_sets[table]
+    if entries:
+        _append_net_change(changes, entries, infos, column_sets)
+    report("extract", total, total)
+    order = {name: index for index, name in enumerate(fk_order(infos))}
+    changes.sort(key=lambda c: (order[c.table], c.seq))
+    return ChangeSet(changes)
+
+
+def _append_net_change(
+    changes: list[RowChange], entries: list[LogEntry], infos: dict[str, TableInfo], column_sets: dict[str, frozenset]
+) -> None:
+    """Net the log entries of one row (in the order written) into its change, if anything is left."""
+    first_seq, table, _op, row_key = entries[0][:4]
+    info = infos.get(table)
+    if info is None:
+        raise ReplicaError(
+            f"the change log touches table '{table}', which is not in the replica's modules",
+            "the replica was edited by hand; it cannot be synchronised. Check out a new replica",
+        )
+    where = f"table '{table}', key {row_key}"
+    columns = column_sets[table]
+    existed: bool | None = None
+    base: dict[str, Any] | None = None
+    last: dict[str, Any] | None = None
+    times: dict[str, str] = {}
+    for seq, _table, op, _key, old_text, new_text, changed_at in entries:
         old, new = _decode(old_text, info, where, columns), _decode(new_text, info, where, columns)
         if op not in ("I", "U", "D") or (op != "D" and new is None) or (op != "I" and old is None):
             raise ReplicaError(f"{where}: malformed change log entry {seq}", "check out a new replica")
-        state = states.get((table, row_key))
-        if state is None:
+        if existed is None:
             existed = op != "I"
             # base and last may share the dict: `last` is replaced by each entry, never changed in place.
-            state = _RowState(existed, old if existed else None, old if existed else {}, {}, seq)
-            states[(table, row_key)] = state
+            base = old if existed else None
+            last = old if existed else {}
         if op == "D":
-            state.last = None
-            for name in info.columns:
-                state.times[name] = changed_at
+            last = None
+            times.update(dict.fromkeys(info.columns, changed_at))
         else:
             assert new is not None
-            previous = state.last or {}
+            previous = last or {}
             for name in info.columns:
                 if op == "I" or previous.get(name) != new.get(name):
-                    state.times[name] = changed_at
-            state.last = new
-        state.times["*"] = changed_at
-
-    report("extract", total, total)
-    order = {name: index for index, name in enumerate(fk_order(infos))}
-    changes: list[RowChange] = []
-    for (table, row_key), state in states.items():
-        info = infos[table]
-        where = f"table '{table}', key {row_key}"
-        key = tuple(_key_values(row_key, info, where))
-        if not state.existed:
-            if state.last is None:
-                continue  # inserted then deleted: nothing happened
-            local = _normalized(state.last, info, where)
-            for name in info.generated_columns:
-                local[name] = None  # the master computes it; whatever the replica holds is no change
-            written = [c for c in info.columns if c not in info.generated_columns]
-            changes.append(RowChange(table, key, "insert", None, local, written, state.times, state.seq))
-            continue
-        assert state.base is not None
-        base = _normalized(state.base, info, where)
-        if state.last is None:
-            changes.append(RowChange(table, key, "delete", base, None, [], state.times, state.seq))
-            continue
-        local = _normalized(state.last, info, where, state.base, base)
+                    times[name] = changed_at
+            last = new
+        times["*"] = changed_at
+    key = tuple(_key_values(row_key, info, where))
+    if not existed:
+        if last is None:
+            return  # inserted then deleted: nothing happened
+        local = _normalized(last, info, where)
         for name in info.generated_columns:
-            # A computed column is the master's to compute: a local edit of it is ignored, never a change
-            # or a conflict field; the row shows the value the master held.
-            local[name] = base[name]
-        changed = [c for c in info.columns if base[c] != local[c]]
-        if changed:
-            times = {c: state.times[c] for c in changed if c in state.times} | {"*": state.times["*"]}
-            changes.append(RowChange(table, key, "update", base, local, changed, times, state.seq))
-    changes.sort(key=lambda c: (order[c.table], c.seq))
-    return ChangeSet(changes)
+            local[name] = None  # the master computes it; whatever the replica holds is no change
+        written = [c for c in info.columns if c not in info.generated_columns]
+        changes.append(RowChange(table, key, "insert", None, local, written, times, first_seq))
+        return
+    assert base is not None
+    base_row = _normalized(base, info, where)
+    if last is None:
+        changes.append(RowChange(table, key, "delete", base_row, None, [], times, first_seq))
+        return
+    local = _normalized(last, info, where, base, base_row)
+    for name in info.generated_columns:
+        # A computed column is the master's to compute: a local edit of it is ignored, never a change
+        # or a conflict field; the row shows the value the master held.
+        local[name] = base_row[name]
+    changed = [c for c in info.columns if base_row[c] != local[c]]
+    if changed:
+        kept = {c: times[c] for c in changed if c in times} | {"*": times["*"]}
+        changes.append(RowChange(table, key, "update", base_row, local, changed, kept, first_seq))
 
 
 def _key_values(row_key: str, info: TableInfo, where: str) -> list[Any]:

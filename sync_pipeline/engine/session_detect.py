@@ -94,17 +94,7 @@ def begin_session(
         unfreeze(replica)
         raise
     now = store.now_iso()
-    records = [
-        change_record(session_id, c.seq, replica.settings.module_of(c.table), c, replica.infos[c.table])
-        for c in changes.changes
-    ]
-    conflicts: list[dict[str, Any]] = []
-    if detected is not None:
-        updates, conflicts = _detection_rows(session_id, detected, replica.infos, replica.settings, now)
-        for record, update in zip(records, updates, strict=True):
-            change_id = update.pop("_change_id")  # popped outside the assert: `python -O` skips asserts
-            assert record["change_id"] == change_id
-            record.update(update)
+    conflicts = [] if detected is None else _conflict_rows(session_id, detected, replica.infos, replica.settings, now)
     with engine.begin() as conn:
         # Lock the replica's row, then make sure no other process opened a session for it meanwhile.
         conn.execute(
@@ -142,7 +132,7 @@ def begin_session(
                 summary=json.dumps({"extracted": changes.counts()}),
             )
         )
-        insert_in_chunks(conn, store.sync_change, records)
+        _insert_changes(conn, session_id, changes, detected, replica.infos, replica.settings)
         set_replica_status(conn, replica.manifest.replica_id, ReplicaStatus.SYNCING, path=str(replica.path.resolve()))
         checkpoint("extract_store")
         if detected is not None:
@@ -151,44 +141,72 @@ def begin_session(
     return session_id, detected
 
 
-def _detection_rows(
+def _insert_changes(
+    conn: Connection,
+    session_id: str,
+    changes: ChangeSet,
+    detected: list[Detected] | None,
+    infos: dict[str, TableInfo],
+    settings: SyncSettings,
+) -> None:
+    """The session's change rows, each with what detection saw, encoded and written a chunk at a time:
+    the JSON of 100,000 changes held at once would add half again to the sync's peak memory."""
+    total = len(changes.changes)
+    for start in range(0, total, store.BULK_CHUNK):
+        rows = []
+        for index in range(start, min(start + store.BULK_CHUNK, total)):
+            change = changes.changes[index]
+            info = infos[change.table]
+            row = change_record(session_id, change.seq, settings.module_of(change.table), change, info)
+            if detected is not None:
+                seen = detected[index]
+                assert seen.change.seq == change.seq  # detection keeps the order of the changes
+                row.update(_detection_columns(seen, info))
+            rows.append(row)
+        store.insert_rows(conn, store.sync_change, rows)
+        report("store", start + len(rows), total)
+
+
+def _detection_columns(d: Detected, info: TableInfo) -> dict[str, Any]:
+    """What detection saw of one change: the columns of sync_change it fills."""
+    return {
+        "action": d.action,
+        "master": None if d.master is None else dumps(d.master),
+        "master_times": json.dumps(d.master_times),
+        "apply_fields": json.dumps(d.apply_fields),
+        "target_key": None if d.target_key is None else dumps(info.key_dict(d.target_key)),
+        "note": d.note or None,
+    }
+
+
+def _conflict_rows(
     session_id: str, detected: list[Detected], infos: dict[str, TableInfo], settings: SyncSettings, now: str
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """What detection saw, per change (the columns of sync_change it fills), and the conflicts it found."""
-    updates, conflicts = [], []
+) -> list[dict[str, Any]]:
+    """The conflicts detection found, as rows of sync_conflict."""
+    conflicts = []
     for d in detected:
+        if d.action != "conflict":
+            continue
         info = infos[d.change.table]
-        updates.append(
+        detail = dict(d.detail)
+        if detail.get("parent_row") is not None:
+            detail["parent_row"] = encode_row(detail["parent_row"])
+        conflicts.append(
             {
-                "_change_id": d.change.seq,
-                "action": d.action,
-                "master": None if d.master is None else dumps(d.master),
-                "master_times": json.dumps(d.master_times),
-                "apply_fields": json.dumps(d.apply_fields),
-                "target_key": None if d.target_key is None else dumps(info.key_dict(d.target_key)),
-                "note": d.note or None,
+                "session_id": session_id,
+                "change_id": d.change.seq,
+                "module": d.module,
+                "table_name": d.change.table,
+                "row_key": dumps(d.change.key_dict(info.pk)),
+                "kind": d.kind,
+                "fields": encode_fields(d.fields),
+                "policy": settings.policy_for(d.change.table),
+                "status": ConflictStatus.PENDING,
+                "detail": dumps(detail),
+                "created_at": now,
             }
         )
-        if d.action == "conflict":
-            detail = dict(d.detail)
-            if detail.get("parent_row") is not None:
-                detail["parent_row"] = encode_row(detail["parent_row"])
-            conflicts.append(
-                {
-                    "session_id": session_id,
-                    "change_id": d.change.seq,
-                    "module": d.module,
-                    "table_name": d.change.table,
-                    "row_key": dumps(d.change.key_dict(info.pk)),
-                    "kind": d.kind,
-                    "fields": encode_fields(d.fields),
-                    "policy": settings.policy_for(d.change.table),
-                    "status": ConflictStatus.PENDING,
-                    "detail": dumps(detail),
-                    "created_at": now,
-                }
-            )
-    return updates, conflicts
+    return conflicts
 
 
 def detect_session(
@@ -205,7 +223,8 @@ def detect_session(
         detected = detect_conflicts(conn, changes, ctx.infos, ctx.settings, replica_row, None, checked_out_at)
     ctx.cached_detected = detected if change_ids is None else None
     now = store.now_iso()
-    updates, conflicts = _detection_rows(ctx.session_id, detected, ctx.infos, ctx.settings, now)
+    updates = [{"_change_id": d.change.seq, **_detection_columns(d, ctx.infos[d.change.table])} for d in detected]
+    conflicts = _conflict_rows(ctx.session_id, detected, ctx.infos, ctx.settings, now)
     with engine.begin() as conn:
         earlier: dict[int, dict[str, Any]] = {}
         if change_ids is not None:

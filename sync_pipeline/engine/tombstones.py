@@ -59,7 +59,7 @@ def latest_tombstones(
         chunk = wanted[start : start + BATCH]
         query = (
             sa.select(t.c.row_key, t.c.deleted_at, t.c.row_image, t.c.deleted_by)
-            .where(t.c.table_name == info.name, impl.in_list(t.c.row_key, chunk))
+            .where(t.c.table_name == info.name, impl.in_list_second(t.c.row_key, chunk))
             .order_by(t.c.row_key, t.c.deleted_at)
         )
         for row_key, deleted_at, image, deleted_by in conn.execute(query):

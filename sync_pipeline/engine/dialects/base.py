@@ -161,6 +161,11 @@ class DialectImpl:
         """`column IN (values)` in the form this database plans best (PostgreSQL: `= ANY(:array)`)."""
         return column.in_(values)
 
+    def in_list_second(self, column: sa.ColumnElement[Any], values: list[Any]) -> sa.ColumnElement[bool]:
+        """`column IN (values)` for the second column of a composite primary key (the field clock's and
+        the tombstones' `row_key`, after `table_name`): see PostgreSQL's for why it differs from `in_list`."""
+        return column.in_(values)
+
     def lock_rows(self, query: sa.Select[Any]) -> sa.Select[Any]:
         """The optimistic check's read with row locks (SELECT … FOR UPDATE) where the database has them."""
         return query.with_for_update()

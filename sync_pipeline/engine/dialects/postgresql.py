@@ -73,6 +73,15 @@ class PostgreSQLImpl(DialectImpl):
             return column == sa.any_(sa.bindparam(None, values, type_=ARRAY(column.type)))
         return column.in_(values)
 
+    def in_list_second(self, column: sa.ColumnElement[Any], values: list[Any]) -> sa.ColumnElement[bool]:
+        """`column IN (SELECT unnest(:array))`: a look-up per key in the index, whatever plan the server
+        keeps. `= ANY(:array)` there lets the plan scan the index by its first column alone (every clock
+        row of the table) and compare each row with every key; PostgreSQL hashes the array only in a plan
+        made for the array's value, not in the generic plan it switches to once psycopg prepares the
+        statement (its sixth batch on): 1.2 s per batch of 5,000 keys against 10,000 clock rows."""
+        array = sa.bindparam(None, values, type_=ARRAY(column.type))
+        return column.in_(sa.select(sa.func.unnest(array)))
+
     # -- generated keys and sequences -------------------------------------------------------------
 
     def find_sequences(self, bind: Engine | Connection, tables: Iterable[str]) -> dict[str, dict[str, str]]:
