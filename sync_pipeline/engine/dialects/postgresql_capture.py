@@ -212,14 +212,7 @@ def install(conn: Connection, info: TableInfo) -> None:
     partitioned = conn.execute(_IS_PARTITIONED, {"t": table}).scalar_one()
     function = _q(function_of(info))
     body = dollar_quoted(function_body(info, partitioned))
-    # enable_nestloop off while the function runs: PL/pgSQL caches a generic plan of each query after a
-    # few calls, planned for the transition tables' sizes then. After a session's single-row statements
-    # that plan pairs old and new rows by a nested loop, and a later 10,000-row UPDATE in the same session
-    # took 28 s instead of 1 s. Hash joins cost the same for one row and stay linear for many.
-    run_ddl(
-        conn,
-        f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql SET enable_nestloop = off AS {body}",
-    )
+    run_ddl(conn, f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {body}")
     run_ddl(conn, f"DROP TRIGGER IF EXISTS {_q(row_trigger_of(info))} ON {table}")
     *statement_triggers, key_trigger = trigger_names(info)
     for target in (table, *partitions_of(conn, info)):
