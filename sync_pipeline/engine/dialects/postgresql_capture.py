@@ -94,7 +94,7 @@ def _same_key(info: TableInfo, left: str, right: str) -> str:
     return " AND ".join(f"{left}.{_q(c)} = {right}.{_q(c)}" for c in info.pk)
 
 
-def _update(info: TableInfo, name: str) -> str:
+def _update(info: TableInfo, name: str, ts: str) -> str:
     """The clock rows of one UPDATE statement, from its old and new rows paired by primary key.
 
     A pair's changed columns are those whose values differ, as the row trigger compared them. An update
@@ -110,7 +110,7 @@ def _update(info: TableInfo, name: str) -> str:
     paired = _same_key(info, "o", "n")
     return f"""
     {CLOCK_INSERT}
-    SELECT DISTINCT {name}, c.row_key, c.column_name, ts FROM (
+    SELECT DISTINCT {name}, c.row_key, c.column_name, {ts} FROM (
       SELECT {key_sql(info, "n")} AS row_key, v.col AS column_name
       FROM {NEW_ROWS} AS n JOIN {OLD_ROWS} AS o ON {paired}
       CROSS JOIN LATERAL (VALUES {changed}) AS v(col, changed)
@@ -122,16 +122,16 @@ def _update(info: TableInfo, name: str) -> str:
       SELECT {key_sql(info, "o")}, '*' FROM {OLD_ROWS} AS o
       WHERE NOT EXISTS (SELECT FROM {NEW_ROWS} AS n WHERE {paired})
     ) AS c
-    {UPSERT_TAIL};"""
+    {UPSERT_TAIL}"""
 
 
-def _tombstones(info: TableInfo, name: str, vanished_only: bool = False) -> str:
+def _tombstones(info: TableInfo, name: str, vanished_only: bool = False, ts: str = "ts", who: str = "who") -> str:
     """Tombstones of the statement's old rows (`vanished_only`: those whose key no new row has). One per
     rendered key (GROUP BY, hashed: cheaper than sorting the keys for DISTINCT ON): all rows of a statement
     share one time, and an upsert must not propose a conflict key twice."""
     vanished = f"WHERE NOT EXISTS (SELECT FROM {NEW_ROWS} AS n WHERE {_same_key(info, 'o', 'n')})"
     return f"""INSERT INTO sync_tombstone (table_name, row_key, deleted_at, row_image, deleted_by)
-    SELECT {name}, d.row_key, ts, min(d.row_image), who FROM (
+    SELECT {name}, d.row_key, {ts}, min(d.row_image), {who} FROM (
       SELECT {key_sql(info, "o")} AS row_key, to_jsonb(o)::text AS row_image FROM {OLD_ROWS} AS o
       {vanished if vanished_only else ""}
     ) AS d GROUP BY d.row_key
@@ -149,7 +149,8 @@ def function_body(info: TableInfo, partitioned: bool = False) -> str:
     Here the move is one UPDATE whose old key has no new row (the partition key is part of the primary
     key), so the UPDATE writes the tombstones of such keys on a partitioned table."""
     name = _literal(info.name)
-    moved = f"\n    who := {DELETED_BY};\n    {_tombstones(info, name, vanished_only=True)}" if partitioned else ""
+    vanished = _tombstones(info, name, vanished_only=True, ts="$1", who="$2").rstrip().removesuffix(";")
+    moved = f"\n    who := {DELETED_BY};\n    EXECUTE {_literal(vanished)} USING ts, who;" if partitioned else ""
     return f"""
 #variable_conflict use_variable
 DECLARE
@@ -170,7 +171,10 @@ BEGIN
     SELECT DISTINCT {name}, {key_sql(info, "o")}, '*', ts FROM {OLD_ROWS} AS o
     {UPSERT_TAIL};
     {_tombstones(info, name)}
-  ELSE{_update(info, name)}{moved}
+  ELSE
+    -- Planned for this statement's rows (EXECUTE is never cached): a plan cached after single-row updates
+    -- pairs a 10,000-row update's old and new rows by a nested loop, seconds instead of milliseconds.
+    EXECUTE {_literal(_update(info, name, "$1"))} USING ts;{moved}
   END IF;
   RETURN NULL;
 END
