@@ -241,11 +241,17 @@ class DialectImpl:
             conn.execute(sa.delete(table).where(condition))
 
     def rows_that_may_differ(
-        self, conn: Connection, info: TableInfo, columns: Sequence[str], expected: list[dict[str, Any]]
+        self,
+        conn: Connection,
+        info: TableInfo,
+        columns: Sequence[str],
+        expected: list[dict[str, Any]],
+        lock: bool = True,
     ) -> set[int] | None:
-        """The optimistic check's first pass: lock the master rows under the keys of `expected` (rows
-        detection saw) and return the positions of those that may differ in `columns` or be gone, a
-        superset of what the Python comparison refuses. None: no such pass here, compare every row."""
+        """A first pass of the optimistic check and of the load's verification: lock (if `lock`) the master
+        rows under the keys of `expected` (rows detection saw, or the load wrote) and return the positions
+        of those that may differ in `columns` or be gone, a superset of what the Python comparison refuses.
+        None: no such pass here, Python compares every row."""
         return None
 
     # ------------------------------------------------------------------------------------------

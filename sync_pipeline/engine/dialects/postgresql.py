@@ -116,11 +116,16 @@ class PostgreSQLImpl(DialectImpl):
         staging.delete_rows(conn, info, keys)
 
     def rows_that_may_differ(
-        self, conn: Connection, info: TableInfo, columns: Sequence[str], expected: list[dict[str, Any]]
+        self,
+        conn: Connection,
+        info: TableInfo,
+        columns: Sequence[str],
+        expected: list[dict[str, Any]],
+        lock: bool = True,
     ) -> set[int] | None:
         if not staging.stageable(info, columns):
             return None
-        return staging.rows_that_differ(conn, info, columns, expected)
+        return staging.rows_that_differ(conn, info, columns, expected, lock)
 
     # -- bulk writes of the sync tables -----------------------------------------------------------
 

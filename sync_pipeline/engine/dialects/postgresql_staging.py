@@ -131,9 +131,9 @@ def delete_rows(conn: Connection, info: TableInfo, keys: list[tuple[Any, ...]]) 
 
 
 def rows_that_differ(
-    conn: Connection, info: TableInfo, columns: Sequence[str], expected: list[dict[str, Any]]
+    conn: Connection, info: TableInfo, columns: Sequence[str], expected: list[dict[str, Any]], lock: bool = True
 ) -> set[int]:
-    """Lock the master rows under the keys of `expected` (FOR UPDATE) and return the positions of the
+    """Lock the master rows under the keys of `expected` (FOR UPDATE, if `lock`) and return the positions of the
     expected rows the master no longer holds as they are: the row is gone, or one of `columns` differs.
 
     Compared as the columns' text (IS DISTINCT FROM): two values with the same text are the same value
@@ -143,8 +143,9 @@ def rows_that_differ(
     staged = stage(conn, info, columns, [[row.get(c) for c in columns] for row in expected], ordinal)
     target = master_columns(info, columns)
     on = _on_key(info, target, staged)
-    locked = sa.select(sa.literal(1)).select_from(target.join(staged, on)).with_for_update(of=target).subquery()
-    conn.execute(sa.select(sa.func.count()).select_from(locked)).scalar_one()
+    if lock:
+        locked = sa.select(sa.literal(1)).select_from(target.join(staged, on)).with_for_update(of=target).subquery()
+        conn.execute(sa.select(sa.func.count()).select_from(locked)).scalar_one()
     differs = [
         sa.cast(target.c[c], sa.Text).is_distinct_from(sa.cast(staged.c[c], sa.Text))
         for c in columns
