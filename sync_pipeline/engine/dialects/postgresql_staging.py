@@ -15,7 +15,8 @@ Only batches whose values travel unchanged through COPY's text form are staged (
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
@@ -102,6 +103,28 @@ def _bind_processor(conn: Connection, info: TableInfo, column: str) -> Any:
     return info.table.columns[column].type._cached_bind_processor(conn.dialect)
 
 
+# Join methods the planner must not use for a staged batch (see `_by_key`).
+_JOIN_SETTINGS = ("enable_hashjoin", "enable_mergejoin")
+
+
+@contextmanager
+def _by_key(conn: Connection) -> Iterator[None]:
+    """Join the staged rows with the master through its key's index, one probe per staged row. Left to its
+    costs, the planner hashes the batch and scans the whole master: 0.45 s instead of 0.05 s for 6,000 rows
+    of a 1M-row table, and a cost that grows with the table, not with the changes. Set for the transaction
+    (`set_config(…, true)`) and put back after the statement."""
+    before = conn.execute(sa.select(*[sa.func.current_setting(name) for name in _JOIN_SETTINGS])).one()
+    conn.execute(sa.select(*[sa.func.set_config(name, "off", True) for name in _JOIN_SETTINGS]))
+    try:
+        yield
+    finally:
+        conn.execute(
+            sa.select(
+                *[sa.func.set_config(name, value, True) for name, value in zip(_JOIN_SETTINGS, before, strict=True)]
+            )
+        )
+
+
 def _on_key(info: TableInfo, target: Any, staged: sa.TableClause) -> sa.ColumnElement[bool]:
     return sa.and_(*[target.c[c] == staged.c[c] for c in info.pk])
 
@@ -111,7 +134,8 @@ def update_rows(conn: Connection, info: TableInfo, columns: Sequence[str], rows:
     names = [*info.pk, *columns]
     staged = stage(conn, info, names, [[row[c] for c in names] for row in rows])
     target = master_columns(info, names)
-    conn.execute(sa.update(target).where(_on_key(info, target, staged)).values({c: staged.c[c] for c in columns}))
+    with _by_key(conn):
+        conn.execute(sa.update(target).where(_on_key(info, target, staged)).values({c: staged.c[c] for c in columns}))
 
 
 def insert_rows(
@@ -127,7 +151,8 @@ def delete_rows(conn: Connection, info: TableInfo, keys: list[tuple[Any, ...]]) 
     """DELETE FROM master USING staging WHERE the keys match."""
     staged = stage(conn, info, info.pk, keys)
     target = master_columns(info, info.pk)
-    conn.execute(sa.delete(target).where(_on_key(info, target, staged)))
+    with _by_key(conn):
+        conn.execute(sa.delete(target).where(_on_key(info, target, staged)))
 
 
 def rows_that_differ(
@@ -143,9 +168,6 @@ def rows_that_differ(
     staged = stage(conn, info, columns, [[row.get(c) for c in columns] for row in expected], ordinal)
     target = master_columns(info, columns)
     on = _on_key(info, target, staged)
-    if lock:
-        locked = sa.select(sa.literal(1)).select_from(target.join(staged, on)).with_for_update(of=target).subquery()
-        conn.execute(sa.select(sa.func.count()).select_from(locked)).scalar_one()
     differs = [
         sa.cast(target.c[c], sa.Text).is_distinct_from(sa.cast(staged.c[c], sa.Text))
         for c in columns
@@ -156,4 +178,8 @@ def rows_that_differ(
         .select_from(staged.outerjoin(target, on))
         .where(sa.or_(target.c[info.pk[0]].is_(None), *differs))
     )
-    return set(conn.execute(query).scalars())
+    with _by_key(conn):
+        if lock:
+            locked = sa.select(sa.literal(1)).select_from(target.join(staged, on)).with_for_update(of=target).subquery()
+            conn.execute(sa.select(sa.func.count()).select_from(locked)).scalar_one()
+        return set(conn.execute(query).scalars())
