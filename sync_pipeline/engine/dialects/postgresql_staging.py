@@ -88,9 +88,14 @@ def stage(
     statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
         sql.Identifier(name), sql.SQL(", ").join(sql.Identifier(c) for c in all_columns)
     )
+    converted = any(p is not None for p in processors)
     with cursor.copy(statement) as writer:
         for n, row in enumerate(rows):
-            values = [v if p is None or v is None else p(v) for p, v in zip(processors, row, strict=True)]
+            values = (
+                [v if p is None or v is None else p(v) for p, v in zip(processors, row, strict=True)]
+                if converted
+                else row
+            )
             writer.write_row([*values, n] if ordinal is not None else values)
     # Without statistics the planner guesses the join's size and may scan the whole master.
     cursor.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(name)))
