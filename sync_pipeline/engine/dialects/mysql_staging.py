@@ -60,15 +60,15 @@ def update_rows(conn: Connection, info: TableInfo, columns: Sequence[str], rows:
     name = f"sync_stage_{next(_names)}"
     untyped = sa.table(info.table.name, *[sa.column(c) for c in names], schema=info.table.schema)
     conn.execute(_CreateStagingAs(name, sa.select(*untyped.columns).limit(0)))
-    try:
-        # Typed like the master's columns, so that values are bound as the executemany path binds them.
-        typed = sa.Table(name, sa.MetaData(), *[sa.Column(c, info.table.columns[c].type) for c in names])
-        conn.execute(sa.insert(typed), [{c: row[c] for c in names} for row in rows])
-        staged = sa.table(name, *[sa.column(c) for c in names])
-        conn.execute(
-            sa.update(untyped)
-            .where(*[untyped.c[c] == staged.c[c] for c in info.pk])
-            .values({untyped.c[c]: staged.c[c] for c in columns})
-        )
-    finally:
-        conn.execute(_DropStaging(name))
+    # Typed like the master's columns, so that values are bound as the executemany path binds them.
+    typed = sa.Table(name, sa.MetaData(), *[sa.Column(c, info.table.columns[c].type) for c in names])
+    conn.execute(sa.insert(typed), [{c: row[c] for c in names} for row in rows])
+    staged = sa.table(name, *[sa.column(c) for c in names])
+    conn.execute(
+        sa.update(untyped)
+        .where(*[untyped.c[c] == staged.c[c] for c in info.pk])
+        .values({untyped.c[c]: staged.c[c] for c in columns})
+    )
+    # Dropped once written. After an error nothing runs here (the error reaches the load as it is); the
+    # table, named apart from every other, goes with the session that made it.
+    conn.execute(_DropStaging(name))
