@@ -56,6 +56,9 @@ def check_unchanged(conn: Connection, plan: Plan, infos: dict[str, TableInfo]) -
     stale: list[int] = []
     for table, operations in by_table.items():
         info = infos[table]
+        operations = _may_differ(conn, info, operations)
+        if not operations:
+            continue
         # Rows as the driver gives them nearly always equal detection's normalised snapshot (read by the same
         # driver); only where one does not is it normalised before it counts as changed.
         current = fetch_rows_by_key(conn, info, [o.key for o in operations], for_update=True, normalized=False)
@@ -75,6 +78,23 @@ def check_unchanged(conn: Connection, plan: Plan, infos: dict[str, TableInfo]) -
             ):
                 stale.append(operation.change_id)
     return sorted(set(stale))
+
+
+def _may_differ(conn: Connection, info: TableInfo, operations: list[Operation]) -> list[Operation]:
+    """The operations whose rows the Python comparison below must look at. Where the database joins the
+    expected rows with the master (`DialectImpl.rows_that_may_differ`, which also locks them), only those
+    it finds changed or gone; an operation expecting no row is always looked at."""
+    expecting = [o for o in operations if o.before is not None]
+    columns = list(dict.fromkeys([*info.pk, *(c for o in expecting for c in o.before or {})]))
+    columns = [c for c in columns if c in info.table.columns]
+    if not expecting:
+        return operations
+    differing = impl_for(conn).rows_that_may_differ(
+        conn, info, columns, [{**(o.before or {}), **info.key_dict(o.key)} for o in expecting]
+    )
+    if differing is None:
+        return operations
+    return [o for o in operations if o.before is None] + [expecting[n] for n in sorted(differing)]
 
 
 def _only_trigger_columns_differ(info: TableInfo, operation: Operation, current: dict[str, Any] | None) -> bool:

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from sync_pipeline.engine.detect import fetch_rows_by_key
+from sync_pipeline.engine.dialects import impl_for
 from sync_pipeline.engine.errors import SyncError
 from sync_pipeline.engine.schema import TableInfo, ValueRejected, encode, normalizer
 
@@ -66,6 +67,30 @@ def _database_says_equal(conn: Connection, info: TableInfo, key: Key, name: str,
         return False
 
 
+def _rows_to_look_at(
+    conn: Connection, info: TableInfo, entries: list[tuple[Key, dict[str, Any] | None]], not_compared: set[str]
+) -> list[tuple[Key, dict[str, Any] | None]]:
+    """The entries whose rows Python compares: where the database joins what was written with the master
+    (`DialectImpl.rows_that_may_differ`), only the written rows it finds gone or different, and the deleted
+    ones; every entry where it does not, or where computed and trigger-maintained values are read back."""
+    if not_compared & set(info.table.columns.keys()):
+        return entries
+    by_columns: dict[tuple[str, ...], list[tuple[Key, dict[str, Any]]]] = defaultdict(list)
+    looked_at: list[tuple[Key, dict[str, Any] | None]] = []
+    for key, values in entries:
+        if values is None:
+            looked_at.append((key, values))
+        else:
+            names = tuple(sorted(c for c in values if c in info.table.columns and c not in info.pk))
+            by_columns[names].append((key, values))
+    impl = impl_for(conn)
+    for names, group in by_columns.items():
+        expected = [{**values, **info.key_dict(key)} for key, values in group]
+        differing = impl.rows_that_may_differ(conn, info, [*info.pk, *names], expected, lock=False)
+        looked_at.extend(group if differing is None else [group[n] for n in sorted(differing)])
+    return looked_at
+
+
 def verify_load(
     conn: Connection, infos: dict[str, TableInfo], written: WrittenRows, applied: list[Any]
 ) -> dict[str, Any]:
@@ -80,9 +105,15 @@ def verify_load(
     for table, entries in by_table.items():
         info = infos[table]
         not_compared = info.generated_columns | info.maintained_columns
-        current = fetch_rows_by_key(conn, info, [key for key, _ in entries])
-        compared: set[str] = set()
-        for key, values in entries:
+        looked_at = _rows_to_look_at(conn, info, entries, not_compared)
+        current = fetch_rows_by_key(conn, info, [key for key, _ in looked_at])
+        compared: set[str] = {
+            name
+            for _, values in entries
+            for name in values or ()
+            if name not in not_compared and name not in info.pk and name in info.table.columns
+        }
+        for key, values in looked_at:
             row = current.get(key)
             shown = f"{table} {dict(zip(info.pk, map(encode, key), strict=True))}"
             if values is None:
@@ -96,7 +127,6 @@ def verify_load(
             for name, value in values.items():
                 if name in not_compared or name in info.pk or name not in info.table.columns:
                     continue
-                compared.add(name)
                 column = info.table.columns[name]
                 if not _same(column, value, row[name]) and not _database_says_equal(conn, info, key, name, value):
                     mismatches.append(

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection
 from sync_pipeline.engine.detect import fetch_rows_by_key, still_referenced
 from sync_pipeline.engine.dialects import impl_for
 from sync_pipeline.engine.faults import checkpoint
-from sync_pipeline.engine.load_columns import grouped_by_columns, insert_statement
+from sync_pipeline.engine.load_columns import grouped_by_columns
 from sync_pipeline.engine.load_order import unique_column_sets
 from sync_pipeline.engine.load_plan import Dropped, Op, Operation, Plan, Source, TableKey
 from sync_pipeline.engine.load_verify import WrittenRows
@@ -78,7 +78,7 @@ class Writer:
             (remapped if operation.new_key else plain).append(operation)
         plain = self._without_missing_parents(table, plain, "orphan_parent")
         for columns, rows in grouped_by_columns(o.values for o in plain):
-            conn.execute(insert_statement(conn, info, columns), rows)
+            impl_for(conn).load_insert(conn, info, columns, rows)
             checkpoint("load_write")
         for o in plain:
             self.applied.append(
@@ -111,21 +111,9 @@ class Writer:
                 operation.values = values
                 by_columns[tuple(sorted(values))].append(operation)
         for columns, batch in by_columns.items():
-            statement = (
-                sa.update(info.table)
-                .where(*[info.table.columns[c] == sa.bindparam(f"_key_{c}") for c in info.pk])
-                .values({c: sa.bindparam(f"_new_{c}") for c in columns})
-            )
-            params = [
-                {
-                    **{f"_key_{c}": v for c, v in zip(info.pk, o.key, strict=True)},
-                    **{f"_new_{c}": o.values[c] for c in columns},
-                }
-                for o in batch
-            ]
-            for start in range(0, len(params), 1000):
-                conn.execute(statement, params[start : start + 1000])
-                checkpoint("load_write")
+            rows = [{**info.key_dict(o.key), **o.values} for o in batch]
+            impl_for(conn).load_update(conn, info, columns, rows)
+            checkpoint("load_write")
             advance_past(conn, info.sequences, [o.values for o in batch])
             for o in batch:
                 self.written.wrote(table, o.key, o.values)
@@ -201,17 +189,9 @@ class Writer:
                     self.drop(o, "rows in the master still reference it")
                     self.deleted.discard((table, o.key))  # so its parents see it stay
             deletes = [o for o in deletes if o.key not in referenced]
-        for start in range(0, len(deletes), 500):
-            chunk = deletes[start : start + 500]
-            keys = [o.key for o in chunk]
-            if len(info.pk) == 1:
-                condition = impl_for(conn).in_list(info.table.columns[info.pk[0]], [k[0] for k in keys])
-            else:
-                condition = sa.tuple_(*[info.table.columns[c] for c in info.pk]).in_(keys)
-            conn.execute(sa.delete(info.table).where(condition))
+        if deletes:
+            impl_for(conn).load_delete(conn, info, [o.key for o in deletes])
             checkpoint("load_write")
-            for o in chunk:
-                self.written.deleted(table, o.key)
-            self.applied.extend(
-                AppliedRow(o.change_id, table, o.key, "delete", o.before, None, o.source) for o in chunk
-            )
+        for o in deletes:
+            self.written.deleted(table, o.key)
+        self.applied.extend(AppliedRow(o.change_id, table, o.key, "delete", o.before, None, o.source) for o in deletes)

@@ -216,6 +216,55 @@ class DialectImpl:
         return tuple(conn.execute(statement).one())
 
     # ------------------------------------------------------------------------------------------
+    # The load's writes and its optimistic check (executemany here; set-based where it is faster)
+    # ------------------------------------------------------------------------------------------
+
+    def load_insert(
+        self, conn: Connection, info: TableInfo, columns: Sequence[str], rows: list[dict[str, Any]]
+    ) -> None:
+        """Insert rows that all hold `columns` (explicit values, identities too) into a master table."""
+        conn.execute(self.insert_statement(info, columns), rows)
+
+    def load_update(
+        self, conn: Connection, info: TableInfo, columns: Sequence[str], rows: list[dict[str, Any]]
+    ) -> None:
+        """Write `columns` into the master rows under the keys the rows hold (no row's key twice)."""
+        table = info.table
+        statement = (
+            sa.update(table)
+            .where(*[table.columns[c] == sa.bindparam(f"_key_{c}") for c in info.pk])
+            .values({c: sa.bindparam(f"_new_{c}") for c in columns})
+        )
+        params = [{**{f"_key_{c}": r[c] for c in info.pk}, **{f"_new_{c}": r[c] for c in columns}} for r in rows]
+        for start in range(0, len(params), 1000):
+            conn.execute(statement, params[start : start + 1000])
+
+    def load_delete(self, conn: Connection, info: TableInfo, keys: list[Key]) -> None:
+        """Delete the master rows under `keys`."""
+        table = info.table
+        for start in range(0, len(keys), BATCH):
+            chunk = keys[start : start + BATCH]
+            if len(info.pk) == 1:
+                condition = self.in_list(table.columns[info.pk[0]], [k[0] for k in chunk])
+            else:
+                condition = sa.tuple_(*[table.columns[c] for c in info.pk]).in_(chunk)
+            conn.execute(sa.delete(table).where(condition))
+
+    def rows_that_may_differ(
+        self,
+        conn: Connection,
+        info: TableInfo,
+        columns: Sequence[str],
+        expected: list[dict[str, Any]],
+        lock: bool = True,
+    ) -> set[int] | None:
+        """A first pass of the optimistic check and of the load's verification: lock (if `lock`) the master
+        rows under the keys of `expected` (rows detection saw, or the load wrote) and return the positions
+        of those that may differ in `columns` or be gone, a superset of what the Python comparison refuses.
+        None: no such pass here, Python compares every row."""
+        return None
+
+    # ------------------------------------------------------------------------------------------
     # Bulk writes of the sync tables
     # ------------------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,7 +26,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import Cast
 
 from sync_pipeline.engine.column_types import DialectTypes
-from sync_pipeline.engine.dialects import mysql_capture, mysql_collation
+from sync_pipeline.engine.dialects import mysql_capture, mysql_collation, mysql_staging
 from sync_pipeline.engine.dialects.base import DialectImpl, Key, KeyedRows, TriggerRow, catalog_connection
 from sync_pipeline.engine.dialects.mysql_types import MySQLTypes
 from sync_pipeline.engine.errors import BadInputError
@@ -113,6 +114,14 @@ class MySQLImpl(DialectImpl):
         # MySQL has no INSERT … RETURNING (MariaDB from 10.5 only): the driver's last insert id.
         result = conn.execute(self.insert_statement(info, values).values(dict(values)))
         return tuple(result.inserted_primary_key)
+
+    def load_update(
+        self, conn: Connection, info: TableInfo, columns: Sequence[str], rows: list[dict[str, Any]]
+    ) -> None:
+        """One multi-table UPDATE from a staging table (`mysql_staging`) instead of a round trip per row."""
+        if len({tuple(row[c] for c in info.pk) for row in rows}) < len(rows):
+            return super().load_update(conn, info, columns, rows)  # a key twice: written in order
+        mysql_staging.update_rows(conn, info, columns, rows)
 
     def match_natural_keys(self, conn: Connection, info: TableInfo, *args: Any) -> tuple[KeyedRows, dict[Key, str]]:
         return mysql_collation.match_natural_keys(conn, info, *args)  # (columns, wanted, hits)

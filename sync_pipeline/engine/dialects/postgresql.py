@@ -21,7 +21,8 @@ from sqlalchemy.sql.dml import Insert
 from sync_pipeline.engine.column_types import DialectTypes
 from sync_pipeline.engine.dialects import postgresql_capture as capture
 from sync_pipeline.engine.dialects import postgresql_catalog as catalog
-from sync_pipeline.engine.dialects.base import DialectImpl, PartitionKey, TriggerRow
+from sync_pipeline.engine.dialects import postgresql_staging as staging
+from sync_pipeline.engine.dialects.base import DialectImpl, Key, PartitionKey, TriggerRow
 from sync_pipeline.engine.dialects.capture import quote_identifier
 from sync_pipeline.engine.dialects.postgresql_types import PostgreSQLTypes
 from sync_pipeline.engine.schema import TableInfo
@@ -105,6 +106,41 @@ class PostgreSQLImpl(DialectImpl):
         if info.identity_always & set(columns):
             return _OverridingInsert(info.table)
         return sa.insert(info.table)
+
+    # -- the load: set-based writes and check (postgresql_staging) ---------------------------------
+
+    def load_insert(
+        self, conn: Connection, info: TableInfo, columns: Sequence[str], rows: list[dict[str, Any]]
+    ) -> None:
+        if not staging.stageable(info, columns):
+            return super().load_insert(conn, info, columns, rows)
+        staging.insert_rows(conn, info, columns, rows, self.insert_statement(info, columns))
+
+    def load_update(
+        self, conn: Connection, info: TableInfo, columns: Sequence[str], rows: list[dict[str, Any]]
+    ) -> None:
+        keys = {tuple(row[c] for c in info.pk) for row in rows}
+        if len(keys) < len(rows) or not staging.stageable(info, [*info.pk, *columns]):
+            # A key twice: UPDATE … FROM would write one of its rows, executemany writes them in order.
+            return super().load_update(conn, info, columns, rows)
+        staging.update_rows(conn, info, columns, rows)
+
+    def load_delete(self, conn: Connection, info: TableInfo, keys: list[Key]) -> None:
+        if not staging.stageable(info, info.pk):
+            return super().load_delete(conn, info, keys)
+        staging.delete_rows(conn, info, keys)
+
+    def rows_that_may_differ(
+        self,
+        conn: Connection,
+        info: TableInfo,
+        columns: Sequence[str],
+        expected: list[dict[str, Any]],
+        lock: bool = True,
+    ) -> set[int] | None:
+        if not staging.stageable(info, columns):
+            return None
+        return staging.rows_that_differ(conn, info, columns, expected, lock)
 
     # -- bulk writes of the sync tables -----------------------------------------------------------
 
