@@ -1353,3 +1353,61 @@ def test_natural_key_handed_to_a_new_row_that_takes_the_old_rows_children(
     assert set(records) == ({"n4", None} if master_took_the_key else {"n4"})
     assert (records["n4"].a, records["n4"].b) == (1, "y") and records["n4"].id != 1
     assert child.p_id == records["n4"].id
+
+
+# Found by a random seed (fifth session): two rows swap their natural keys while each also moves to another
+# parent (one of them new). The swap is a cycle that only letting go of the old values first (NULL) can
+# write, and that was refused for updates writing a reference (a dropped update would have kept NULL): the
+# unique index refused the load (`UNIQUE constraint failed: t1.nk`). Fixed: such updates let go too, and an
+# update the writer drops afterwards takes its value back.
+@pytest.mark.parametrize("parent_gone", [False, True])
+def test_natural_keys_swapped_by_rows_that_move_to_other_parents(
+    master_url: str, tmp_path: Path, parent_gone: bool
+) -> None:
+    spec = Spec(
+        (
+            TableSpec("t0", "serial", None, False, False, "m0", None),
+            TableSpec("t1", "text", 0, False, True, "m0", None),
+        ),
+        (("m0", "master_wins"), ("m1", "master_wins")),
+        True,
+    )
+    metadata = spec.metadata()
+    t0, t1 = metadata.tables["t0"], metadata.tables["t1"]
+    engine = connect_master(master_url, must_exist=False)
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.insert(t0), [{"id": i, "a": 0, "b": "x"} for i in (1, 2, 5)])
+        conn.execute(
+            sa.insert(t1),
+            [
+                {"code": "k3", "a": 0, "b": "y", "nk": "n0", "p_id": 5},
+                {"code": "k5", "a": 1, "b": "y", "nk": "n2", "p_id": 5},
+            ],
+        )
+        _advance_sequences(conn, spec)
+    init_master(engine, parse_settings(spec.settings_yaml(), "swap.yaml"))
+    replica = tmp_path / "swap.db"
+    checkout(engine, replica, "tester", None)
+    with replica_engine(replica).begin() as r:
+        new_parent = r.execute(sa.insert(t0).values(a=1, b="z").returning(t0.c.id)).scalar_one()
+        r.execute(sa.update(t1).where(t1.c.code == "k3").values(nk="n2", p_id=2))
+        r.execute(sa.update(t1).where(t1.c.code == "k5").values(nk="n0", p_id=new_parent))
+    if parent_gone:
+        # The master deletes the parent k3 moves to: k3's update is left out and k3 keeps n0, which k5 takes.
+        # Open weakness (docs/reliability.md): not a conflict yet; the load fails cleanly, nothing written.
+        with engine.begin() as m:
+            m.execute(sa.delete(t0).where(t0.c.id == 2))
+        with pytest.raises(SyncError, match="the master refused the session's changes"):
+            run_sync(engine, replica)
+        with engine.connect() as conn:
+            assert {r.code: (r.nk, r.p_id) for r in conn.execute(sa.select(t1))} == {"k3": ("n0", 5), "k5": ("n2", 5)}
+        return
+
+    result = run_sync(engine, replica)
+
+    assert result.status == "done"
+    with engine.connect() as conn:
+        rows = {r.code: (r.nk, r.p_id) for r in conn.execute(sa.select(t1))}
+        new_id = conn.execute(sa.select(t0.c.id).where(t0.c.a == 1)).scalar_one()
+    assert rows == {"k3": ("n2", 2), "k5": ("n0", new_id)}

@@ -195,22 +195,21 @@ def write_order(operations: list[Operation], infos: dict[str, TableInfo]) -> Ite
         if progress:
             continue
         # A cycle: unique values rotated among rows of one table (two contacts swap their e-mail addresses),
-        # so every row holds the value another takes. Updates that take such a value in nullable columns,
-        # and write no reference (nothing can drop them later), first let go of their old value: NULL may
-        # repeat in a unique index. Then nothing waits for them any more. Likewise a row to be deleted that
-        # holds a value a new row takes, while the delete waits for rows that move to that new row (a record
-        # made anew under another key, its children moved to it, the old one deleted): it lets go first.
+        # so every row holds the value another takes. Updates that take such a value in nullable columns
+        # first let go of their old value: NULL may repeat in a unique index (an update the writer drops
+        # later, its reference pointing at a row that was not synchronised, takes its value back). Then
+        # nothing waits for them any more. Likewise a row to be deleted that holds a value a new row takes,
+        # while the delete waits for rows that move to that new row (a record made anew under another key,
+        # its children moved to it, the old one deleted): it lets go first.
         released: dict[str, list[int]] = defaultdict(list)
         for (op, table), indexes in waiting.items():
             columns = infos[table].table.columns
-            references = {c for fk in infos[table].foreign_keys for c in fk.columns}
             for i in indexes:
                 taken = takers.get(i)
                 if (
                     op in ("update", "delete")
                     and i not in unblocked
                     and taken
-                    and (op == "delete" or not references & set(operations[i].values))
                     and all(columns[c].nullable for c in taken)
                 ):
                     released[table].append(i)

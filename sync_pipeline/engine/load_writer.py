@@ -45,10 +45,21 @@ class Writer:
         self.deleted = {(o.table, o.key) for o in plan.operations if o.op == "delete"}
         tables = {o.table for o in plan.operations if o.op == "delete"}
         self.references = references_to(conn, tables) if tables else {}
+        self.released: dict[TableKey, tuple[str, ...]] = {}  # rows whose unique values `release` set NULL
 
     def drop(self, operation: Operation, why: str) -> None:
-        """Leave a write out of the load, with the reason the protocol shows."""
+        """Leave a write out of the load, with the reason the protocol shows. A row that let go of its unique
+        values for this write (`release`) takes them back: left out, it is as it was."""
         self.dropped.append(Dropped(operation.change_id, operation.table, operation.key, why))
+        columns = self.released.pop((operation.table, operation.key), None) if operation.key is not None else None
+        if columns:
+            info, before = self.infos[operation.table], operation.before or {}
+            self.conn.execute(
+                sa.update(info.table)
+                .where(*[info.table.columns[c] == v for c, v in zip(info.pk, operation.key, strict=True)])
+                .values({c: before.get(c) for c in columns})
+            )
+            checkpoint("load_write")
 
     def rewrite(self, operation: Operation) -> bool:
         """Point references at remapped parents; False if a parent was dropped (drop this row too)."""
@@ -173,9 +184,11 @@ class Writer:
             for start in range(0, len(params), 1000):
                 self.conn.execute(statement, params[start : start + 1000])
                 checkpoint("load_write")
-            for o in batch:  # the update that follows writes them; if it is dropped, they must be as before
+            for o in batch:  # the write that follows sets them; if it is dropped, `drop` puts them back
                 before = o.before or {}
                 self.written.wrote(table, o.key, {c: before.get(c) for c in columns})
+                if columns and o.key is not None:
+                    self.released[(table, o.key)] = columns
 
     def delete(self, table: str, operations: list[Operation]) -> None:
         conn, info = self.conn, self.infos[table]
