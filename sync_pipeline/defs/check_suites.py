@@ -1,6 +1,7 @@
-"""The suites the checks validate: pandas-ready frames of a session, built from the master's sync tables,
-and the expectations each must meet, derived from the reflected master schema and the settings'
-per-table `expectations`. Plain data: validating them is `gx_adapter.validate`.
+"""The suites the checks validate: pandas-ready frames of a session, built from the master's sync tables
+(or, for the local changes, from the changes the run's detection holds in memory), and the expectations
+each must meet, derived from the reflected master schema and the settings' per-table `expectations`.
+Plain data: validating them is `gx_adapter.validate`.
 """
 
 import json
@@ -14,9 +15,10 @@ from sqlalchemy.engine import Engine
 from sync_pipeline.defs.assets import table_row_counts
 from sync_pipeline.defs.gx_adapter import ExpectationSpec, FrameSuite
 from sync_pipeline.engine import records as sync_records
+from sync_pipeline.engine import store
 from sync_pipeline.engine.detect import fetch_rows_by_key
-from sync_pipeline.engine.queries import list_conflicts
 from sync_pipeline.engine.records import ConflictStatus
+from sync_pipeline.engine.resolve import current_decision
 from sync_pipeline.engine.schema import (
     TableInfo,
     decode_row,
@@ -129,12 +131,45 @@ def decode_lenient(data: dict[str, Any] | None, info: TableInfo) -> dict[str, An
     }
 
 
+def session_changes(engine: Engine, ctx: SessionContext) -> list[dict[str, Any]]:
+    """The session's changes as `{change_id, module, table_name, op, key, local}` (key and local as plain
+    dicts, not yet decoded), in change order.
+
+    Right after detection the run holds them in memory (`ctx.cached_detected`, decoded from the very
+    change rows it stored): they are taken from there instead of read back from the master and parsed
+    again. Otherwise (a later run, e.g. `sync_apply` started by the sensor) they are read from the master."""
+    if ctx.cached_detected is not None:
+        found = [
+            {
+                "change_id": d.change.seq,
+                "module": d.module,
+                "table_name": d.change.table,
+                "op": d.change.op,
+                "key": d.change.key_dict(ctx.infos[d.change.table].pk),
+                "local": d.change.local,
+            }
+            for d in ctx.cached_detected
+        ]
+        return sorted(found, key=lambda r: r["change_id"])
+    return [
+        {
+            "change_id": r["change_id"],
+            "module": r["module"],
+            "table_name": r["table_name"],
+            "op": r["op"],
+            "key": json.loads(r["row_key"]),
+            "local": None if r["local"] is None else json.loads(r["local"]),
+        }
+        for r in load_changes(engine, ctx)
+    ]
+
+
 def local_change_suites(
     engine: Engine, ctx: SessionContext, with_settings: bool, with_schema: bool
 ) -> list[FrameSuite]:
     if not with_schema and not any(settings_expectations(ctx.settings, t) for t in ctx.infos):
         return []  # the settings declare no expectation: nothing to validate, no change to read
-    records = load_changes(engine, ctx)
+    records = session_changes(engine, ctx)
     modules = sorted({ctx.settings.module_of(t) for t in ctx.infos})
     suites: list[FrameSuite] = []
     if with_schema:
@@ -159,16 +194,16 @@ def local_change_suites(
                 ["_change_id", "table"],
             )
         )
+    by_table: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        by_table[record["table_name"]].append(record)
     for table, info in ctx.infos.items():
-        mine = [r for r in records if r["table_name"] == table]
+        mine = by_table.get(table)
         if not mine:  # nothing of this table is written: its suites would validate empty frames, at GX's cost
             continue
         pk = list(info.pk)
         if with_schema:
-            keys = [
-                {"_change_id": r["change_id"], "_op": r["op"], **decode_lenient(json.loads(r["row_key"]), info)}
-                for r in mine
-            ]
+            keys = [{"_change_id": r["change_id"], "_op": r["op"], **decode_lenient(r["key"], info)} for r in mine]
             suites.append(
                 FrameSuite(
                     f"keys:{table}",
@@ -188,7 +223,7 @@ def local_change_suites(
         if not specs:  # e.g. the settings declare no expectation for this table: no rows to decode
             continue
         rows = [
-            {"_change_id": r["change_id"], "_op": r["op"], **decode_lenient(json.loads(r["local"]), info)}
+            {"_change_id": r["change_id"], "_op": r["op"], **decode_lenient(r["local"], info)}
             for r in mine
             if r["op"] in ("insert", "update") and r["local"] is not None
         ]
@@ -200,13 +235,12 @@ def decided_rows(engine: Engine, ctx: SessionContext) -> dict[str, list[dict[str
     """Per table, the rows decisions write from the replica side: the local row with each decided
     field's chosen value (local, master or edited). Rows where the master's values are kept entirely
     are left out: they write nothing new."""
-    change_of = sync_records.conflict_changes(engine, ctx.session_id)
-    decided = list_conflicts(engine, ctx.session_id, ConflictStatus.DECIDED)
-    records = _changes_by_id(engine, ctx, sorted({change_of[c["id"]] for c in decided if c["id"] in change_of}))
+    decided = decided_conflicts(engine, ctx.session_id)
+    records = _changes_by_id(engine, ctx, sorted({c["change_id"] for c in decided}))
     out: dict[str, list[dict[str, Any]]] = {}
     for item in decided:
         decision = item["decision"] or {}
-        record = records.get(change_of.get(item["id"], -1))
+        record = records.get(item["change_id"])
         if record is None or item["table"] not in ctx.infos or record["local"] is None:
             continue
         info = ctx.infos[item["table"]]
@@ -230,6 +264,44 @@ def decided_rows(engine: Engine, ctx: SessionContext) -> dict[str, list[dict[str
             out.setdefault(item["table"], []).append(
                 {"_change_id": record["change_id"], "_op": record["op"], **decode_lenient(row, info)}
             )
+    return out
+
+
+def decided_conflicts(engine: Engine, session_id: str) -> list[dict[str, Any]]:
+    """The session's decided conflicts as `{id, change_id, table, kind, decision}`, `decision` in
+    `queries.list_conflicts`' form (`row`, `fields`): only what `decided_rows` needs, without the
+    review's identities and compared rows that `list_conflicts` builds for each conflict."""
+    c = store.sync_conflict
+    query = (
+        sa.select(c.c.conflict_id, c.c.change_id, c.c.table_name, c.c.kind, c.c.fields)
+        .where(c.c.session_id == session_id, c.c.status == ConflictStatus.DECIDED)
+        .order_by(c.c.conflict_id)
+    )
+    with engine.connect() as conn:
+        conflicts = conn.execute(query).all()
+        history = sync_records.decision_history(conn, [row.conflict_id for row in conflicts])
+    out = []
+    for row in conflicts:
+        decisions = history.get(row.conflict_id)
+        decision = None
+        if decisions:
+            current = current_decision(decisions, [f["name"] for f in json.loads(row.fields)])
+            decision = {
+                "row": current.row,
+                "fields": {
+                    n: {"take": ch.choice, **({"value": ch.value} if ch.choice == "value" else {})}
+                    for n, ch in current.fields.items()
+                },
+            }
+        out.append(
+            {
+                "id": row.conflict_id,
+                "change_id": row.change_id,
+                "table": row.table_name,
+                "kind": row.kind,
+                "decision": decision,
+            }
+        )
     return out
 
 
@@ -277,7 +349,9 @@ def loaded_values_suite(engine: Engine, ctx: SessionContext) -> FrameSuite:
         by_table.setdefault(row["table_name"], []).append(row)
     infos = dict(ctx.infos)
     # An orphan's re-created parent may belong to a table outside the replica's modules.
-    infos.update(reflect_tables(engine, [t for t in by_table if t not in infos]))
+    outside = [t for t in by_table if t not in infos]
+    if outside:  # reflecting nothing still costs an inspection of the master's tables
+        infos.update(reflect_tables(engine, outside))
     rows: list[dict[str, Any]] = []
     with engine.connect() as conn:
         for table, items in by_table.items():
