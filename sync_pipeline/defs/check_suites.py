@@ -7,6 +7,7 @@ Plain data: validating them is `gx_adapter.validate`.
 import json
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,7 +26,7 @@ from sync_pipeline.engine.schema import (
     dumps,
     encode,
     filled_by_default,
-    normalize,
+    normalizer,
     reflect_tables,
 )
 from sync_pipeline.engine.session import SessionContext, load_changes
@@ -36,14 +37,24 @@ OPERATIONS = ("insert", "update", "delete")
 ROW_MARKERS = ["_change_id", "_op"]
 
 
-def lenient_value(value: Any, column: sa.Column) -> Any:
-    """The column's Python form of a value, or the raw value when the master's type would reject it,
-    so that the type and length expectations report it instead of the decoding raising."""
+def lenient_value(value: Any, normal_form: Callable[[Any], Any]) -> Any:
+    """The column's Python form of a value (`normal_form`: the column's `normalizer`), or the raw value
+    when the master's type would reject it, so that the type and length expectations report it instead
+    of the decoding raising."""
     try:
-        normal = normalize(value, column)
+        normal = normal_form(value)
     except ValueError:
         return value
     return str(normal) if isinstance(normal, uuid.UUID) else normal
+
+
+def column_normalizers(table: sa.Table) -> dict[str, Callable[[Any], Any]]:
+    """Each column's `normalizer` by name, looked up once per table (cached on it, as `normalizer` caches
+    on the column): the frames decode every value of a session's changes."""
+    cached = table.info.get("_normalizers")
+    if cached is None:
+        cached = table.info["_normalizers"] = {column.name: normalizer(column) for column in table.columns}
+    return cached
 
 
 def type_names(column: sa.Column) -> list[str] | None:
@@ -126,9 +137,12 @@ def row_frame_columns(info: TableInfo, rows: list[dict[str, Any]]) -> list[str]:
 
 
 def decode_lenient(data: dict[str, Any] | None, info: TableInfo) -> dict[str, Any]:
-    return {
-        k: lenient_value(v, info.table.columns[k]) if k in info.table.columns else v for k, v in (data or {}).items()
-    }
+    normalizers = column_normalizers(info.table)
+    out = {}
+    for name, value in (data or {}).items():
+        normal_form = normalizers.get(name)  # a column the table lacks keeps its value (row_frame_columns)
+        out[name] = value if normal_form is None else lenient_value(value, normal_form)
+    return out
 
 
 def session_changes(engine: Engine, ctx: SessionContext) -> list[dict[str, Any]]:
