@@ -11,14 +11,15 @@ import sqlalchemy as sa
 from sync_pipeline.dagster_run import materialize_sync
 from sync_pipeline.definitions import build_definitions
 from sync_pipeline.defs.assets import conflicts, local_changes, master_load
-from sync_pipeline.defs.check_suites import schema_expectations
+from sync_pipeline.defs.check_suites import decided_conflicts, local_change_suites, schema_expectations
 from sync_pipeline.defs.gx_adapter import ExpectationSpec, FrameSuite, validate
 from sync_pipeline.defs.jobs import APPLY_JOB_NAME
 from sync_pipeline.demo import DEMO_SETTINGS, demo_metadata
 from sync_pipeline.engine import store
 from sync_pipeline.engine.queries import list_conflicts
+from sync_pipeline.engine.run_driver import open_run
 from sync_pipeline.engine.schema import TableInfo
-from sync_pipeline.engine.session import decide, decide_module
+from sync_pipeline.engine.session import decide, decide_module, session_context
 from sync_pipeline_tests.test_dagster_assets import (
     AUTOMATIC_SETTINGS,
     build_demo,
@@ -97,6 +98,15 @@ def test_edited_value_breaking_an_expectation_blocks_the_load(
     decide(demo.engine, phone_conflict["id"], "value", "Tess Tester", "phone", "0170 555 0000")
     decide(demo.engine, phone_conflict["id"], "master", "Tess Tester", "updated_at")
     decide_module(demo.engine, waiting.session_id, "crm", "master", "Tess Tester")
+    # The checks' lean read of the decided conflicts says what the review's full one says.
+    decided = list_conflicts(demo.engine, waiting.session_id, "decided")
+    assert len(decided) > 1
+    assert [
+        (c["id"], c["table"], c["kind"], c["decision"]) for c in decided_conflicts(demo.engine, waiting.session_id)
+    ] == [
+        (c["id"], c["table"], c["kind"], {"row": c["decision"]["row"], "fields": c["decision"]["fields"]})
+        for c in decided
+    ]
     before = whole_master(demo.engine)
 
     result = materialize_sync(master_url, str(demo.replica), instance)
@@ -117,6 +127,32 @@ def test_edited_value_breaking_an_expectation_blocks_the_load(
     assert evaluation.check_name == "decided_values_match_schema"
     failing = evaluation.metadata["failing_rows"].value
     assert [(row["suite"], row["id"], row["phone"]) for row in failing] == [("decided:contact", 1, "0170 555 0000")]
+
+
+def test_local_change_frames_from_the_run_equal_those_read_back_from_the_master(
+    master_url: str, tmp_path: Path
+) -> None:
+    """In a run, the local changes' frames are built from the changes detection holds in memory; a later
+    run (no such context) reads them from the master: both give the same frames and the same failures."""
+    demo = build_demo(master_url, tmp_path / "replicas", AT_MOST_FOUR_PIECES)
+    with open_run(demo.engine, demo.replica) as driver:
+        in_run = driver.start()
+    assert in_run.cached_detected
+    read_back = session_context(demo.engine, in_run.session_id)
+    assert read_back.cached_detected is None
+    for settings in (False, True):
+        held, stored = (
+            local_change_suites(demo.engine, ctx, with_settings=settings, with_schema=not settings)
+            for ctx in (in_run, read_back)
+        )
+        assert [(s.name, s.columns, s.rows, s.expectations) for s in held] == [
+            (s.name, s.columns, s.rows, s.expectations) for s in stored
+        ]
+        assert sum(len(s.rows) for s in held) > len(held)
+        held_report, stored_report = validate(held), validate(stored)
+        assert held_report.failing_rows() == stored_report.failing_rows()
+        assert held_report.passed == (not settings)
+    assert sorted(row["quantity"] for row in held_report.failing_rows()) == [5, 6]
 
 
 def test_schema_suite_names_wrong_types_lengths_nulls_and_duplicate_keys() -> None:

@@ -1,11 +1,13 @@
-"""The suites the checks validate: pandas-ready frames of a session, built from the master's sync tables,
-and the expectations each must meet, derived from the reflected master schema and the settings'
-per-table `expectations`. Plain data: validating them is `gx_adapter.validate`.
+"""The suites the checks validate: pandas-ready frames of a session, built from the master's sync tables
+(or, for the local changes, from the changes the run's detection holds in memory), and the expectations
+each must meet, derived from the reflected master schema and the settings' per-table `expectations`.
+Plain data: validating them is `gx_adapter.validate`.
 """
 
 import json
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -14,16 +16,17 @@ from sqlalchemy.engine import Engine
 from sync_pipeline.defs.assets import table_row_counts
 from sync_pipeline.defs.gx_adapter import ExpectationSpec, FrameSuite
 from sync_pipeline.engine import records as sync_records
+from sync_pipeline.engine import store
 from sync_pipeline.engine.detect import fetch_rows_by_key
-from sync_pipeline.engine.queries import list_conflicts
 from sync_pipeline.engine.records import ConflictStatus
+from sync_pipeline.engine.resolve import current_decision
 from sync_pipeline.engine.schema import (
     TableInfo,
     decode_row,
     dumps,
     encode,
     filled_by_default,
-    normalize,
+    normalizer,
     reflect_tables,
 )
 from sync_pipeline.engine.session import SessionContext, load_changes
@@ -34,14 +37,24 @@ OPERATIONS = ("insert", "update", "delete")
 ROW_MARKERS = ["_change_id", "_op"]
 
 
-def lenient_value(value: Any, column: sa.Column) -> Any:
-    """The column's Python form of a value, or the raw value when the master's type would reject it,
-    so that the type and length expectations report it instead of the decoding raising."""
+def lenient_value(value: Any, normal_form: Callable[[Any], Any]) -> Any:
+    """The column's Python form of a value (`normal_form`: the column's `normalizer`), or the raw value
+    when the master's type would reject it, so that the type and length expectations report it instead
+    of the decoding raising."""
     try:
-        normal = normalize(value, column)
+        normal = normal_form(value)
     except ValueError:
         return value
     return str(normal) if isinstance(normal, uuid.UUID) else normal
+
+
+def column_normalizers(table: sa.Table) -> dict[str, Callable[[Any], Any]]:
+    """Each column's `normalizer` by name, looked up once per table (cached on it, as `normalizer` caches
+    on the column): the frames decode every value of a session's changes."""
+    cached = table.info.get("_normalizers")
+    if cached is None:
+        cached = table.info["_normalizers"] = {column.name: normalizer(column) for column in table.columns}
+    return cached
 
 
 def type_names(column: sa.Column) -> list[str] | None:
@@ -124,9 +137,45 @@ def row_frame_columns(info: TableInfo, rows: list[dict[str, Any]]) -> list[str]:
 
 
 def decode_lenient(data: dict[str, Any] | None, info: TableInfo) -> dict[str, Any]:
-    return {
-        k: lenient_value(v, info.table.columns[k]) if k in info.table.columns else v for k, v in (data or {}).items()
-    }
+    normalizers = column_normalizers(info.table)
+    out = {}
+    for name, value in (data or {}).items():
+        normal_form = normalizers.get(name)  # a column the table lacks keeps its value (row_frame_columns)
+        out[name] = value if normal_form is None else lenient_value(value, normal_form)
+    return out
+
+
+def session_changes(engine: Engine, ctx: SessionContext) -> list[dict[str, Any]]:
+    """The session's changes as `{change_id, module, table_name, op, key, local}` (key and local as plain
+    dicts, not yet decoded), in change order.
+
+    Right after detection the run holds them in memory (`ctx.cached_detected`, decoded from the very
+    change rows it stored): they are taken from there instead of read back from the master and parsed
+    again. Otherwise (a later run, e.g. `sync_apply` started by the sensor) they are read from the master."""
+    if ctx.cached_detected is not None:
+        found = [
+            {
+                "change_id": d.change.seq,
+                "module": d.module,
+                "table_name": d.change.table,
+                "op": d.change.op,
+                "key": d.change.key_dict(ctx.infos[d.change.table].pk),
+                "local": d.change.local,
+            }
+            for d in ctx.cached_detected
+        ]
+        return sorted(found, key=lambda r: r["change_id"])
+    return [
+        {
+            "change_id": r["change_id"],
+            "module": r["module"],
+            "table_name": r["table_name"],
+            "op": r["op"],
+            "key": json.loads(r["row_key"]),
+            "local": None if r["local"] is None else json.loads(r["local"]),
+        }
+        for r in load_changes(engine, ctx)
+    ]
 
 
 def local_change_suites(
@@ -134,7 +183,7 @@ def local_change_suites(
 ) -> list[FrameSuite]:
     if not with_schema and not any(settings_expectations(ctx.settings, t) for t in ctx.infos):
         return []  # the settings declare no expectation: nothing to validate, no change to read
-    records = load_changes(engine, ctx)
+    records = session_changes(engine, ctx)
     modules = sorted({ctx.settings.module_of(t) for t in ctx.infos})
     suites: list[FrameSuite] = []
     if with_schema:
@@ -159,16 +208,16 @@ def local_change_suites(
                 ["_change_id", "table"],
             )
         )
+    by_table: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        by_table[record["table_name"]].append(record)
     for table, info in ctx.infos.items():
-        mine = [r for r in records if r["table_name"] == table]
+        mine = by_table.get(table)
         if not mine:  # nothing of this table is written: its suites would validate empty frames, at GX's cost
             continue
         pk = list(info.pk)
         if with_schema:
-            keys = [
-                {"_change_id": r["change_id"], "_op": r["op"], **decode_lenient(json.loads(r["row_key"]), info)}
-                for r in mine
-            ]
+            keys = [{"_change_id": r["change_id"], "_op": r["op"], **decode_lenient(r["key"], info)} for r in mine]
             suites.append(
                 FrameSuite(
                     f"keys:{table}",
@@ -188,7 +237,7 @@ def local_change_suites(
         if not specs:  # e.g. the settings declare no expectation for this table: no rows to decode
             continue
         rows = [
-            {"_change_id": r["change_id"], "_op": r["op"], **decode_lenient(json.loads(r["local"]), info)}
+            {"_change_id": r["change_id"], "_op": r["op"], **decode_lenient(r["local"], info)}
             for r in mine
             if r["op"] in ("insert", "update") and r["local"] is not None
         ]
@@ -200,13 +249,12 @@ def decided_rows(engine: Engine, ctx: SessionContext) -> dict[str, list[dict[str
     """Per table, the rows decisions write from the replica side: the local row with each decided
     field's chosen value (local, master or edited). Rows where the master's values are kept entirely
     are left out: they write nothing new."""
-    change_of = sync_records.conflict_changes(engine, ctx.session_id)
-    decided = list_conflicts(engine, ctx.session_id, ConflictStatus.DECIDED)
-    records = _changes_by_id(engine, ctx, sorted({change_of[c["id"]] for c in decided if c["id"] in change_of}))
+    decided = decided_conflicts(engine, ctx.session_id)
+    records = _changes_by_id(engine, ctx, sorted({c["change_id"] for c in decided}))
     out: dict[str, list[dict[str, Any]]] = {}
     for item in decided:
         decision = item["decision"] or {}
-        record = records.get(change_of.get(item["id"], -1))
+        record = records.get(item["change_id"])
         if record is None or item["table"] not in ctx.infos or record["local"] is None:
             continue
         info = ctx.infos[item["table"]]
@@ -230,6 +278,44 @@ def decided_rows(engine: Engine, ctx: SessionContext) -> dict[str, list[dict[str
             out.setdefault(item["table"], []).append(
                 {"_change_id": record["change_id"], "_op": record["op"], **decode_lenient(row, info)}
             )
+    return out
+
+
+def decided_conflicts(engine: Engine, session_id: str) -> list[dict[str, Any]]:
+    """The session's decided conflicts as `{id, change_id, table, kind, decision}`, `decision` in
+    `queries.list_conflicts`' form (`row`, `fields`): only what `decided_rows` needs, without the
+    review's identities and compared rows that `list_conflicts` builds for each conflict."""
+    c = store.sync_conflict
+    query = (
+        sa.select(c.c.conflict_id, c.c.change_id, c.c.table_name, c.c.kind, c.c.fields)
+        .where(c.c.session_id == session_id, c.c.status == ConflictStatus.DECIDED)
+        .order_by(c.c.conflict_id)
+    )
+    with engine.connect() as conn:
+        conflicts = conn.execute(query).all()
+        history = sync_records.decision_history(conn, [row.conflict_id for row in conflicts])
+    out = []
+    for row in conflicts:
+        decisions = history.get(row.conflict_id)
+        decision = None
+        if decisions:
+            current = current_decision(decisions, [f["name"] for f in json.loads(row.fields)])
+            decision = {
+                "row": current.row,
+                "fields": {
+                    n: {"take": ch.choice, **({"value": ch.value} if ch.choice == "value" else {})}
+                    for n, ch in current.fields.items()
+                },
+            }
+        out.append(
+            {
+                "id": row.conflict_id,
+                "change_id": row.change_id,
+                "table": row.table_name,
+                "kind": row.kind,
+                "decision": decision,
+            }
+        )
     return out
 
 
@@ -277,7 +363,9 @@ def loaded_values_suite(engine: Engine, ctx: SessionContext) -> FrameSuite:
         by_table.setdefault(row["table_name"], []).append(row)
     infos = dict(ctx.infos)
     # An orphan's re-created parent may belong to a table outside the replica's modules.
-    infos.update(reflect_tables(engine, [t for t in by_table if t not in infos]))
+    outside = [t for t in by_table if t not in infos]
+    if outside:  # reflecting nothing still costs an inspection of the master's tables
+        infos.update(reflect_tables(engine, outside))
     rows: list[dict[str, Any]] = []
     with engine.connect() as conn:
         for table, items in by_table.items():
