@@ -16,9 +16,7 @@ from sqlalchemy.engine import Engine
 from sync_pipeline.defs.assets import table_row_counts
 from sync_pipeline.defs.gx_adapter import ExpectationSpec, FrameSuite
 from sync_pipeline.engine import records as sync_records
-from sync_pipeline.engine import store
 from sync_pipeline.engine.detect import fetch_rows_by_key
-from sync_pipeline.engine.records import ConflictStatus
 from sync_pipeline.engine.resolve import current_decision
 from sync_pipeline.engine.schema import (
     TableInfo,
@@ -285,14 +283,8 @@ def decided_conflicts(engine: Engine, session_id: str) -> list[dict[str, Any]]:
     """The session's decided conflicts as `{id, change_id, table, kind, decision}`, `decision` in
     `queries.list_conflicts`' form (`row`, `fields`): only what `decided_rows` needs, without the
     review's identities and compared rows that `list_conflicts` builds for each conflict."""
-    c = store.sync_conflict
-    query = (
-        sa.select(c.c.conflict_id, c.c.change_id, c.c.table_name, c.c.kind, c.c.fields)
-        .where(c.c.session_id == session_id, c.c.status == ConflictStatus.DECIDED)
-        .order_by(c.c.conflict_id)
-    )
     with engine.connect() as conn:
-        conflicts = conn.execute(query).all()
+        conflicts = sync_records.decided_conflict_rows(conn, session_id)
         history = sync_records.decision_history(conn, [row.conflict_id for row in conflicts])
     out = []
     for row in conflicts:

@@ -328,6 +328,17 @@ def conflict_changes(engine: Engine, session_id: str) -> dict[int, int]:
     return {int(conflict): int(change) for conflict, change in rows}
 
 
+def decided_conflict_rows(conn: Connection, session_id: str) -> list[Any]:
+    """A session's decided conflicts, lean: (conflict_id, change_id, table_name, kind, fields)."""
+    c = store.sync_conflict
+    query = (
+        sa.select(c.c.conflict_id, c.c.change_id, c.c.table_name, c.c.kind, c.c.fields)
+        .where(c.c.session_id == session_id, c.c.status == ConflictStatus.DECIDED)
+        .order_by(c.c.conflict_id)
+    )
+    return list(conn.execute(query).all())
+
+
 def first_pending(engine: Engine, session_id: str) -> dict[str, int]:
     """The lowest pending conflict id per module of a session."""
     c = store.sync_conflict
