@@ -216,7 +216,14 @@ def install(conn: Connection, info: TableInfo) -> None:
     partitioned = conn.execute(_IS_PARTITIONED, {"t": table}).scalar_one()
     function = _q(function_of(info))
     body = dollar_quoted(function_body(info, partitioned))
-    run_ddl(conn, f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {body}")
+    # The writer's planner settings must not reach the capture's own queries: the load switches hash and
+    # merge joins off for its staged statements (postgresql_staging), which left the pairing of a 60,000-row
+    # update's old and new rows to a nested loop (minutes). The function's SET restores them for its run.
+    run_ddl(
+        conn,
+        f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql "
+        f"SET enable_hashjoin = on SET enable_mergejoin = on AS {body}",
+    )
     run_ddl(conn, f"DROP TRIGGER IF EXISTS {_q(row_trigger_of(info))} ON {table}")
     *statement_triggers, key_trigger = trigger_names(info)
     for target in (table, *partitions_of(conn, info)):
