@@ -27,6 +27,8 @@ from sync_pipeline.engine.column_types import (
 from sync_pipeline.engine.dialects import mysql_collation
 from sync_pipeline.engine.dialects.base import catalog_connection
 
+CANONICAL_CHUNK = 200  # values made canonical per select
+
 # Integer widths in bits (an unsigned column holds one bit more of positive range).
 _INT_BITS = {mysql.TINYINT: 8, mysql.SMALLINT: 16, mysql.MEDIUMINT: 24, mysql.INTEGER: 32, mysql.BIGINT: 64}
 
@@ -109,11 +111,13 @@ class MySQLTypes(DialectTypes):
         """Each value as the server writes it back: CAST to the column's type and back to text. MySQL
         answers NULL (with a warning, not an error) for text its type does not read."""
         original = column.type.original if isinstance(column.type, CarriedAsText) else column.type
+        distinct = list(dict.fromkeys(values))
         out: dict[str, str] = {}
-        for value in dict.fromkeys(values):
-            parsed = sa.cast(sa.bindparam("v", value, type_=sa.String), original)
-            text = conn.execute(sa.select(sa.cast(parsed, sa.String))).scalar()
-            if text is None:
-                raise TextRejected(value, f"not a valid {original.compile(dialect=conn.dialect)}")
-            out[value] = text
+        for start in range(0, len(distinct), CANONICAL_CHUNK):  # one select of many casts per chunk
+            chunk = distinct[start : start + CANONICAL_CHUNK]
+            casts = [sa.cast(sa.cast(sa.literal(v, sa.String), original), sa.String) for v in chunk]
+            for value, text in zip(chunk, conn.execute(sa.select(*casts)).one(), strict=True):
+                if text is None:
+                    raise TextRejected(value, f"not a valid {original.compile(dialect=conn.dialect)}")
+                out[value] = text
         return out
