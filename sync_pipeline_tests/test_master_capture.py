@@ -148,6 +148,32 @@ def test_update_that_changes_the_key_marks_old_and_new_key_changed_in_every_fiel
         assert _tombstones(engine) == {}  # not a delete: a table without partitions keeps no image of it
 
 
+def test_a_bulk_update_after_single_row_ones_under_the_loads_join_settings(tmp_path: Path) -> None:
+    """The pairing of an UPDATE's rows is planned for each statement (EXECUTE: a plan cached after
+    single-row updates paired 10,000 rows by a nested loop), and with the planner's own join settings,
+    which the function sets for its run (the load switches hash and merge joins off for its statements):
+    the clock is right, and the function carries what keeps it fast."""
+    with fresh_master_url("postgresql", tmp_path) as url:
+        engine = _master(url)
+        with engine.connect() as conn:
+            for key in (1, 2, 1, 2, 1, 2):  # past PL/pgSQL's five custom plans
+                with conn.begin():
+                    conn.exec_driver_sql(f"UPDATE item SET b = b + 1 WHERE id = {key}")
+            with conn.begin():
+                conn.execute(sa.select(sa.func.set_config("enable_hashjoin", "off", True)))
+                conn.execute(sa.select(sa.func.set_config("enable_mergejoin", "off", True)))
+                conn.exec_driver_sql("UPDATE item SET c = c || 'x' WHERE id >= 2")
+            config, source = conn.execute(
+                sa.text(
+                    "SELECT proconfig, prosrc FROM pg_proc WHERE proname LIKE 'sync_clock_fn%' "
+                    "AND pronamespace = CAST(current_schema() AS regnamespace)"
+                )
+            ).one()
+        assert _clock(engine) == {("1", "b"), ("2", "b"), ("2", "c"), ("3", "c"), ("4", "c")}
+        assert set(config) == {"enable_hashjoin=on", "enable_mergejoin=on"}
+        assert "EXECUTE" in source
+
+
 def test_keys_that_swap_are_each_changed_in_every_field(tmp_path: Path) -> None:
     """Under a deferrable key two rows can swap keys in one statement: the key sets before and after are
     equal, so pairing by key would compare different rows. The row trigger on key changes marks both."""
