@@ -31,7 +31,7 @@ import itertools
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +41,7 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, event, given, note, seed, settings
 from hypothesis import strategies as st
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from sync_pipeline.engine import store
 from sync_pipeline.engine.checkout import checkout
@@ -958,6 +958,19 @@ def _seeded(test: Any) -> Any:
     return seed(conftest.MODEL_SEED)(test)
 
 
+def _spec_master(
+    spec: Spec, metadata: sa.MetaData, url: str, fill: Callable[[Connection], None], settings_name: str
+) -> Engine:
+    """A master of `spec`'s tables holding the rows `fill` writes, its sequences past them, initialised."""
+    engine = connect_master(url, must_exist=False)
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        fill(conn)
+        _advance_sequences(conn, spec)
+    init_master(engine, parse_settings(spec.settings_yaml(), settings_name))
+    return engine
+
+
 @pytest.fixture(scope="module")
 def sqlite_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
     folder = tmp_path_factory.mktemp("model-sqlite")
@@ -1166,14 +1179,13 @@ def test_subtree_deleted_locally_while_the_master_changed_a_grandchild(master_ur
     )
     metadata = spec.metadata()
     t0, t1, t2 = (metadata.tables[n] for n in ("t0", "t1", "t2"))
-    engine = connect_master(master_url, must_exist=False)
-    metadata.create_all(engine)
-    with engine.begin() as conn:
+
+    def fill(conn: Connection) -> None:
         conn.execute(sa.insert(t0).values(id=1, a=0, b="x"))
         conn.execute(sa.insert(t1).values(id=1, a=0, b="x", p_id=1))
         conn.execute(sa.insert(t2).values(id=1, a=0, b="x", p_id=1))
-        _advance_sequences(conn, spec)
-    init_master(engine, parse_settings(spec.settings_yaml(), "three-levels.yaml"))
+
+    engine = _spec_master(spec, metadata, master_url, fill, "three-levels.yaml")
     replica = tmp_path / "three-levels.db"
     checkout(engine, replica, "tester", None)
     with replica_engine(replica).begin() as r:  # the whole subtree, children first
@@ -1223,13 +1235,12 @@ def test_part_of_a_composite_reference_pointed_at_a_duplicate_parent(master_url:
     )
     metadata = spec.metadata()
     t0, t1 = metadata.tables["t0"], metadata.tables["t1"]
-    engine = connect_master(master_url, must_exist=False)
-    metadata.create_all(engine)
-    with engine.begin() as conn:
+
+    def fill(conn: Connection) -> None:
         conn.execute(sa.insert(t0).values(code="k0", num=0, a=0, b="x", nk=None))
         conn.execute(sa.insert(t1).values(id=1, a=0, b="x", p_code="k0", p_num=0))
-        _advance_sequences(conn, spec)
-    init_master(engine, parse_settings(spec.settings_yaml(), "composite.yaml"))
+
+    engine = _spec_master(spec, metadata, master_url, fill, "composite.yaml")
     replica = tmp_path / "composite.db"
     checkout(engine, replica, "tester", None)
     with replica_engine(replica).begin() as r:  # a new parent; the child moves to it (only `num` changes)
@@ -1287,13 +1298,12 @@ def test_orphan_decided_local_whose_grandparent_the_master_deleted(master_url: s
     )
     metadata = spec.metadata()
     t0, t1, t2 = (metadata.tables[n] for n in ("t0", "t1", "t2"))
-    engine = connect_master(master_url, must_exist=False)
-    metadata.create_all(engine)
-    with engine.begin() as conn:
+
+    def fill(conn: Connection) -> None:
         conn.execute(sa.insert(t0).values(id=5, a=0, b="x", nk="n0"))
         conn.execute(sa.insert(t1).values(id=1, a=0, b="x", p_id=5))
-        _advance_sequences(conn, spec)
-    init_master(engine, parse_settings(spec.settings_yaml(), "grandparent.yaml"))
+
+    engine = _spec_master(spec, metadata, master_url, fill, "grandparent.yaml")
     replica = tmp_path / "grandparent.db"
     checkout(engine, replica, "tester", None)
     with replica_engine(replica).begin() as r:
@@ -1328,13 +1338,12 @@ def test_natural_key_handed_to_a_new_row_that_takes_the_old_rows_children(
     )
     metadata = spec.metadata()
     t0, t1 = metadata.tables["t0"], metadata.tables["t1"]
-    engine = connect_master(master_url, must_exist=False)
-    metadata.create_all(engine)
-    with engine.begin() as conn:
+
+    def fill(conn: Connection) -> None:
         conn.execute(sa.insert(t0).values(id=1, a=0, b="x", nk="n4"))
         conn.execute(sa.insert(t1).values(id=1, a=0, b="x", p_id=1))
-        _advance_sequences(conn, spec)
-    init_master(engine, parse_settings(spec.settings_yaml(), "handed-over.yaml"))
+
+    engine = _spec_master(spec, metadata, master_url, fill, "handed-over.yaml")
     replica = tmp_path / "handed-over.db"
     checkout(engine, replica, "tester", None)
     with replica_engine(replica).begin() as r:
@@ -1374,9 +1383,8 @@ def test_natural_keys_swapped_by_rows_that_move_to_other_parents(
     )
     metadata = spec.metadata()
     t0, t1 = metadata.tables["t0"], metadata.tables["t1"]
-    engine = connect_master(master_url, must_exist=False)
-    metadata.create_all(engine)
-    with engine.begin() as conn:
+
+    def fill(conn: Connection) -> None:
         conn.execute(sa.insert(t0), [{"id": i, "a": 0, "b": "x"} for i in (1, 2, 5)])
         conn.execute(
             sa.insert(t1),
@@ -1385,8 +1393,8 @@ def test_natural_keys_swapped_by_rows_that_move_to_other_parents(
                 {"code": "k5", "a": 1, "b": "y", "nk": "n2", "p_id": 5},
             ],
         )
-        _advance_sequences(conn, spec)
-    init_master(engine, parse_settings(spec.settings_yaml(), "swap.yaml"))
+
+    engine = _spec_master(spec, metadata, master_url, fill, "swap.yaml")
     replica = tmp_path / "swap.db"
     checkout(engine, replica, "tester", None)
     with replica_engine(replica).begin() as r:
