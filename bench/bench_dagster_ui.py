@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -52,6 +51,7 @@ from sync_pipeline.engine.checkout import checkout  # noqa: E402
 from sync_pipeline.engine.master import connect_master, init_master  # noqa: E402
 from sync_pipeline.engine.session import run_sync  # noqa: E402
 from sync_pipeline.engine.settings import parse_settings  # noqa: E402
+from sync_pipeline_tests.test_dagster_webserver import stop_process_group  # noqa: E402
 
 AUTOMATIC_SETTINGS = DEMO_SETTINGS.replace("policy: manual", "policy: local_wins")
 LOCATION = "sync_pipeline.definitions"
@@ -153,13 +153,7 @@ def start_dagster_dev(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int
     raise SystemExit("dagster dev did not start")
 
 
-def stop(server: subprocess.Popen[bytes]) -> None:
-    os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
+stop = stop_process_group  # the tests' way of stopping `dagster dev` and what it started
 
 
 def set_sensor(port: int, name: str, running: bool) -> None:

@@ -71,6 +71,16 @@ def wait_until_serving(port: int, server: subprocess.Popen[bytes]) -> None:
     raise AssertionError("dagster-webserver did not start")
 
 
+def stop_process_group(server: subprocess.Popen[bytes]) -> None:
+    """Stop a server started in a session of its own, and everything it started (SIGKILL after a minute)."""
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
 @contextmanager
 def webserver_on(dagster_home: Path, sync_home: Path) -> Iterator[int]:
     """dagster-webserver on the workspace, serving on the port it yields; stopped afterwards."""
@@ -89,12 +99,7 @@ def webserver_on(dagster_home: Path, sync_home: Path) -> Iterator[int]:
         wait_until_serving(port, server)
         yield port
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_process_group(server)
 
 
 def test_webserver_serves_the_assets_checks_and_sensors(tmp_path: Path) -> None:
