@@ -11,8 +11,11 @@ import pytest
 import sqlalchemy as sa
 
 from sync_pipeline.engine.errors import ReplicaError
+from sync_pipeline.engine.load import execute_plan
+from sync_pipeline.engine.load_plan import MasterRow, Operation, Plan
 from sync_pipeline.engine.queries import list_conflicts, list_replicas
 from sync_pipeline.engine.replica import open_replica
+from sync_pipeline.engine.schema import reflect_tables
 from sync_pipeline.engine.session import (
     detect_session,
     load_session,
@@ -439,3 +442,38 @@ def test_bulk_insert_is_only_for_the_sync_tables(master_url: str) -> None:
             insert_rows(conn, parent, [{"id": 99, "name": "x", "city": "x", "email": "x@example.com"}])
         conn.rollback()
         assert conn.execute(sa.select(sa.func.count()).select_from(parent)).scalar_one() == before
+
+
+def test_rows_that_let_go_of_swapped_values_take_them_back_when_their_updates_are_dropped(tmp_path: Path) -> None:
+    """Two rows swap natural keys while moving to a parent that will not exist in the master: the write
+    order lets go of both values (NULL) to break the cycle, then the writer drops both updates; each row
+    takes its value back, so the load verifies and the rows are as they were."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'master.db'}")
+    metadata = sa.MetaData()
+    sa.Table("parent", metadata, sa.Column("id", sa.Integer, primary_key=True))
+    child = sa.Table(
+        "child",
+        metadata,
+        sa.Column("code", sa.String(5), primary_key=True),
+        sa.Column("nk", sa.String(5), unique=True),
+        sa.Column("p_id", sa.Integer, sa.ForeignKey("parent.id")),
+    )
+    metadata.create_all(engine)
+    rows = [{"code": "k3", "nk": "n0", "p_id": 1}, {"code": "k5", "nk": "n2", "p_id": 1}]
+    with engine.begin() as conn:
+        conn.execute(sa.insert(metadata.tables["parent"]).values(id=1))
+        conn.execute(sa.insert(child), rows)
+    plan = Plan(
+        operations=[
+            Operation(1, "child", "update", ("k3",), {"nk": "n2", "p_id": 9}, MasterRow(rows[0]), "change"),
+            Operation(2, "child", "update", ("k5",), {"nk": "n0", "p_id": 9}, MasterRow(rows[1]), "change"),
+        ],
+        gone={("parent", (9,))},  # a local parent that will not be in the master
+    )
+    with engine.begin() as conn:
+        infos = reflect_tables(conn, ["parent", "child"])
+        result = execute_plan(conn, plan, infos)
+
+    assert sorted(d[0] for d in result.dropped) == [1, 2]
+    with engine.connect() as conn:
+        assert [dict(r) for r in conn.execute(sa.select(child).order_by(child.c.code)).mappings()] == rows
