@@ -7,7 +7,6 @@ with each change so that the load can check that the master did not move in betw
 
 from __future__ import annotations
 
-import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +17,6 @@ from sqlalchemy.engine import Connection
 
 from sync_pipeline.engine.clock import NONE, changed_after_checkout, fetch_master_times
 from sync_pipeline.engine.dialects import impl_for
-from sync_pipeline.engine.errors import ReplicaError
 from sync_pipeline.engine.extract import ChangeSet, RowChange
 from sync_pipeline.engine.faults import checkpoint
 from sync_pipeline.engine.progress import report
@@ -438,64 +436,3 @@ def _find_referenced_deletes(
             d.action, d.kind = "conflict", "delete_update"
             d.detail = {**d.detail, "referenced_by": referenced[d.change.key]}
             d.note = "rows in the master still reference it"
-
-
-# A write transaction that began before the checkout and committed after its snapshot carries a
-# change time before the checkout yet is not in the replica's base: allow for that much overlap.
-CLOCK_OVERLAP = dt.timedelta(minutes=10)
-
-
-def verify_bases(
-    conn: Connection,
-    changes: ChangeSet,
-    infos: dict[str, TableInfo],
-    checked_out_at: str,
-    seen: Prefetched | None = None,
-) -> None:
-    """Refuse a change log whose base values (or keys) the master never held.
-
-    Where the master's field clock shows no change of a field since the checkout, the master's current
-    value *is* the base the replica must report; a different base means the log was edited. An updated or
-    deleted row that the master neither has nor deleted since the checkout never existed.
-    """
-    if not sa.inspect(conn).has_table("sync_field_clock"):
-        return
-    since = dt.datetime.fromisoformat(checked_out_at) - CLOCK_OVERLAP
-
-    def changed_since(stamp: str | None) -> bool:
-        return stamp is not None and dt.datetime.fromisoformat(stamp) >= since
-
-    by_table: dict[str, list[RowChange]] = defaultdict(list)
-    for change in changes.changes:
-        if change.op != "insert":
-            by_table[change.table].append(change)
-    total, done = sum(len(c) for c in by_table.values()), 0
-    for table, table_changes in by_table.items():
-        info = infos[table]
-        keys = [c.key for c in table_changes]
-        masters = fetch_rows_by_key(conn, info, keys)
-        times = fetch_master_times(conn, info, keys)
-        if seen is not None:
-            seen[table] = (set(keys), masters, times)
-        done += len(keys)
-        report("verify", done, total)
-        for change in table_changes:
-            assert change.base is not None
-            stamps = times.get(change.key, {})
-            if changed_since(stamps.get("*")):
-                continue  # inserted or deleted on the master since the checkout
-            master = masters.get(change.key)
-            where = f"table '{table}', key {change.key_dict(info.pk)}"
-            if master is None:
-                raise ReplicaError(
-                    f"{where}: the change log {change.op}s a row that the master did not have at checkout",
-                    "the replica's change log was edited; a tampered replica is never loaded. Check out a new replica",
-                )
-            for column in info.columns:
-                if master[column] != change.base[column] and not changed_since(stamps.get(column)):
-                    raise ReplicaError(
-                        f"{where}: the change log says column '{column}' was {change.base[column]!r} at checkout, "
-                        f"but the master held {master[column]!r} and has not changed it since",
-                        "the replica's change log was edited; a tampered replica is never loaded. "
-                        "Check out a new replica",
-                    )

@@ -21,7 +21,7 @@ from sync_pipeline.engine.errors import ReplicaError
 from sync_pipeline.engine.faults import armed, checkpoint
 from sync_pipeline.engine.progress import report
 from sync_pipeline.engine.replica_guard import refused
-from sync_pipeline.engine.schema import TableInfo, ValueRejected, fk_order, normalize, normalizer
+from sync_pipeline.engine.schema import TableInfo, ValueRejected, fk_order, normalize
 
 Op = Literal["insert", "update", "delete"]
 PROGRESS_EVERY = 1000  # log entries between progress reports
@@ -114,17 +114,14 @@ def _normalized(
 ) -> dict[str, Any]:
     """The row in the master's types. With the base row (raw and normalised), a value the row shares with
     its base is taken from there: most columns of an updated row are unchanged."""
-    columns = info.table.columns
     try:
         if raw_base is not None and base is not None:
             out = {}
-            for name in info.columns:
+            for name, normal in info.normalizers:
                 value, before = row.get(name), raw_base.get(name)
-                out[name] = (
-                    base[name] if type(value) is type(before) and value == before else normalizer(columns[name])(value)
-                )
+                out[name] = base[name] if type(value) is type(before) and value == before else normal(value)
             return out
-        return {name: normalizer(columns[name])(row.get(name)) for name in info.columns}
+        return {name: normal(row.get(name)) for name, normal in info.normalizers}
     except ValueRejected:
         pass
     # Find the value at fault, to name its column.

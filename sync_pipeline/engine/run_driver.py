@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from sync_pipeline.engine import store
+from sync_pipeline.engine.collector import collector_paused
 from sync_pipeline.engine.errors import BadInputError, SyncError
 from sync_pipeline.engine.faults import checkpoint
 from sync_pipeline.engine.records import ReplicaStatus, SessionStatus, replica_record_by_path
@@ -104,6 +105,7 @@ class RunDriver:
 
     # -- the steps --------------------------------------------------------------------------------
 
+    @collector_paused()
     def start(self, dagster_run_id: str | None = None) -> SessionContext:
         """The replica's session, detected: a new one (extracted and detected in memory, then stored in
         one transaction), or the one already open for the replica, continued."""
@@ -126,6 +128,7 @@ class RunDriver:
         self.detect(ctx)
         return ctx
 
+    @collector_paused()
     def detect(self, ctx: SessionContext) -> None:
         """Detection of a session stored before it was detected (by `start_session`, or older code)."""
         if ctx.status != SessionStatus.EXTRACTED:
@@ -135,11 +138,13 @@ class RunDriver:
             detect_session(self.engine, ctx, self.replica.row)
         ctx.status = SessionStatus.DETECTED
 
+    @collector_paused()
     def resolve(self, ctx: SessionContext) -> dict[str, int]:
         if ctx.status == SessionStatus.DETECTED:
             self.say("applying policies")
         return resolve_step(self.engine, ctx)
 
+    @collector_paused()
     def load(self, ctx: SessionContext, dagster_run_id: str | None = None) -> dict[str, Any] | None:
         """Load; rows the master changed meanwhile go back to detection. After the commit the file is
         retired. Returns the load's summary, or None when re-detection left conflicts waiting."""
@@ -176,6 +181,7 @@ class RunDriver:
             session_id, self.replica_id, SessionStatus.WAITING, counts, pending_of(self.engine, session_id), message
         )
 
+    @collector_paused()  # one pause for all steps: the collector's pass after each would visit every row
     def run(self) -> SyncResult:
         """The whole session in this process: to its end, or until it waits for decisions."""
         if self.finished is not None:

@@ -29,6 +29,7 @@ from sync_pipeline.engine.values import (
     carrier_normalizer,
     decode_row,
     dumps,
+    dumps_plain,
     encode,
     encode_row,
     normalize,
@@ -72,6 +73,11 @@ class TableInfo:
     def columns(self) -> list[str]:
         # Asked for per row in the hot loops of extraction and detection: computed once.
         return [c.name for c in self.table.columns]
+
+    @functools.cached_property
+    def normalizers(self) -> list[tuple[str, Any]]:
+        """(column, its `normalize`) in column order: the per-row loops look nothing else up."""
+        return [(c.name, normalizer(c)) for c in self.table.columns]
 
     def key_of(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
         return tuple(row[c] for c in self.pk)
@@ -222,6 +228,7 @@ __all__ = [  # the value rules live in `values` and are imported from here by mo
     "carrier_normalizer",
     "decode_row",
     "dumps",
+    "dumps_plain",
     "encode",
     "encode_row",
     "fk_order",

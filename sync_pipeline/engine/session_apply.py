@@ -84,6 +84,7 @@ def load_session(
     checkpoint("load_begin")
     items = _load_items(engine, ctx)
     plan = build_plan(items, ctx.infos)
+    del items  # what detection saw beyond the plan (master rows, conflict fields) is not needed any more
     with engine.begin() as conn:
         # A write takes SQLite's lock now, so that no writer slips in between check and write.
         impl_for(conn).lock_for_write(
@@ -109,7 +110,7 @@ def load_session(
         insert_in_chunks(
             conn,
             store.sync_applied,
-            [
+            (
                 {
                     "session_id": ctx.session_id,
                     "change_id": a.change_id,
@@ -122,8 +123,9 @@ def load_session(
                     "applied_at": now,
                 }
                 for a in result.applied
-            ],
+            ),
             stage="record",
+            total=len(result.applied),
         )
         summary = _summary(conn, ctx, result)
         if retries is not None and retries.total:

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from sync_pipeline.engine import store
 from sync_pipeline.engine.clock import checkout_time
-from sync_pipeline.engine.detect import Detected, Prefetched, detect_conflicts, verify_bases
+from sync_pipeline.engine.detect import Detected, Prefetched, detect_conflicts
 from sync_pipeline.engine.errors import (
     SyncError,
 )
@@ -39,7 +39,7 @@ from sync_pipeline.engine.replica import (
     open_replica,
     unfreeze,
 )
-from sync_pipeline.engine.schema import TableInfo, dumps, encode_row
+from sync_pipeline.engine.schema import TableInfo, dumps, dumps_plain, encode_row
 from sync_pipeline.engine.session_state import (
     SessionContext,
     SyncResult,
@@ -52,6 +52,7 @@ from sync_pipeline.engine.session_state import (
     load_changes,
 )
 from sync_pipeline.engine.settings import SyncSettings
+from sync_pipeline.engine.verify_bases import verify_bases
 
 
 def start_session(engine: Engine, replica: OpenReplica, dagster_run_id: str | None = None) -> str:
@@ -172,8 +173,8 @@ def _detection_columns(d: Detected, info: TableInfo) -> dict[str, Any]:
     return {
         "action": d.action,
         "master": None if d.master is None else dumps(d.master),
-        "master_times": json.dumps(d.master_times),
-        "apply_fields": json.dumps(d.apply_fields),
+        "master_times": dumps_plain(d.master_times),
+        "apply_fields": dumps_plain(d.apply_fields),
         "target_key": None if d.target_key is None else dumps(info.key_dict(d.target_key)),
         "note": d.note or None,
     }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +37,7 @@ from sync_pipeline.engine.records import (
 from sync_pipeline.engine.replica import (
     unfreeze_file,
 )
-from sync_pipeline.engine.schema import TableInfo, decode_row, dumps, encode, normalize, reflect_tables
+from sync_pipeline.engine.schema import TableInfo, decode_row, dumps, dumps_plain, encode, normalize, reflect_tables
 from sync_pipeline.engine.settings import SyncSettings, parse_settings
 
 
@@ -139,8 +140,8 @@ def change_record(session_id: str, change_id: int, module: str, change: RowChang
         "op": change.op,
         "base": None if change.base is None else dumps(change.base),
         "local": None if change.local is None else dumps(change.local),
-        "changed": json.dumps(change.changed),
-        "local_times": json.dumps(change.times),
+        "changed": dumps_plain(change.changed),
+        "local_times": dumps_plain(change.times),
     }
 
 
@@ -159,8 +160,10 @@ def change_from_record(record: dict[str, Any], info: TableInfo) -> RowChange:
     )
 
 
-def insert_in_chunks(conn: Connection, table: sa.Table, rows: list[dict[str, Any]], stage: str = "store") -> None:
-    store.insert_rows(conn, table, rows, lambda done, total: report(stage, done, total))
+def insert_in_chunks(
+    conn: Connection, table: sa.Table, rows: Iterable[dict[str, Any]], stage: str = "store", total: int | None = None
+) -> None:
+    store.insert_rows(conn, table, rows, lambda done, total: report(stage, done, total), total)
 
 
 def load_changes(engine: Engine, ctx: SessionContext, change_ids: list[int] | None = None) -> list[dict[str, Any]]:

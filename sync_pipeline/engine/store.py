@@ -8,7 +8,8 @@ import datetime as dt
 import json
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sized
+from itertools import islice
 from typing import Any
 
 import sqlalchemy as sa
@@ -264,24 +265,30 @@ BULK_CHUNK = 2000
 
 
 def insert_rows(
-    conn: Connection, table: sa.Table, rows: list[dict[str, Any]], on_chunk: Callable[[int, int], None] | None = None
+    conn: Connection,
+    table: sa.Table,
+    rows: Iterable[dict[str, Any]],
+    on_chunk: Callable[[int, int], None] | None = None,
+    total: int | None = None,
 ) -> None:
     """Insert many rows into one of the sync tables, in chunks; `on_chunk(done, total)` after each.
 
     The database's fastest bulk insert (`DialectImpl.bulk_insert`: COPY on PostgreSQL), several times
     faster than executemany for the tens of thousands of change and history rows a large session writes.
+    `rows` may be a generator (with `total` for the progress): only one chunk of it is held at a time.
     """
     if table.name not in SYNC_TABLES:
         raise ValueError(f"bulk inserts are only for the sync tables, not {table.name}")
-    if not rows:
-        return
-    columns = list(rows[0])
+    if total is None:
+        total = len(rows) if isinstance(rows, Sized) else 0
     impl = impl_for(conn)
-    for start in range(0, len(rows), BULK_CHUNK):
-        chunk = rows[start : start + BULK_CHUNK]
-        impl.bulk_insert(conn, table, columns, chunk)
+    iterator = iter(rows)
+    done = 0
+    while chunk := list(islice(iterator, BULK_CHUNK)):
+        impl.bulk_insert(conn, table, list(chunk[0]), chunk)
+        done += len(chunk)
         if on_chunk is not None:
-            on_chunk(start + len(chunk), len(rows))
+            on_chunk(done, max(total, done))
 
 
 def loads(text: str | None) -> Any:
