@@ -93,8 +93,11 @@ def _decode(text: str | None, info: TableInfo, where: str, column_set: frozenset
             "the replica was edited by hand; check out a new replica",
         ) from None
     # The log's triggers write one object of plain values per row: anything nested was written by hand.
-    if not isinstance(raw, dict) or any(isinstance(v, (dict, list)) for v in raw.values()):
+    if type(raw) is not dict:
         raise ReplicaError(f"{where}: the change log holds a malformed row", "check out a new replica")
+    for value in raw.values():
+        if isinstance(value, (dict, list)):
+            raise ReplicaError(f"{where}: the change log holds a malformed row", "check out a new replica")
     if not column_set.issuperset(raw):
         unknown = set(raw) - column_set
         raise ReplicaError(
@@ -233,7 +236,7 @@ def _key_values(row_key: str, info: TableInfo, where: str) -> list[Any]:
     if not isinstance(values, list) or len(values) != len(info.pk) or any(isinstance(v, (dict, list)) for v in values):
         raise ReplicaError(f"{where}: malformed key in the change log", "check out a new replica")
     try:
-        return [normalize(v, info.table.columns[c]) for c, v in zip(info.pk, values, strict=True)]
+        return [normal(v) for normal, v in zip(info.key_normalizers, values, strict=True)]
     except ValueRejected as exc:
         raise ReplicaError(
             f"{where}: key value rejected by the master's type ({exc})",

@@ -79,6 +79,10 @@ class TableInfo:
         """(column, its `normalize`) in column order: the per-row loops look nothing else up."""
         return [(c.name, normalizer(c)) for c in self.table.columns]
 
+    @functools.cached_property
+    def key_normalizers(self) -> list[Any]:
+        return [normalizer(self.table.columns[c]) for c in self.pk]
+
     def key_of(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
         return tuple(row[c] for c in self.pk)
 
