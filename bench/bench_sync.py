@@ -4,6 +4,7 @@
     .venv/bin/python bench/bench_sync.py                  # full sizes (1M-row master, 10k changes)
     .venv/bin/python bench/bench_sync.py --sqlite         # SQLite master instead of PostgreSQL
     .venv/bin/python bench/bench_sync.py --mariadb        # MariaDB master (raw baseline: mysqlclient)
+    .venv/bin/python bench/bench_sync.py --profile        # where one sync's time goes (cProfile)
 
 Each figure is the median of --repeat runs; the table printed at the end has the figure, ours, the
 baseline, the ratio, the target and whether it is met. Timings are wall-clock seconds.
@@ -457,6 +458,32 @@ def measure_scaling(
     return results[0], results[1]
 
 
+def profile_sync(rows: int, changes: int, use_sqlite: bool, folder: Path, top: int = 30) -> str:
+    """Where one engine sync's time goes: cProfile's cumulative time of the engine's own functions, and
+    the driver's wait for the database (`connection.py(wait)`: the server's share). The profiler's own
+    overhead inflates functions called per row, so read the shares, not the seconds."""
+    import cProfile
+    import io
+    import pstats
+
+    master = build_master(rows, use_sqlite, folder)
+    try:
+        replica = folder / "profile.db"
+        checkout(master.engine, replica, "bench")
+        plan = plan_changes(rows, changes, seed=3)
+        apply_local(replica, plan)
+        apply_master(master, plan)
+        profiler = cProfile.Profile()
+        profiler.runcall(run_sync, master.engine, replica)
+        replica.unlink()
+    finally:
+        master.drop()
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("cumulative").print_stats(r"sync_pipeline/engine|psycopg/connection.py.*\(wait\)|sqlite3", top)
+    return out.getvalue()
+
+
 def peak_rss_mb(args: list[str]) -> float:
     """Peak resident memory of a child process running this script with `args`."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -564,6 +591,9 @@ def main() -> None:
     parser.add_argument("--mariadb", action="store_true", help="MariaDB master instead of PostgreSQL")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", default="", help="comma list: checkout,sync,scaling,memory,capture,dagster")
+    parser.add_argument(
+        "--profile", action="store_true", help="print where one engine sync's time goes (cProfile), then stop"
+    )
     parser.add_argument("--child-checkout", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--child-sync", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -577,6 +607,11 @@ def main() -> None:
     only = set(filter(None, args.only.split(","))) or {"checkout", "sync", "scaling", "memory", "capture", "dagster"}
     ON_MARIADB["on"] = args.mariadb
     backend = "SQLite" if args.sqlite else "MariaDB" if args.mariadb else "PostgreSQL"
+    if args.profile:
+        with tempfile.TemporaryDirectory(prefix="sync-bench-") as tmp:
+            print(f"# one engine sync of {changes:,} changes into {rows:,} rows ({backend}), under cProfile")
+            print(profile_sync(rows, changes, args.sqlite, Path(tmp)))
+        return None
     results: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="sync-bench-") as tmp:
         folder = Path(tmp)

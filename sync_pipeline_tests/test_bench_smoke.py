@@ -38,3 +38,11 @@ def test_protocol_pdf_benchmark_prints_its_table() -> None:
     printed = _bench("bench_protocol_pdf.py", "--quick", "--repeat", "1")
     assert "### PDF protocol of 200 conflicts (2,000 changes" in printed
     assert "| render HTML (baseline) |" in printed and "| render PDF |" in printed
+
+
+def test_sync_profile_names_where_the_time_goes() -> None:
+    require_postgres()
+    printed = _bench("bench_sync.py", "--quick", "--profile")
+    assert "# one engine sync of 2,000 changes into 50,000 rows (PostgreSQL), under cProfile" in printed
+    for step in ("run_driver.py", "extract.py", "(extract_changes)", "(execute_plan)", "(wait)"):
+        assert step in printed
