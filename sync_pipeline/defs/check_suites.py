@@ -13,8 +13,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from sync_pipeline.defs.assets import table_row_counts
 from sync_pipeline.defs.gx_adapter import ExpectationSpec, FrameSuite
+from sync_pipeline.defs.step_session import table_row_counts
 from sync_pipeline.engine import records as sync_records
 from sync_pipeline.engine.detect import fetch_rows_by_key
 from sync_pipeline.engine.resolve import current_decision
@@ -419,7 +419,11 @@ def _written_and_now(
     return out
 
 
-def row_count_suite(engine: Engine, ctx: SessionContext, before: dict[str, int]) -> FrameSuite:
+def row_count_suite(
+    engine: Engine, ctx: SessionContext, before: dict[str, int], now: dict[str, int] | None = None
+) -> FrameSuite:
+    """Each table's row count moved by the session's inserts - deletes. `now`: the counts master_load took
+    after its commit, in the same step (counted here when not given)."""
     moved: defaultdict[str, int] = defaultdict(int)
     inserts: defaultdict[str, int] = defaultdict(int)
     deletes: defaultdict[str, int] = defaultdict(int)
@@ -430,7 +434,7 @@ def row_count_suite(engine: Engine, ctx: SessionContext, before: dict[str, int])
         elif op == "delete":
             deletes[table] += count
             moved[table] -= count
-    now = table_row_counts(engine, ctx.infos)
+    now = table_row_counts(engine, ctx.infos) if now is None else now
     rows = [
         {
             "table": t,

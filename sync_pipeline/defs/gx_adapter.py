@@ -209,18 +209,15 @@ def _validate_one(loaded: _GreatExpectations, suite: FrameSuite) -> SuiteOutcome
     frame = loaded.pd.DataFrame(suite.rows, columns=suite.columns, dtype=object)
     gx_suite, broken = _gx_suite(loaded, suite)
     failures = [dict(f) for f in broken]
-    index = [c for c in suite.index_columns if c in suite.columns]
-    # What `batch_definition.get_batch(...).validate(suite)` does, but with the frame loaded once: that
-    # path builds the batch twice, and each time GX fingerprints the whole frame, row by row.
-    validator = loaded.validator(
-        batch_definition=loaded.batch_definition,
-        batch_parameters={"dataframe": frame},
-        result_format={
-            "result_format": "COMPLETE",
-            **({"unexpected_index_column_names": index} if index else {}),
-        },
-    )
-    result = validator.validate_expectation_suite(gx_suite)
+    # First only whether each expectation is met: GX then skips the unexpected values and their row
+    # indexes, which with COMPLETE it computes per row even for an expectation that passes (about half
+    # of a 10,000-row suite's time). Only a suite with a failure is validated again, COMPLETE, for the
+    # report's counts, observed values and failing rows: the same results, the same statistics.
+    result = _run_suite(loaded, frame, gx_suite, {"result_format": "BOOLEAN_ONLY"})
+    if not result.success:
+        index = [c for c in suite.index_columns if c in suite.columns]
+        complete = {"result_format": "COMPLETE", **({"unexpected_index_column_names": index} if index else {})}
+        result = _run_suite(loaded, frame, gx_suite, complete)
     for item in result.results:
         if item.success:
             continue
@@ -246,6 +243,17 @@ def _validate_one(loaded: _GreatExpectations, suite: FrameSuite) -> SuiteOutcome
         int(statistics["successful_expectations"]),
         failures,
     )
+
+
+def _run_suite(loaded: _GreatExpectations, frame: Any, gx_suite: Any, result_format: dict[str, Any]) -> Any:
+    """What `batch_definition.get_batch(...).validate(suite)` does, but with the frame loaded once: that
+    path builds the batch twice, and each time GX fingerprints the whole frame, row by row."""
+    validator = loaded.validator(
+        batch_definition=loaded.batch_definition,
+        batch_parameters={"dataframe": frame},
+        result_format=result_format,
+    )
+    return validator.validate_expectation_suite(gx_suite)
 
 
 def _plain(value: Any) -> Any:
