@@ -98,13 +98,23 @@ def test_edited_value_breaking_an_expectation_blocks_the_load(
     decide(demo.engine, phone_conflict["id"], "value", "Tess Tester", "phone", "0170 555 0000")
     decide(demo.engine, phone_conflict["id"], "master", "Tess Tester", "updated_at")
     decide_module(demo.engine, waiting.session_id, "crm", "master", "Tess Tester")
-    # The checks' lean read of the decided conflicts says what the review's full one says.
+    # The checks' lean read of the decided conflicts says what the review's full one says, the rule of the
+    # latest decision (resolutions' `decided/<module>/<rule>` metadata) and the module of the table included.
     decided = list_conflicts(demo.engine, waiting.session_id, "decided")
     assert len(decided) > 1
+    settings = session_context(demo.engine, waiting.session_id).settings
     assert [
-        (c["id"], c["table"], c["kind"], c["decision"]) for c in decided_conflicts(demo.engine, waiting.session_id)
+        (c["id"], settings.module_of(c["table"]), c["table"], c["kind"], c["decision"], c["rule"])
+        for c in decided_conflicts(demo.engine, waiting.session_id)
     ] == [
-        (c["id"], c["table"], c["kind"], {"row": c["decision"]["row"], "fields": c["decision"]["fields"]})
+        (
+            c["id"],
+            c["module"],
+            c["table"],
+            c["kind"],
+            {"row": c["decision"]["row"], "fields": c["decision"]["fields"]},
+            c["decision"]["rule"],
+        )
         for c in decided
     ]
     before = whole_master(demo.engine)

@@ -20,6 +20,7 @@ import dagster as dg
 from pydantic import Field
 from sqlalchemy.engine import Engine
 
+from sync_pipeline.defs.check_suites import decided_conflicts
 from sync_pipeline.defs.checks import (
     LOCAL_CHANGES,
     LOCAL_CHANGES_CHECKS,
@@ -37,7 +38,9 @@ from sync_pipeline.defs.partitions import replicas_partitions
 from sync_pipeline.defs.resources import MasterDatabase
 from sync_pipeline.defs.run_keys import STATE_TAG, may_load_in_run
 from sync_pipeline.defs.step_session import (
+    count_and_keep,
     counts_metadata,
+    kept_counts,
     partition_session,
     pending_metadata,
     pending_summary,
@@ -49,9 +52,7 @@ from sync_pipeline.defs.step_session import (
     table_row_counts,
 )
 from sync_pipeline.engine.errors import SyncError
-from sync_pipeline.engine.queries import list_conflicts
 from sync_pipeline.engine.records import (
-    ConflictStatus,
     ReplicaStatus,
     SessionStatus,
     decision_version,
@@ -153,7 +154,7 @@ def start_session(
             share_session(master.run_state(), started)
             session_id, resumed = started.session_id, driver.continued
             context.log.info(f"session {session_id}: {'continued' if resumed else 'extracted and detected'}")
-    counts = counts_of(engine, session_id) if session_id else {}
+    counts = count_and_keep(engine, session_id, master.run_state()) if session_id else {}
     return dg.MaterializeResult(
         asset_key=LOCAL_CHANGES,
         metadata={
@@ -178,11 +179,12 @@ def start_session(
 def conflicts(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg.MaterializeResult:
     with partition_session(master, context) as (engine, ctx):
         # Stored without detection (start_session): only then is the file needed.
-        if ctx.status == SessionStatus.EXTRACTED:
+        detecting = ctx.status == SessionStatus.EXTRACTED
+        if detecting:
             with driver_for(engine, ctx.replica_id, ctx.replica_path or "") as driver:
                 driver.detect(ctx)
         context.log.info(f"session {ctx.session_id} is {ctx.status}: its changes are detected")
-        counts = counts_of(engine, ctx.session_id)
+        counts = kept_counts(engine, ctx.session_id, master.run_state(), detected_now=detecting)
     return dg.MaterializeResult(
         metadata={
             **session_metadata(ctx),
@@ -204,27 +206,34 @@ def resolutions(
     context: dg.AssetExecutionContext, master: MasterDatabase
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     with partition_session(master, context) as (engine, ctx):
+        decided = None
         if RESOLUTIONS in context.selected_asset_keys:
             pending = resolve_step(engine, ctx)  # policies run only right after detection
-            yield resolutions_result(context, engine, ctx, pending)
+            decided = decided_conflicts(engine, ctx.session_id)  # read once: the metadata and the checks
+            yield resolutions_result(context, engine, ctx, pending, decided)
         else:
             pending = pending_of(engine, ctx.session_id)
-        yield from resolutions_checks(context, engine, ctx, pending)
+        yield from resolutions_checks(context, engine, ctx, pending, decided)
 
 
 def resolutions_result(
-    context: dg.AssetExecutionContext, engine: Engine, ctx: SessionContext, pending: dict[str, int]
+    context: dg.AssetExecutionContext,
+    engine: Engine,
+    ctx: SessionContext,
+    pending: dict[str, int],
+    decided_items: list[dict[str, Any]],
 ) -> dg.MaterializeResult:
-    """resolutions' materialization: status, decision version, pending and decided conflicts per module; the
-    run tagged `sync/state` waiting or ready."""
+    """resolutions' materialization: status, decision version, pending and decided conflicts per module (and
+    rule of the latest decision); the run tagged `sync/state` waiting or ready."""
     version = decision_version(engine, ctx.session_id)
     status = str((latest_session(engine, ctx.replica_id) or {}).get("status", ctx.status))
     decided: dict[str, dict[str, int]] = {}
-    for item in list_conflicts(engine, ctx.session_id):
-        if item["status"] == ConflictStatus.DECIDED and item["decision"]:
-            rule = item["decision"]["rule"]
-            decided.setdefault(item["module"], {}).setdefault(rule, 0)
-            decided[item["module"]][rule] += 1
+    for item in decided_items:
+        if item["rule"] is not None:
+            # A conflict's module is its table's in the replica's settings, as detection recorded it.
+            module = ctx.settings.module_of(item["table"])
+            decided.setdefault(module, {}).setdefault(item["rule"], 0)
+            decided[module][item["rule"]] += 1
     if pending:
         context.log.info(
             f"session {ctx.session_id}: {pending_summary(pending)}; decide on {review_session_url(ctx.session_id)}"

@@ -243,11 +243,14 @@ def local_change_suites(
     return suites
 
 
-def decided_rows(engine: Engine, ctx: SessionContext) -> dict[str, list[dict[str, Any]]]:
+def decided_rows(
+    engine: Engine, ctx: SessionContext, decided: list[dict[str, Any]] | None = None
+) -> dict[str, list[dict[str, Any]]]:
     """Per table, the rows decisions write from the replica side: the local row with each decided
     field's chosen value (local, master or edited). Rows where the master's values are kept entirely
-    are left out: they write nothing new."""
-    decided = decided_conflicts(engine, ctx.session_id)
+    are left out: they write nothing new. `decided`: the session's `decided_conflicts`, when the step
+    read them already."""
+    decided = decided_conflicts(engine, ctx.session_id) if decided is None else decided
     records = _changes_by_id(engine, ctx, sorted({c["change_id"] for c in decided}))
     out: dict[str, list[dict[str, Any]]] = {}
     for item in decided:
@@ -280,9 +283,10 @@ def decided_rows(engine: Engine, ctx: SessionContext) -> dict[str, list[dict[str
 
 
 def decided_conflicts(engine: Engine, session_id: str) -> list[dict[str, Any]]:
-    """The session's decided conflicts as `{id, change_id, table, kind, decision}`, `decision` in
-    `queries.list_conflicts`' form (`row`, `fields`): only what `decided_rows` needs, without the
-    review's identities and compared rows that `list_conflicts` builds for each conflict."""
+    """The session's decided conflicts as `{id, change_id, table, kind, decision, rule}`, `decision` in
+    `queries.list_conflicts`' form (`row`, `fields`) and `rule` its latest decision's (as list_conflicts'
+    `decision.rule`): what `decided_rows` and resolutions' metadata need, without the review's
+    identities and compared rows that `list_conflicts` builds for each conflict."""
     with engine.connect() as conn:
         conflicts = sync_records.decided_conflict_rows(conn, session_id)
         history = sync_records.decision_history(conn, [row.conflict_id for row in conflicts])
@@ -306,6 +310,7 @@ def decided_conflicts(engine: Engine, session_id: str) -> list[dict[str, Any]]:
                 "table": row.table_name,
                 "kind": row.kind,
                 "decision": decision,
+                "rule": decisions[-1]["rule"] if decisions else None,
             }
         )
     return out
@@ -323,9 +328,11 @@ def _changes_by_id(engine: Engine, ctx: SessionContext, change_ids: list[int]) -
     return found
 
 
-def decided_value_suites(engine: Engine, ctx: SessionContext) -> list[FrameSuite]:
+def decided_value_suites(
+    engine: Engine, ctx: SessionContext, decided: list[dict[str, Any]] | None = None
+) -> list[FrameSuite]:
     suites = []
-    for table, rows in sorted(decided_rows(engine, ctx).items()):
+    for table, rows in sorted(decided_rows(engine, ctx, decided).items()):
         info = ctx.infos[table]
         suites.append(
             FrameSuite(

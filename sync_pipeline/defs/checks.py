@@ -150,14 +150,18 @@ def local_changes_checks(
 
 
 def resolutions_checks(
-    context: dg.AssetExecutionContext, engine: Engine, ctx: SessionContext, pending: dict[str, int]
+    context: dg.AssetExecutionContext,
+    engine: Engine,
+    ctx: SessionContext,
+    pending: dict[str, int],
+    decided: list[dict[str, Any]] | None = None,
 ) -> Iterator[dg.AssetCheckResult]:
-    """The selected checks of resolutions; `pending`: the conflicts pending per module, as the step found
-    them."""
+    """The selected checks of resolutions; `pending`: the conflicts pending per module and `decided`: the
+    decided conflicts (`decided_conflicts`, None to read them), as the step found them."""
     if selected(context, resolutions_all_decided):
         yield all_decided_result(engine, ctx, pending)
     if selected(context, decided_values_match_schema):
-        report = validate(decided_value_suites(engine, ctx))
+        report = validate(decided_value_suites(engine, ctx, decided))
         yield check_result(decided_values_match_schema, report, ctx, "schema suite of the decided values")
     if selected(context, no_manual_decisions_pending):
         yield waiting_result(ctx, pending)

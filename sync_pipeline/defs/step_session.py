@@ -18,7 +18,7 @@ from sync_pipeline.defs.partitions import replica_id_of_partition
 from sync_pipeline.defs.resources import MasterDatabase
 from sync_pipeline.engine.records import latest_session
 from sync_pipeline.engine.schema import TableInfo
-from sync_pipeline.engine.session_state import SessionContext, session_context
+from sync_pipeline.engine.session_state import SessionContext, counts_of, session_context
 
 
 def require_replica_id(engine: Engine, partition_key: str) -> str:
@@ -63,6 +63,29 @@ def share_session(shared: dict[str, Any] | None, ctx: SessionContext) -> None:
     `run_sync` hands them from step to step)."""
     if shared is not None:
         shared[_SESSION] = ctx
+
+
+_COUNTS = "counts"  # what local_changes counted of the run's session, for conflicts
+
+
+def count_and_keep(engine: Engine, session_id: str, shared: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """`counts_of` the session (changes per operation, conflicts per kind, per module), kept in `shared` for
+    the conflicts step of the same run (`kept_counts`)."""
+    counts = counts_of(engine, session_id)
+    shared[_COUNTS] = (session_id, counts)
+    return counts
+
+
+def kept_counts(
+    engine: Engine, session_id: str, shared: dict[str, Any], detected_now: bool
+) -> dict[str, dict[str, int]]:
+    """The session's counts as local_changes counted them in this run, instead of counting the same 10,000
+    changes again: until the load, a detected session's changes and conflicts stay as stored. Counted
+    afresh when the step has just detected the session itself, or nothing was kept for it."""
+    known = shared.pop(_COUNTS, None)
+    if known is not None and known[0] == session_id and not detected_now:
+        return known[1]
+    return counts_of(engine, session_id)
 
 
 @contextmanager
