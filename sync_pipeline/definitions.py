@@ -9,7 +9,6 @@ from __future__ import annotations
 import dagster as dg
 
 from sync_pipeline.defs.assets import sync_assets
-from sync_pipeline.defs.checks import sync_checks
 from sync_pipeline.defs.executor import sync_executor
 from sync_pipeline.defs.instance_config import write_configured_instance_config
 from sync_pipeline.defs.jobs import sync_jobs
@@ -17,7 +16,6 @@ from sync_pipeline.defs.overview import offline_replicas, purge_schedule, sync_p
 from sync_pipeline.defs.protocol_pdf import sync_protocol_pdf
 from sync_pipeline.defs.resources import MasterDatabase, SyncInbox, SyncSettingsResource
 from sync_pipeline.defs.sensors import sync_sensors
-from sync_pipeline.defs.waiting_check import no_manual_decisions_pending
 
 
 def build_definitions(master_url: str | None = None) -> dg.Definitions:
@@ -25,8 +23,8 @@ def build_definitions(master_url: str | None = None) -> dg.Definitions:
     SQLite master in $SYNC_HOME/master.db); a pinned URL is resource config, which Dagster stores in
     the job snapshots of every run, so pass URLs with passwords through SYNC_MASTER_URL instead."""
     return dg.Definitions(
+        # The sync's checks are part of their assets (`check_specs`, evaluated in the asset's step).
         assets=[*sync_assets, sync_protocol_pdf, offline_replicas],
-        asset_checks=[*sync_checks, no_manual_decisions_pending],
         jobs=[*sync_jobs, sync_purge],
         schedules=[purge_schedule],
         sensors=sync_sensors,

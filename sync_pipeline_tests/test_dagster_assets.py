@@ -30,6 +30,7 @@ from sync_pipeline.demo import DEMO_SETTINGS, build_master, demo_metadata, make_
 from sync_pipeline.engine.checkout import checkout
 from sync_pipeline.engine.errors import BadInputError, ReplicaError
 from sync_pipeline.engine.master import connect_master, init_master
+from sync_pipeline.engine.queries import list_conflicts
 from sync_pipeline.engine.records import decision_version
 from sync_pipeline.engine.replica import open_replica
 from sync_pipeline.engine.session import decide_module, open_session_of
@@ -166,6 +167,14 @@ def test_automatic_sync_runs_the_whole_graph_and_retires_the_replica(
     detected = latest_metadata(instance, conflicts, demo.partition)
     assert detected["session_id"] == result.session_id
     assert detected["crm/update_update"] == 1 and detected["sales/insert_insert"] == 1
+    # The conflicts the policies decided, per module and rule, as the review lists them.
+    decided_by_rule: dict[str, int] = {}
+    for item in list_conflicts(demo.engine, result.session_id, "decided"):
+        key = f"decided/{item['module']}/{item['decision']['rule']}"
+        decided_by_rule[key] = decided_by_rule.get(key, 0) + 1
+    resolved = latest_metadata(instance, resolutions, demo.partition)
+    assert {k: v for k, v in resolved.items() if k.startswith("decided/")} == decided_by_rule
+    assert sum(decided_by_rule.values()) == 9
     loaded = latest_metadata(instance, master_load, demo.partition)
     assert loaded["rows_after/company"] == loaded["rows_before/company"] + 1
     protocol = latest_metadata(instance, sync_protocol, demo.partition)["protocol"]

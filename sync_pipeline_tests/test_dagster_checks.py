@@ -1,8 +1,10 @@
 """Blocking Great Expectations checks: a failing gate stops the chain before the master is touched,
 and its result carries GX's statistics and the rows that failed."""
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -11,14 +13,14 @@ import sqlalchemy as sa
 from sync_pipeline.dagster_run import materialize_sync
 from sync_pipeline.definitions import build_definitions
 from sync_pipeline.defs.assets import conflicts, local_changes, master_load
-from sync_pipeline.defs.check_suites import decided_conflicts, local_change_suites, schema_expectations
+from sync_pipeline.defs.check_suites import decided_conflicts, json_text, local_change_suites, schema_expectations
 from sync_pipeline.defs.gx_adapter import ExpectationSpec, FrameSuite, validate
 from sync_pipeline.defs.jobs import APPLY_JOB_NAME
 from sync_pipeline.demo import DEMO_SETTINGS, demo_metadata
 from sync_pipeline.engine import store
 from sync_pipeline.engine.queries import list_conflicts
 from sync_pipeline.engine.run_driver import open_run
-from sync_pipeline.engine.schema import TableInfo
+from sync_pipeline.engine.schema import TableInfo, dumps
 from sync_pipeline.engine.session import decide, decide_module, session_context
 from sync_pipeline_tests.test_dagster_assets import (
     AUTOMATIC_SETTINGS,
@@ -98,13 +100,23 @@ def test_edited_value_breaking_an_expectation_blocks_the_load(
     decide(demo.engine, phone_conflict["id"], "value", "Tess Tester", "phone", "0170 555 0000")
     decide(demo.engine, phone_conflict["id"], "master", "Tess Tester", "updated_at")
     decide_module(demo.engine, waiting.session_id, "crm", "master", "Tess Tester")
-    # The checks' lean read of the decided conflicts says what the review's full one says.
+    # The checks' lean read of the decided conflicts says what the review's full one says, the rule of the
+    # latest decision (resolutions' `decided/<module>/<rule>` metadata) and the module of the table included.
     decided = list_conflicts(demo.engine, waiting.session_id, "decided")
     assert len(decided) > 1
+    settings = session_context(demo.engine, waiting.session_id).settings
     assert [
-        (c["id"], c["table"], c["kind"], c["decision"]) for c in decided_conflicts(demo.engine, waiting.session_id)
+        (c["id"], settings.module_of(c["table"]), c["table"], c["kind"], c["decision"], c["rule"])
+        for c in decided_conflicts(demo.engine, waiting.session_id)
     ] == [
-        (c["id"], c["table"], c["kind"], {"row": c["decision"]["row"], "fields": c["decision"]["fields"]})
+        (
+            c["id"],
+            c["module"],
+            c["table"],
+            c["kind"],
+            {"row": c["decision"]["row"], "fields": c["decision"]["fields"]},
+            c["decision"]["rule"],
+        )
         for c in decided
     ]
     before = whole_master(demo.engine)
@@ -268,3 +280,62 @@ def test_apply_job_includes_the_load_gate_and_the_detect_job_does_not() -> None:
 
 def check_names_of(definitions: dg.Definitions) -> list[dg.AssetCheckKey]:
     return list(definitions.resolve_asset_graph().asset_check_keys)
+
+
+def test_checks_executed_without_their_asset_read_the_session_from_the_master(
+    master_url: str, tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    """The checks run inside their asset's step; selected alone (the UI's "Execute checks"), the step only
+    checks: the session and what the last load recorded come from the master and the instance."""
+    demo = build_demo(master_url, tmp_path / "replicas", AUTOMATIC_SETTINGS)
+    assert materialize_sync(master_url, str(demo.replica), instance).status == "done"
+    contact = demo_metadata().tables["contact"]
+    with demo.engine.begin() as conn:  # another writer, after the commit
+        conn.execute(sa.update(contact).where(contact.c.id == 1).values(phone="+1 555 0100"))
+    selection = dg.AssetSelection.checks(
+        dg.AssetCheckKey(master_load.key, "master_reconciles"),
+        dg.AssetCheckKey(local_changes.key, "local_changes_match_schema"),
+    )
+    definitions = dg.Definitions.merge(
+        build_definitions(master_url), dg.Definitions(jobs=[dg.define_asset_job("checks_only", selection)])
+    )
+    loads_before = len(materializations(instance, master_load))
+
+    # A job of checks alone has no partitioned asset to infer the partitions from: the partition is its tag.
+    run = definitions.resolve_job_def("checks_only").execute_in_process(
+        instance=instance, tags={"dagster/partition": demo.partition}, raise_on_error=False
+    )
+
+    assert run.success
+    assert run.get_asset_materialization_events() == [], "only the checks ran, no asset"
+    assert len(materializations(instance, master_load)) == loads_before
+    evaluations = {e.check_name: e for e in run.get_asset_check_evaluations()}
+    assert sorted(evaluations) == ["local_changes_match_schema", "master_reconciles"]
+    assert evaluations["local_changes_match_schema"].passed
+    reconciled = evaluations["master_reconciles"]
+    assert not reconciled.passed and reconciled.severity == dg.AssetCheckSeverity.WARN
+    assert "the load verified" in (reconciled.description or "")  # what the load recorded, from the instance
+    failing = reconciled.metadata["failing_rows"].value
+    assert [(row["table"], row["column"], row["actual"]) for row in failing] == [
+        ("contact", "phone", json.dumps("+1 555 0100"))
+    ]
+    assert reconciled.metadata["evaluated_expectations"].value == 3, "loaded values and both row-count expectations"
+
+
+def materializations(instance: dg.DagsterInstance, asset: dg.AssetsDefinition) -> list[Any]:
+    return list(instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=asset.key), limit=100).records)
+
+
+def test_json_text_is_dumps_with_each_scalar_made_once() -> None:
+    texts: dict[tuple[type, Any], str] = {}
+    values = [1, True, 1.0, "1", None, "ü", 2.5, {"a": [1, 2]}, [1, "x"], 1, True, "ü"]
+    assert [json_text(v, texts) for v in values] == [dumps(v) for v in values]
+    assert set(texts) == {
+        (int, 1),
+        (bool, True),
+        (float, 1.0),
+        (str, "1"),
+        (type(None), None),
+        (str, "ü"),
+        (float, 2.5),
+    }

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from sync_pipeline.definitions import build_definitions
-from sync_pipeline.defs import assets as assets_module
+from sync_pipeline.defs import step_session as step_session_module
 from sync_pipeline.defs.assets import latest_session, master_load, resolutions, sync_protocol
 from sync_pipeline.defs.jobs import APPLY_JOB_NAME
 from sync_pipeline.defs.partitions import ensure_partition
@@ -165,7 +165,7 @@ def test_the_steps_of_a_run_share_the_session_context(
         rebuilt.append(session_id)
         return session_context(engine, session_id)
 
-    monkeypatch.setattr(assets_module, "session_context", rebuilding)
+    monkeypatch.setattr(step_session_module, "session_context", rebuilding)
 
     run = run_sync_job(demo, instance)
 

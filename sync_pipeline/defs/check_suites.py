@@ -13,8 +13,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from sync_pipeline.defs.assets import table_row_counts
 from sync_pipeline.defs.gx_adapter import ExpectationSpec, FrameSuite
+from sync_pipeline.defs.step_session import table_row_counts
 from sync_pipeline.engine import records as sync_records
 from sync_pipeline.engine.detect import fetch_rows_by_key
 from sync_pipeline.engine.resolve import current_decision
@@ -243,11 +243,14 @@ def local_change_suites(
     return suites
 
 
-def decided_rows(engine: Engine, ctx: SessionContext) -> dict[str, list[dict[str, Any]]]:
+def decided_rows(
+    engine: Engine, ctx: SessionContext, decided: list[dict[str, Any]] | None = None
+) -> dict[str, list[dict[str, Any]]]:
     """Per table, the rows decisions write from the replica side: the local row with each decided
     field's chosen value (local, master or edited). Rows where the master's values are kept entirely
-    are left out: they write nothing new."""
-    decided = decided_conflicts(engine, ctx.session_id)
+    are left out: they write nothing new. `decided`: the session's `decided_conflicts`, when the step
+    read them already."""
+    decided = decided_conflicts(engine, ctx.session_id) if decided is None else decided
     records = _changes_by_id(engine, ctx, sorted({c["change_id"] for c in decided}))
     out: dict[str, list[dict[str, Any]]] = {}
     for item in decided:
@@ -280,9 +283,10 @@ def decided_rows(engine: Engine, ctx: SessionContext) -> dict[str, list[dict[str
 
 
 def decided_conflicts(engine: Engine, session_id: str) -> list[dict[str, Any]]:
-    """The session's decided conflicts as `{id, change_id, table, kind, decision}`, `decision` in
-    `queries.list_conflicts`' form (`row`, `fields`): only what `decided_rows` needs, without the
-    review's identities and compared rows that `list_conflicts` builds for each conflict."""
+    """The session's decided conflicts as `{id, change_id, table, kind, decision, rule}`, `decision` in
+    `queries.list_conflicts`' form (`row`, `fields`) and `rule` its latest decision's (as list_conflicts'
+    `decision.rule`): what `decided_rows` and resolutions' metadata need, without the review's
+    identities and compared rows that `list_conflicts` builds for each conflict."""
     with engine.connect() as conn:
         conflicts = sync_records.decided_conflict_rows(conn, session_id)
         history = sync_records.decision_history(conn, [row.conflict_id for row in conflicts])
@@ -306,6 +310,7 @@ def decided_conflicts(engine: Engine, session_id: str) -> list[dict[str, Any]]:
                 "table": row.table_name,
                 "kind": row.kind,
                 "decision": decision,
+                "rule": decisions[-1]["rule"] if decisions else None,
             }
         )
     return out
@@ -323,9 +328,11 @@ def _changes_by_id(engine: Engine, ctx: SessionContext, change_ids: list[int]) -
     return found
 
 
-def decided_value_suites(engine: Engine, ctx: SessionContext) -> list[FrameSuite]:
+def decided_value_suites(
+    engine: Engine, ctx: SessionContext, decided: list[dict[str, Any]] | None = None
+) -> list[FrameSuite]:
     suites = []
-    for table, rows in sorted(decided_rows(engine, ctx).items()):
+    for table, rows in sorted(decided_rows(engine, ctx, decided).items()):
         info = ctx.infos[table]
         suites.append(
             FrameSuite(
@@ -359,9 +366,11 @@ def loaded_values_suite(engine: Engine, ctx: SessionContext) -> FrameSuite:
     if outside:  # reflecting nothing still costs an inspection of the master's tables
         infos.update(reflect_tables(engine, outside))
     rows: list[dict[str, Any]] = []
+    texts: dict[tuple[type, Any], str] = {}
     with engine.connect() as conn:
         for table, items in by_table.items():
             info = infos[table]
+            names = {column.name for column in info.table.columns}
             keys = {}
             for item in items:
                 key = decode_row(json.loads(item["row_key"]), info.table) or {}
@@ -380,7 +389,8 @@ def loaded_values_suite(engine: Engine, ctx: SessionContext) -> FrameSuite:
                         }
                     )
                     continue
-                for name, (expected, actual) in sorted(_written_and_now(item["after"], found, info).items()):
+                compared = _written_and_now(item["after"], found, info, names, texts)
+                for name, (expected, actual) in sorted(compared.items()):
                     rows.append(
                         {"table": table, "key": item["row_key"], "column": name, "expected": expected, "actual": actual}
                     )
@@ -394,32 +404,56 @@ def loaded_values_suite(engine: Engine, ctx: SessionContext) -> FrameSuite:
 
 
 def _written_and_now(
-    after: dict[str, Any], found: dict[str, Any] | None, info: TableInfo
+    after: dict[str, Any],
+    found: dict[str, Any] | None,
+    info: TableInfo,
+    names: set[str],
+    texts: dict[tuple[type, Any], str],
 ) -> dict[str, tuple[str, str]]:
-    """Per written column: the value written and the master's now, both in their canonical JSON form.
+    """Per written column (of `names`, the table's): the value written and the master's now, both in their
+    canonical JSON form (`texts`: the forms already made, `json_text`).
 
     A stored value already equal, type and all, to the encoding of the master's (normalised) value is
     that value: it is not decoded again. Any other is decoded with its column first, so that only a
     real difference, not a spelling of the same value, fails the comparison."""
     out: dict[str, tuple[str, str]] = {}
-    columns = info.table.columns
     for name, stored in after.items():
-        if name not in columns:
+        if name not in names:
             continue  # as decode_row: only the table's columns are compared
         now = "absent"
         if found is not None:
             encoded = encode(found.get(name))
             if type(encoded) is type(stored) and encoded == stored:
-                text = dumps(encoded)
+                text = json_text(encoded, texts)
                 out[name] = (text, text)
                 continue
-            now = dumps(encoded)
+            now = json_text(encoded, texts)
         written = (decode_row({name: stored}, info.table) or {}).get(name)
         out[name] = (dumps(encode(written)), now)
     return out
 
 
-def row_count_suite(engine: Engine, ctx: SessionContext, before: dict[str, int]) -> FrameSuite:
+def json_text(value: Any, texts: dict[tuple[type, Any], str]) -> str:
+    """`dumps(value)` of an encoded value, each distinct scalar made once per reconciliation: the written
+    fields of 10,000 rows repeat few values (quantities, flags, one note), and dumping each of 50,000
+    fields was a third of building the frame. Keyed by type too: 1, 1.0 and True are equal keys."""
+    if isinstance(value, (dict, list)):
+        return dumps(value)
+    key = (type(value), value)
+    try:
+        text = texts.get(key)
+    except TypeError:  # an unhashable value: made each time
+        return dumps(value)
+    if text is None:
+        text = texts[key] = dumps(value)
+    return text
+
+
+def row_count_suite(
+    engine: Engine, ctx: SessionContext, before: dict[str, int], now: dict[str, int] | None = None
+) -> FrameSuite:
+    """Each table's row count moved by the session's inserts - deletes. `now`: the counts master_load took
+    after its commit, in the same step (counted here when not given)."""
     moved: defaultdict[str, int] = defaultdict(int)
     inserts: defaultdict[str, int] = defaultdict(int)
     deletes: defaultdict[str, int] = defaultdict(int)
@@ -430,7 +464,7 @@ def row_count_suite(engine: Engine, ctx: SessionContext, before: dict[str, int])
         elif op == "delete":
             deletes[table] += count
             moved[table] -= count
-    now = table_row_counts(engine, ctx.infos)
+    now = table_row_counts(engine, ctx.infos) if now is None else now
     rows = [
         {
             "table": t,

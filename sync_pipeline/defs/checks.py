@@ -1,26 +1,32 @@
 """Asset checks between the steps, validated with Great Expectations (through `gx_adapter`) on the suites
 of `check_suites`.
 
-The gates before the load are blocking with severity ERROR: when one fails, the downstream assets of
-the run do not execute, so the master is never touched after a failed gate. `master_reconciles` runs
-after the load committed, so it cannot block anything: it reports what the load verified in its own
-transaction and warns about a difference found after the commit.
+Each check is evaluated inside its asset's step (the `check_specs` of the assets in defs/assets.py),
+right after the asset's materialization, not in a step of its own: every step of a run costs Dagster
+events written to the instance and its orchestration, and inside the step a check takes what the step
+holds (the session's context, the pending conflicts, what the load recorded and counted) instead of
+reading it back. A check can still be executed alone (the UI's "Execute checks", a job's selection):
+the step then evaluates only the selected checks, from the session on the master.
+
+The gates before the load are blocking with severity ERROR: when one fails, the step fails after
+reporting it and the downstream assets of the run do not execute, so the master is never touched after
+a failed gate. `master_reconciles` runs after the load committed, so it cannot block anything: it
+reports what the load verified in its own transaction and warns about a difference found after the
+commit.
 """
 
+from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
 from sqlalchemy.engine import Engine
 
-from sync_pipeline.defs.assets import local_changes as local_changes_asset
-from sync_pipeline.defs.assets import master_load, partition_session, resolutions
 from sync_pipeline.defs.check_suites import (
     decided_value_suites,
     loaded_values_suite,
     local_change_suites,
     row_count_suite,
 )
-from sync_pipeline.defs.failures import reports_sync_errors
 from sync_pipeline.defs.gx_adapter import (
     MAX_FAILING_ROWS,
     ExpectationSpec,
@@ -29,16 +35,71 @@ from sync_pipeline.defs.gx_adapter import (
     ValidationReport,
     validate,
 )
-from sync_pipeline.defs.resources import MasterDatabase
+from sync_pipeline.defs.waiting_check import no_manual_decisions_pending, waiting_result
 from sync_pipeline.engine.queries import list_conflicts
 from sync_pipeline.engine.records import CLOSED_STATUSES, ConflictStatus
-from sync_pipeline.engine.session import SessionContext, mark_failed, pending_of
+from sync_pipeline.engine.session import SessionContext, mark_failed
 
 # Importable from here as before the split (tests and callers name them through the checks).
-__all__ = ["ExpectationSpec", "FrameSuite", "ValidationReport", "sync_checks", "validate"]
+__all__ = ["ExpectationSpec", "FrameSuite", "ValidationReport", "validate"]
+
+LOCAL_CHANGES = dg.AssetKey("local_changes")
+RESOLUTIONS = dg.AssetKey("resolutions")
+MASTER_LOAD = dg.AssetKey("master_load")
+
+local_changes_match_schema = dg.AssetCheckSpec(
+    "local_changes_match_schema",
+    asset=LOCAL_CHANGES,
+    blocking=True,
+    description="The session's changes fit the master's schema: keys present and unique per table, NOT NULL "
+    "columns filled, value types and string lengths, operations insert/update/delete, only tables and "
+    "columns of the replica's modules.",
+)
+local_changes_meet_settings_expectations = dg.AssetCheckSpec(
+    "local_changes_meet_settings_expectations",
+    asset=LOCAL_CHANGES,
+    blocking=True,
+    description="The inserted and updated rows meet the expectations declared per table in the settings "
+    "(`expectations:`, frozen into the replica at checkout).",
+)
+resolutions_all_decided = dg.AssetCheckSpec(
+    "resolutions_all_decided",
+    asset=RESOLUTIONS,
+    blocking=True,
+    description="Gate of the load: no conflict is undecided. Part of runs that load (job sync_apply); the "
+    "detect run leaves it out, since waiting for decisions is normal there.",
+)
+decided_values_match_schema = dg.AssetCheckSpec(
+    "decided_values_match_schema",
+    asset=RESOLUTIONS,
+    blocking=True,
+    description="Every decided or edited value that will be written meets the same schema suite (and the "
+    "settings' expectations) as the local changes.",
+)
+master_reconciles = dg.AssetCheckSpec(
+    "master_reconciles",
+    asset=MASTER_LOAD,
+    blocking=False,
+    description="Reconciliation, after the commit: reports what the load verified inside its own transaction "
+    "(a difference there rolls the load back), then compares the master now with what was written: every "
+    "touched key holds the values written (sync_applied `after`), deleted keys are gone, each table's row count "
+    "moved by inserts - deletes. The load has committed by then, so a difference (another writer, a trigger) "
+    "is a warning: it never fails the run or the sync.",
+)
+
+LOCAL_CHANGES_CHECKS = [local_changes_match_schema, local_changes_meet_settings_expectations]
+RESOLUTIONS_CHECKS = [resolutions_all_decided, decided_values_match_schema, no_manual_decisions_pending]
+MASTER_LOAD_CHECKS = [master_reconciles]
+
+
+def selected(context: dg.AssetExecutionContext, spec: dg.AssetCheckSpec) -> bool:
+    """Whether the run executes this check (a job may leave one out: sync_detect and sync leave out the gate
+    resolutions_all_decided)."""
+    return spec.key in context.selected_asset_check_keys
 
 
 def check_result(
+    spec: dg.AssetCheckSpec,
     report: ValidationReport,
     ctx: SessionContext,
     what: str,
@@ -47,6 +108,8 @@ def check_result(
     severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR,
 ) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
+        asset_key=spec.asset_key,
+        check_name=spec.name,
         passed=report.passed,
         severity=severity,
         description=description or f"{what}: {report.summary()}",
@@ -61,79 +124,67 @@ def fail_session_on(engine: Engine, ctx: SessionContext, result: dg.AssetCheckRe
         mark_failed(engine, ctx.session_id, ctx.replica_id, f"blocking check {check_name} failed: {result.description}")
 
 
-def _local_changes_gate(
-    context: dg.AssetCheckExecutionContext, master: MasterDatabase, suite: str, check_name: str
-) -> dg.AssetCheckResult:
-    """Validate the session's changes against the `schema` or the `settings` suite; a failure ends the
-    session as failed (fail_session_on)."""
-    settings = suite == "settings"
-    what = "settings expectations of the local changes" if settings else "schema suite of the local changes"
-    with partition_session(master, context) as (engine, ctx):
+# ------------------------------------------------------------------------------------------------
+# local_changes
+# ------------------------------------------------------------------------------------------------
+
+
+def local_changes_checks(
+    context: dg.AssetExecutionContext, engine: Engine, ctx: SessionContext
+) -> Iterator[dg.AssetCheckResult]:
+    """The selected gates of local_changes: the session's changes against the `schema` suite and against
+    the settings' expectations; a failure ends the session as failed (fail_session_on)."""
+    for spec, settings in ((local_changes_match_schema, False), (local_changes_meet_settings_expectations, True)):
+        if not selected(context, spec):
+            continue
+        what = "settings expectations of the local changes" if settings else "schema suite of the local changes"
         report = validate(local_change_suites(engine, ctx, with_settings=settings, with_schema=not settings))
-        result = check_result(report, ctx, what)
-        fail_session_on(engine, ctx, result, check_name)
-    return result
+        result = check_result(spec, report, ctx, what)
+        fail_session_on(engine, ctx, result, spec.name)
+        yield result
 
 
-@dg.asset_check(
-    asset=local_changes_asset,
-    blocking=True,
-    description="The session's changes fit the master's schema: keys present and unique per table, NOT NULL "
-    "columns filled, value types and string lengths, operations insert/update/delete, only tables and "
-    "columns of the replica's modules.",
-)
-@reports_sync_errors
-def local_changes_match_schema(context: dg.AssetCheckExecutionContext, master: MasterDatabase) -> dg.AssetCheckResult:
-    return _local_changes_gate(context, master, "schema", "local_changes_match_schema")
+# ------------------------------------------------------------------------------------------------
+# resolutions
+# ------------------------------------------------------------------------------------------------
 
 
-@dg.asset_check(
-    asset=local_changes_asset,
-    blocking=True,
-    description="The inserted and updated rows meet the expectations declared per table in the settings "
-    "(`expectations:`, frozen into the replica at checkout).",
-)
-@reports_sync_errors
-def local_changes_meet_settings_expectations(
-    context: dg.AssetCheckExecutionContext, master: MasterDatabase
-) -> dg.AssetCheckResult:
-    return _local_changes_gate(context, master, "settings", "local_changes_meet_settings_expectations")
+def resolutions_checks(
+    context: dg.AssetExecutionContext,
+    engine: Engine,
+    ctx: SessionContext,
+    pending: dict[str, int],
+    decided: list[dict[str, Any]] | None = None,
+) -> Iterator[dg.AssetCheckResult]:
+    """The selected checks of resolutions; `pending`: the conflicts pending per module and `decided`: the
+    decided conflicts (`decided_conflicts`, None to read them), as the step found them."""
+    if selected(context, resolutions_all_decided):
+        yield all_decided_result(engine, ctx, pending)
+    if selected(context, decided_values_match_schema):
+        report = validate(decided_value_suites(engine, ctx, decided))
+        yield check_result(decided_values_match_schema, report, ctx, "schema suite of the decided values")
+    if selected(context, no_manual_decisions_pending):
+        yield waiting_result(ctx, pending)
 
 
-@dg.asset_check(
-    asset=resolutions,
-    blocking=True,
-    description="Gate of the load: no conflict is undecided. Part of runs that load (job sync_apply); the "
-    "detect run leaves it out, since waiting for decisions is normal there.",
-)
-@reports_sync_errors
-def resolutions_all_decided(context: dg.AssetCheckExecutionContext, master: MasterDatabase) -> dg.AssetCheckResult:
-    with partition_session(master, context) as (engine, ctx):
-        pending = pending_of(engine, ctx.session_id)
+def all_decided_result(engine: Engine, ctx: SessionContext, pending: dict[str, int]) -> dg.AssetCheckResult:
+    """The load gate: fails while any conflict is pending, naming up to MAX_FAILING_ROWS of them."""
+    undecided = []
+    if pending:
         undecided = [
             {"conflict": c["id"], "module": c["module"], "table": c["table"], "key": c["key"], "kind": c["kind"]}
             for c in list_conflicts(engine, ctx.session_id, ConflictStatus.PENDING)
         ][:MAX_FAILING_ROWS]
     rows = [{"module": m, "pending": n} for m, n in sorted(pending.items())]
-    report = ValidationReport(
-        [
-            SuiteOutcome(
-                "pending",
-                1,
-                0 if pending else 1,
-                [
-                    {
-                        "suite": "pending",
-                        "expectation": "no_pending_conflicts",
-                        "unexpected_count": sum(pending.values()),
-                        "rows": undecided,
-                    }
-                ]
-                if pending
-                else [],
-            )
-        ]
-    )
+    failures = [
+        {
+            "suite": "pending",
+            "expectation": "no_pending_conflicts",
+            "unexpected_count": sum(pending.values()),
+            "rows": undecided,
+        }
+    ]
+    report = ValidationReport([SuiteOutcome("pending", 1, 0 if pending else 1, failures if pending else [])])
     description = None
     if pending:
         description = (
@@ -142,6 +193,7 @@ def resolutions_all_decided(context: dg.AssetCheckExecutionContext, master: Mast
             + f" (session {ctx.session_id}); decide them, then run the load again"
         )
     return check_result(
+        resolutions_all_decided,
         report,
         ctx,
         "conflicts decided before the load",
@@ -153,28 +205,26 @@ def resolutions_all_decided(context: dg.AssetCheckExecutionContext, master: Mast
     )
 
 
-@dg.asset_check(
-    asset=resolutions,
-    blocking=True,
-    description="Every decided or edited value that will be written meets the same schema suite (and the "
-    "settings' expectations) as the local changes.",
-)
-@reports_sync_errors
-def decided_values_match_schema(context: dg.AssetCheckExecutionContext, master: MasterDatabase) -> dg.AssetCheckResult:
-    with partition_session(master, context) as (engine, ctx):
-        report = validate(decided_value_suites(engine, ctx))
-    return check_result(report, ctx, "schema suite of the decided values")
+# ------------------------------------------------------------------------------------------------
+# master_load
+# ------------------------------------------------------------------------------------------------
 
 
-def load_metadata(context: dg.AssetCheckExecutionContext) -> dict[str, Any]:
-    """What master_load recorded when it loaded this partition (its latest materialization's metadata)."""
+def load_metadata(context: dg.AssetExecutionContext) -> dict[str, Any]:
+    """What master_load recorded when it loaded this partition (its latest materialization's metadata):
+    for master_reconciles executed without the load."""
     records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=master_load.key, asset_partitions=[context.partition_key]),
+        dg.AssetRecordsFilter(asset_key=MASTER_LOAD, asset_partitions=[context.partition_key]),
         limit=1,
     ).records
     if not records or records[0].asset_materialization is None:
         return {}
-    return {key: value.value for key, value in records[0].asset_materialization.metadata.items()}
+    return plain_metadata(records[0].asset_materialization.metadata)
+
+
+def plain_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Metadata as plain values (`MetadataValue.value`), as the instance gives them back."""
+    return {key: getattr(value, "value", value) for key, value in metadata.items()}
 
 
 def rows_before_load(recorded: dict[str, Any]) -> dict[str, int]:
@@ -196,29 +246,29 @@ def verified_by_load(recorded: dict[str, Any]) -> str:
     return f"the load verified {verified.get('rows', 0)} row(s) inside its transaction{per_table}"
 
 
-@dg.asset_check(
-    asset=master_load,
-    blocking=False,
-    description="Reconciliation, after the commit: reports what the load verified inside its own transaction "
-    "(a difference there rolls the load back), then compares the master now with what was written: every "
-    "touched key holds the values written (sync_applied `after`), deleted keys are gone, each table's row count "
-    "moved by inserts - deletes. The load has committed by then, so a difference (another writer, a trigger) "
-    "is a warning: it never fails the run or the sync.",
-)
-@reports_sync_errors
-def master_reconciles(context: dg.AssetCheckExecutionContext, master: MasterDatabase) -> dg.AssetCheckResult:
-    recorded = load_metadata(context)
+def master_load_checks(
+    context: dg.AssetExecutionContext,
+    engine: Engine,
+    ctx: SessionContext,
+    recorded: dict[str, Any] | None = None,
+    rows_now: dict[str, int] | None = None,
+) -> Iterator[dg.AssetCheckResult]:
+    """master_reconciles, when selected. `recorded`: the metadata master_load just recorded (plain values),
+    None when the check is executed without the load (then read from the instance); `rows_now`: each
+    table's row count master_load took after the commit, None to count again."""
+    if not selected(context, master_reconciles):
+        return
+    recorded = load_metadata(context) if recorded is None else recorded
     before = rows_before_load(recorded)
-    with partition_session(master, context) as (engine, ctx):
-        suites = [loaded_values_suite(engine, ctx)]
-        if before:
-            suites.append(row_count_suite(engine, ctx, before))
-        else:
-            context.log.info(
-                "master_load recorded no row counts (it found the session loaded already): "
-                "only the loaded values are compared"
-            )
-        report = validate(suites)
+    suites = [loaded_values_suite(engine, ctx)]
+    if before:
+        suites.append(row_count_suite(engine, ctx, before, rows_now))
+    else:
+        context.log.info(
+            "master_load recorded no row counts (it found the session loaded already): "
+            "only the loaded values are compared"
+        )
+    report = validate(suites)
     verified = verified_by_load(recorded)
     if report.passed:
         description = f"{verified}; after the commit the master still holds what was written: {report.summary()}"
@@ -230,15 +280,12 @@ def master_reconciles(context: dg.AssetCheckExecutionContext, master: MasterData
     extra = {}
     if isinstance(recorded.get("verified"), dict):
         extra["verified"] = dg.MetadataValue.json(recorded["verified"])
-    return check_result(
-        report, ctx, "reconciliation after the load", extra, description, severity=dg.AssetCheckSeverity.WARN
+    yield check_result(
+        master_reconciles,
+        report,
+        ctx,
+        "reconciliation after the load",
+        extra,
+        description,
+        severity=dg.AssetCheckSeverity.WARN,
     )
-
-
-sync_checks: list[dg.AssetChecksDefinition] = [
-    local_changes_match_schema,
-    local_changes_meet_settings_expectations,
-    resolutions_all_decided,
-    decided_values_match_schema,
-    master_reconciles,
-]

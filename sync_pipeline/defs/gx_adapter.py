@@ -141,7 +141,15 @@ def _great_expectations() -> _GreatExpectations:
         import great_expectations.expectations as gxe
         import pandas as pd
         from great_expectations.data_context.types.base import ProgressBarsConfig
+        from great_expectations.execution_engine import pandas_execution_engine
         from great_expectations.validator.v1_validator import Validator
+
+        # GX fingerprints each in-memory frame it loads (md5 over pandas' hash of every row) only to label
+        # the batch in its result, which no report of ours shows: 0.3 s of the 0.8 s that validating the
+        # reconciliation's 60,000-row frame took. Frames whose memory use is over this threshold are never
+        # fingerprinted; at 0 none is. The validation itself is the same.
+        if hasattr(pandas_execution_engine, "HASH_THRESHOLD"):
+            pandas_execution_engine.HASH_THRESHOLD = 0
 
         context = gx.get_context(mode="ephemeral")
         # No progress bars in the run logs.
@@ -209,18 +217,15 @@ def _validate_one(loaded: _GreatExpectations, suite: FrameSuite) -> SuiteOutcome
     frame = loaded.pd.DataFrame(suite.rows, columns=suite.columns, dtype=object)
     gx_suite, broken = _gx_suite(loaded, suite)
     failures = [dict(f) for f in broken]
-    index = [c for c in suite.index_columns if c in suite.columns]
-    # What `batch_definition.get_batch(...).validate(suite)` does, but with the frame loaded once: that
-    # path builds the batch twice, and each time GX fingerprints the whole frame, row by row.
-    validator = loaded.validator(
-        batch_definition=loaded.batch_definition,
-        batch_parameters={"dataframe": frame},
-        result_format={
-            "result_format": "COMPLETE",
-            **({"unexpected_index_column_names": index} if index else {}),
-        },
-    )
-    result = validator.validate_expectation_suite(gx_suite)
+    # First only whether each expectation is met: GX then skips the unexpected values and their row
+    # indexes, which with COMPLETE it computes per row even for an expectation that passes (about half
+    # of a 10,000-row suite's time). Only a suite with a failure is validated again, COMPLETE, for the
+    # report's counts, observed values and failing rows: the same results, the same statistics.
+    result = _run_suite(loaded, frame, gx_suite, {"result_format": "BOOLEAN_ONLY"})
+    if not result.success:
+        index = [c for c in suite.index_columns if c in suite.columns]
+        complete = {"result_format": "COMPLETE", **({"unexpected_index_column_names": index} if index else {})}
+        result = _run_suite(loaded, frame, gx_suite, complete)
     for item in result.results:
         if item.success:
             continue
@@ -246,6 +251,17 @@ def _validate_one(loaded: _GreatExpectations, suite: FrameSuite) -> SuiteOutcome
         int(statistics["successful_expectations"]),
         failures,
     )
+
+
+def _run_suite(loaded: _GreatExpectations, frame: Any, gx_suite: Any, result_format: dict[str, Any]) -> Any:
+    """What `batch_definition.get_batch(...).validate(suite)` does, but with the frame loaded once: that
+    path builds the batch twice, and each time GX fingerprints the whole frame, row by row."""
+    validator = loaded.validator(
+        batch_definition=loaded.batch_definition,
+        batch_parameters={"dataframe": frame},
+        result_format=result_format,
+    )
+    return validator.validate_expectation_suite(gx_suite)
 
 
 def _plain(value: Any) -> Any:

@@ -33,7 +33,7 @@ APPLY_JOB_NAME = "sync_apply"
 sync_detect_job = dg.define_asset_job(
     name=DETECT_JOB_NAME,
     selection=dg.AssetSelection.assets(local_changes, conflicts, resolutions)
-    - dg.AssetSelection.checks(resolutions_all_decided),
+    - dg.AssetSelection.checks(resolutions_all_decided.key),
     description="Extract the replica's changes, detect conflicts, apply the policies. Ends waiting for manual "
     "decisions or ready to load; approval_sensor launches sync_apply when nothing is pending.",
 )
@@ -48,7 +48,7 @@ sync_apply_job = dg.define_asset_job(
 sync_job = dg.define_asset_job(
     name=SYNC_JOB_NAME,
     selection=dg.AssetSelection.assets(local_changes, conflicts, resolutions, master_load, sync_protocol)
-    - dg.AssetSelection.checks(resolutions_all_decided),
+    - dg.AssetSelection.checks(resolutions_all_decided.key),
     description="The whole sync in one run: extract, detect, apply the policies and, when no conflict waits "
     "for a person, load and write the protocol. With decisions pending it ends waiting like sync_detect "
     "(master_load not materialized); approval_sensor launches sync_apply once they are decided.",

@@ -9,9 +9,10 @@ Materialize this asset for a replica's partition in the UI (or run
 
 import dagster as dg
 
-from sync_pipeline.defs.assets import partition_session, session_metadata, sync_asset, sync_protocol
+from sync_pipeline.defs.assets import sync_asset, sync_protocol
 from sync_pipeline.defs.failures import reports_sync_errors
 from sync_pipeline.defs.resources import MasterDatabase
+from sync_pipeline.defs.step_session import partition_session, session_metadata
 
 
 @sync_asset(
