@@ -13,14 +13,14 @@ import sqlalchemy as sa
 from sync_pipeline.dagster_run import materialize_sync
 from sync_pipeline.definitions import build_definitions
 from sync_pipeline.defs.assets import conflicts, local_changes, master_load
-from sync_pipeline.defs.check_suites import decided_conflicts, json_text, local_change_suites, schema_expectations
+from sync_pipeline.defs.check_suites import decided_conflicts, local_change_suites, schema_expectations
 from sync_pipeline.defs.gx_adapter import ExpectationSpec, FrameSuite, validate
 from sync_pipeline.defs.jobs import APPLY_JOB_NAME
 from sync_pipeline.demo import DEMO_SETTINGS, demo_metadata
 from sync_pipeline.engine import store
 from sync_pipeline.engine.queries import list_conflicts
 from sync_pipeline.engine.run_driver import open_run
-from sync_pipeline.engine.schema import TableInfo, dumps
+from sync_pipeline.engine.schema import TableInfo
 from sync_pipeline.engine.session import decide, decide_module, session_context
 from sync_pipeline_tests.test_dagster_assets import (
     AUTOMATIC_SETTINGS,
@@ -324,18 +324,3 @@ def test_checks_executed_without_their_asset_read_the_session_from_the_master(
 
 def materializations(instance: dg.DagsterInstance, asset: dg.AssetsDefinition) -> list[Any]:
     return list(instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=asset.key), limit=100).records)
-
-
-def test_json_text_is_dumps_with_each_scalar_made_once() -> None:
-    texts: dict[tuple[type, Any], str] = {}
-    values = [1, True, 1.0, "1", None, "ü", 2.5, {"a": [1, 2]}, [1, "x"], 1, True, "ü"]
-    assert [json_text(v, texts) for v in values] == [dumps(v) for v in values]
-    assert set(texts) == {
-        (int, 1),
-        (bool, True),
-        (float, 1.0),
-        (str, "1"),
-        (type(None), None),
-        (str, "ü"),
-        (float, 2.5),
-    }

@@ -366,7 +366,6 @@ def loaded_values_suite(engine: Engine, ctx: SessionContext) -> FrameSuite:
     if outside:  # reflecting nothing still costs an inspection of the master's tables
         infos.update(reflect_tables(engine, outside))
     rows: list[dict[str, Any]] = []
-    texts: dict[tuple[type, Any], str] = {}
     with engine.connect() as conn:
         for table, items in by_table.items():
             info = infos[table]
@@ -389,7 +388,7 @@ def loaded_values_suite(engine: Engine, ctx: SessionContext) -> FrameSuite:
                         }
                     )
                     continue
-                compared = _written_and_now(item["after"], found, info, names, texts)
+                compared = _written_and_now(item["after"], found, info, names)
                 for name, (expected, actual) in sorted(compared.items()):
                     rows.append(
                         {"table": table, "key": item["row_key"], "column": name, "expected": expected, "actual": actual}
@@ -408,10 +407,9 @@ def _written_and_now(
     found: dict[str, Any] | None,
     info: TableInfo,
     names: set[str],
-    texts: dict[tuple[type, Any], str],
 ) -> dict[str, tuple[str, str]]:
     """Per written column (of `names`, the table's): the value written and the master's now, both in their
-    canonical JSON form (`texts`: the forms already made, `json_text`).
+    canonical JSON form.
 
     A stored value already equal, type and all, to the encoding of the master's (normalised) value is
     that value: it is not decoded again. Any other is decoded with its column first, so that only a
@@ -424,29 +422,13 @@ def _written_and_now(
         if found is not None:
             encoded = encode(found.get(name))
             if type(encoded) is type(stored) and encoded == stored:
-                text = json_text(encoded, texts)
+                text = dumps(encoded)
                 out[name] = (text, text)
                 continue
-            now = json_text(encoded, texts)
+            now = dumps(encoded)
         written = (decode_row({name: stored}, info.table) or {}).get(name)
         out[name] = (dumps(encode(written)), now)
     return out
-
-
-def json_text(value: Any, texts: dict[tuple[type, Any], str]) -> str:
-    """`dumps(value)` of an encoded value, each distinct scalar made once per reconciliation: the written
-    fields of 10,000 rows repeat few values (quantities, flags, one note), and dumping each of 50,000
-    fields was a third of building the frame. Keyed by type too: 1, 1.0 and True are equal keys."""
-    if isinstance(value, (dict, list)):
-        return dumps(value)
-    key = (type(value), value)
-    try:
-        text = texts.get(key)
-    except TypeError:  # an unhashable value: made each time
-        return dumps(value)
-    if text is None:
-        text = texts[key] = dumps(value)
-    return text
 
 
 def row_count_suite(
