@@ -25,7 +25,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -358,40 +359,40 @@ def measure_checkout(master: Master, folder: Path, repeat: int) -> tuple[float, 
     return median(ours), median(raw)
 
 
+@contextmanager
+def changed_replica(
+    rows: int, changes: int, use_sqlite: bool, folder: Path, name: str, seed: int
+) -> Iterator[tuple[Master, Path, ChangePlan]]:
+    """A fresh master of `rows` rows and a replica of it with `changes` local changes, 10% of their keys
+    also changed on the master (`plan_changes`); the master is dropped afterwards."""
+    master = build_master(rows, use_sqlite, folder)
+    try:
+        replica = folder / f"{name}.db"
+        checkout(master.engine, replica, "bench")
+        plan = plan_changes(rows, changes, seed=seed)
+        apply_local(replica, plan)
+        apply_master(master, plan)
+        yield master, replica, plan
+        replica.unlink(missing_ok=True)
+    finally:
+        master.drop()
+
+
 def measure_sync(rows: int, changes: int, use_sqlite: bool, folder: Path, repeat: int) -> tuple[float, float, float]:
     """(ours, raw apply into a plain copy, raw apply into a copy with the master's change capture)."""
     ours, raw, raw_captured = [], [], []
     for n in range(repeat):
-        master = build_master(rows, use_sqlite, folder)
-        try:
-            replica = folder / f"sync-{n}.db"
-            checkout(master.engine, replica, "bench")
-            plan = plan_changes(rows, changes, seed=n)
-            apply_local(replica, plan)
-            apply_master(master, plan)
+        with changed_replica(rows, changes, use_sqlite, folder, f"sync-{n}", seed=n) as (master, replica, plan):
             raw.append(raw_apply(master, plan))
             raw_captured.append(raw_apply(master, plan, with_capture=True))
             ours.append(timed(lambda: run_sync(master.engine, replica)))  # noqa: B023
-            replica.unlink()
-        finally:
-            master.drop()
     return median(ours), median(raw), median(raw_captured)
 
 
 def measure_large_sync(rows: int, changes: int, use_sqlite: bool, folder: Path) -> float:
     """One engine sync of `changes` changes into `rows` rows (set against the median of the 10k syncs)."""
-    master = build_master(rows, use_sqlite, folder)
-    try:
-        replica = folder / "sync-large.db"
-        checkout(master.engine, replica, "bench")
-        plan = plan_changes(rows, changes, seed=7)
-        apply_local(replica, plan)
-        apply_master(master, plan)
-        elapsed = timed(lambda: run_sync(master.engine, replica))
-        replica.unlink()
-    finally:
-        master.drop()
-    return elapsed
+    with changed_replica(rows, changes, use_sqlite, folder, "sync-large", seed=7) as (master, replica, _plan):
+        return timed(lambda: run_sync(master.engine, replica))
 
 
 def measure_dagster(rows: int, changes: int, use_sqlite: bool, folder: Path, repeat: int) -> tuple[float, float, float]:
@@ -406,13 +407,8 @@ def measure_dagster(rows: int, changes: int, use_sqlite: bool, folder: Path, rep
     dagster_times, engine_times = [], []
     for n in range(repeat):
         for path_kind in ("dagster", "engine"):
-            master = build_master(rows, use_sqlite, folder)
-            try:
-                replica = folder / f"dg-{n}-{path_kind}.db"
-                checkout(master.engine, replica, "bench")
-                plan = plan_changes(rows, changes, seed=n)
-                apply_local(replica, plan)
-                apply_master(master, plan)
+            prepared = changed_replica(rows, changes, use_sqlite, folder, f"dg-{n}-{path_kind}", seed=n)
+            with prepared as (master, replica, _plan):
                 if path_kind == "dagster":
                     with dg.instance_for_test() as instance:
                         start = time.perf_counter()
@@ -422,9 +418,6 @@ def measure_dagster(rows: int, changes: int, use_sqlite: bool, folder: Path, rep
                         raise RuntimeError(f"dagster path ended {result.status}: {result.message}")
                 else:
                     engine_times.append(timed(lambda: run_sync(master.engine, replica)))  # noqa: B023
-                replica.unlink()
-            finally:
-                master.drop()
     return median(dagster_times), median(engine_times), gx_import
 
 
@@ -466,18 +459,9 @@ def profile_sync(rows: int, changes: int, use_sqlite: bool, folder: Path, top: i
     import io
     import pstats
 
-    master = build_master(rows, use_sqlite, folder)
-    try:
-        replica = folder / "profile.db"
-        checkout(master.engine, replica, "bench")
-        plan = plan_changes(rows, changes, seed=3)
-        apply_local(replica, plan)
-        apply_master(master, plan)
-        profiler = cProfile.Profile()
+    profiler = cProfile.Profile()
+    with changed_replica(rows, changes, use_sqlite, folder, "profile", seed=3) as (master, replica, _plan):
         profiler.runcall(run_sync, master.engine, replica)
-        replica.unlink()
-    finally:
-        master.drop()
     out = io.StringIO()
     stats = pstats.Stats(profiler, stream=out)
     stats.sort_stats("cumulative").print_stats(r"sync_pipeline/engine|psycopg/connection.py.*\(wait\)|sqlite3", top)
