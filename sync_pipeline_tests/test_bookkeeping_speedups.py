@@ -1,6 +1,6 @@
 """The engine's bookkeeping shortcuts keep what they replace: the prebuilt JSON encoders write the text
-`json` writes with the same options, the collector pause ends where it began, and the sync tables'
-bulk insert takes a generator one chunk at a time."""
+`json` writes with the same options, the collector pause ends where it began and covers a sync's steps,
+and the sync tables' bulk insert takes a generator one chunk at a time."""
 
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ from hypothesis import strategies as st
 
 from sync_pipeline.engine import store
 from sync_pipeline.engine.collector import collector_paused
+from sync_pipeline.engine.progress import listening
+from sync_pipeline.engine.session import run_sync
 from sync_pipeline.engine.values import dumps, dumps_plain, encode
+from sync_pipeline_tests.helpers import make_master, make_replica, replica_sql, row
 
 # What a normalised row holds: JSON's own values, and the types `encode` turns into text.
 scalars = st.one_of(
@@ -131,3 +134,22 @@ def test_bulk_insert_takes_a_generator_a_chunk_at_a_time(tmp_path) -> None:
     with engine.connect() as conn:
         keys = conn.execute(sa.select(store.sync_field_clock.c.row_key)).scalars()
         assert sorted(keys, key=int) == [str(n) for n in range(total)]
+
+
+def test_a_sync_runs_its_steps_with_the_collector_paused_and_resumes_it(tmp_path) -> None:
+    engine = make_master(f"sqlite:///{tmp_path / 'master.db'}")
+    replica = make_replica(engine, tmp_path)
+    replica_sql(
+        replica,
+        "UPDATE parent SET city = 'Field' WHERE id = 2",
+        "INSERT INTO child (id, parent_id, label, amount) VALUES (11, 2, 'new', '3.00')",
+    )
+    seen: list[tuple[str, bool]] = []
+    with listening(lambda stage, _done, _total: seen.append((stage, gc.isenabled()))):
+        result = run_sync(engine, replica)
+    assert result.status == "done"
+    assert {stage for stage, _ in seen} >= {"extract", "verify", "store", "load"}
+    assert [stage for stage, enabled in seen if enabled] == []  # every step's report came with it paused
+    assert gc.isenabled()
+    assert row(engine, "parent", id=2)["city"] == "Field"
+    assert row(engine, "child", id=11)["label"] == "new"
