@@ -25,7 +25,7 @@ from sync_pipeline.engine.dialects import impl_for
 from sync_pipeline.engine.dialects.sqlite_replica import install_replica_log
 from sync_pipeline.engine.errors import BadInputError, ReplicaError
 from sync_pipeline.engine.manifest import Manifest, schema_snapshot, write_manifest
-from sync_pipeline.engine.master import create_private_file, master_settings
+from sync_pipeline.engine.master import create_private_file, master_settings, require_capture
 from sync_pipeline.engine.records import ReplicaStatus
 from sync_pipeline.engine.replica_names import free_name
 from sync_pipeline.engine.schema import TableInfo, dumps, filled_by_default, fk_order, reflect_tables
@@ -123,6 +123,7 @@ def checkout(
     if unknown:
         raise BadInputError(f"unknown module(s): {', '.join(unknown)}", f"choose from: {', '.join(settings.modules)}")
     infos = reflect_tables(engine, settings.tables(chosen))
+    require_capture(engine, infos, settings)
     replica_id = store.new_id()
     checked_out_at = _master_clock(engine)
     manifest = Manifest(

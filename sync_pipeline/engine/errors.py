@@ -39,6 +39,10 @@ class SchemaDriftError(BadInputError):
     """The master's schema no longer matches what the replica was checked out from."""
 
 
+class CaptureMissingError(BadInputError):
+    """A module table (or a partition of one) lacks the master's change capture, or has it switched off."""
+
+
 class NotInitialisedError(BadInputError):
     """The master has no sync tables yet."""
 

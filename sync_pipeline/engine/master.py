@@ -13,9 +13,9 @@ from sqlalchemy.exc import ArgumentError
 from sync_pipeline.engine import store
 from sync_pipeline.engine.column_types import refuse_uncarried_columns
 from sync_pipeline.engine.dialects import impl_for
-from sync_pipeline.engine.errors import BadInputError
+from sync_pipeline.engine.errors import BadInputError, CaptureMissingError
 from sync_pipeline.engine.faults import checkpoint
-from sync_pipeline.engine.schema import TableInfo, reflect_tables
+from sync_pipeline.engine.schema import TableInfo, fk_order, reflect_tables
 from sync_pipeline.engine.settings import SyncSettings, parse_settings
 from sync_pipeline.engine.signing_key import read_signing_key, store_signing_key
 
@@ -133,6 +133,28 @@ def init_master(engine: Engine, settings: SyncSettings) -> dict[str, TableInfo]:
                 # triggers: init-master run again completes them (every step replaces or keeps what is there).
                 checkpoint("init_capture")
     return infos
+
+
+def require_capture(bind: Engine | Connection, infos: dict[str, TableInfo], settings: SyncSettings) -> None:
+    """Refuse to check out or sync while a module table's change capture is missing or switched off.
+
+    The field clock is the master's own record of when its rows changed: the verification of a replica's
+    bases and `newest_wins` rest on it. A gap (a partition created after init-master and written straight
+    into, a trigger dropped or disabled by hand) would let a master change pass as older than the
+    checkout, so nothing proceeds on it; init-master closes every gap without touching data."""
+    if not settings.master_change_capture:
+        return
+    with bind.connect() if isinstance(bind, Engine) else contextlib.nullcontext(bind) as conn:
+        impl = impl_for(conn)
+        gaps = [gap for name in fk_order(infos) for gap in impl.capture_gaps(conn, infos[name])]
+    if gaps:
+        raise CaptureMissingError(
+            f"the master's change capture is missing or switched off on {', '.join(gaps)}: the master's "
+            "writes there do not reach its field clock, so a sync could not tell that they came after the "
+            "checkout",
+            "run `sync-pipeline init-master --settings FILE` with the master's settings (it installs the "
+            "capture on every module table and partition and changes no data), then run this command again",
+        )
 
 
 def master_settings(bind: Engine | Connection) -> SyncSettings:

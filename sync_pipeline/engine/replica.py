@@ -29,6 +29,7 @@ from sync_pipeline.engine.manifest import (
     schema_snapshot,
     set_manifest_status,
 )
+from sync_pipeline.engine.master import require_capture
 from sync_pipeline.engine.records import ReplicaStatus, SessionStatus
 from sync_pipeline.engine.replica_guard import (
     READ_SECONDS,
@@ -134,6 +135,8 @@ def open_replica(engine: Engine, path: str | Path, *, allow_retired: bool = Fals
         settings = parse_settings(record["settings"], f"<settings of replica {manifest.replica_id} on the master>")
         _check_settings_unchanged(engine, settings, manifest)
         infos = _reflect_checked(engine, manifest)
+        if done is None and record["status"] != ReplicaStatus.RETIRED:  # still to be loaded
+            require_capture(engine, infos, settings)
         check_structure(conn, file, infos)
         check_log_size(conn, file)
         version = _identity(conn, file)

@@ -131,6 +131,11 @@ class DialectImpl:
         """Whether the table's change-capture triggers exist."""
         raise self._no_capture()
 
+    def capture_gaps(self, conn: Connection, info: TableInfo) -> list[str]:
+        """Where writes into the table would escape its change capture: the table's name, or those of its
+        partitions, whose triggers are missing or switched off (empty: every write is captured)."""
+        return [] if self.capture_installed(conn, info) else [info.name]
+
     def tombstone_bytes(self, text: str) -> str:
         """A binary value of a tombstone's JSON image as plain hex (PostgreSQL's to_jsonb writes '\\x…')."""
         return text

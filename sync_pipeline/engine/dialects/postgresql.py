@@ -59,6 +59,9 @@ class PostgreSQLImpl(DialectImpl):
         ).scalar_one()
         return found == len(names)
 
+    def capture_gaps(self, conn: Connection, info: TableInfo) -> list[str]:
+        return capture.gaps(conn, info)
+
     def tombstone_bytes(self, text: str) -> str:
         return text.removeprefix("\\x")  # to_jsonb writes bytea as '\x…' hex
 
