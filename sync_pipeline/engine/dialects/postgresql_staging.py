@@ -175,13 +175,22 @@ def rows_that_differ(
         for c in columns
         if c not in info.pk
     ]
-    query = (
-        sa.select(staged.c[ordinal])
-        .select_from(staged.outerjoin(target, on))
-        .where(sa.or_(target.c[info.pk[0]].is_(None), *differs))
-    )
     with _by_key(conn):
-        if lock:
-            locked = sa.select(sa.literal(1)).select_from(target.join(staged, on)).with_for_update(of=target).subquery()
-            conn.execute(sa.select(sa.func.count()).select_from(locked)).scalar_one()
-        return set(conn.execute(query).scalars())
+        if not lock:
+            query = (
+                sa.select(staged.c[ordinal])
+                .select_from(staged.outerjoin(target, on))
+                .where(sa.or_(target.c[info.pk[0]].is_(None), *differs))
+            )
+            return set(conn.execute(query).scalars())
+        # One join locks and compares: FOR UPDATE cannot lock the nullable side of an outer join, so every
+        # row the master still holds comes back with whether it differs, and the rest are gone.
+        differ = sa.or_(*differs) if differs else sa.false()
+        query = sa.select(staged.c[ordinal], differ).select_from(target.join(staged, on)).with_for_update(of=target)
+        held: set[int] = set()
+        changed: set[int] = set()
+        for position, differs_now in conn.execute(query):
+            held.add(position)
+            if differs_now:
+                changed.add(position)
+        return changed | (set(range(len(expected))) - held)
