@@ -28,7 +28,13 @@ from sync_pipeline.engine.dialects.capture import dollar_quoted, quote_identifie
 from sync_pipeline.engine.schema import KEY_SEPARATOR, TableInfo
 
 NOW = """to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US')"""
-CLOCK_INSERT = "INSERT INTO sync_field_clock (table_name, row_key, column_name, changed_at)"
+
+
+def _clock_insert(home: str) -> str:
+    """`home`: the sync tables' schema, quoted, with its dot (see `install`)."""
+    return f"INSERT INTO {home}sync_field_clock (table_name, row_key, column_name, changed_at)"
+
+
 UPSERT_TAIL = "ON CONFLICT (table_name, row_key, column_name) DO UPDATE SET changed_at = EXCLUDED.changed_at"
 # Who deleted a row, as far as the server knows it: the roles in force and the client's application name.
 DELETED_BY = (
@@ -114,7 +120,7 @@ def _same_key(info: TableInfo, left: str, right: str) -> str:
     return " AND ".join(f"{left}.{_q(c)} = {right}.{_q(c)}" for c in info.pk)
 
 
-def _update(info: TableInfo, name: str, ts: str) -> str:
+def _update(info: TableInfo, name: str, ts: str, home: str) -> str:
     """The clock rows of one UPDATE statement, from its old and new rows paired by primary key.
 
     A pair's changed columns are those whose values differ, as the row trigger compared them. An update
@@ -129,7 +135,7 @@ def _update(info: TableInfo, name: str, ts: str) -> str:
     changed = ",\n          ".join(f"({_literal(c)}, {differs_sql(info, 'o', 'n', c)})" for c in info.columns)
     paired = _same_key(info, "o", "n")
     return f"""
-    {CLOCK_INSERT}
+    {_clock_insert(home)}
     SELECT DISTINCT {name}, c.row_key, c.column_name, {ts} FROM (
       SELECT {key_sql(info, "n")} AS row_key, v.col AS column_name
       FROM {NEW_ROWS} AS n JOIN {OLD_ROWS} AS o ON {paired}
@@ -145,12 +151,14 @@ def _update(info: TableInfo, name: str, ts: str) -> str:
     {UPSERT_TAIL}"""
 
 
-def _tombstones(info: TableInfo, name: str, vanished_only: bool = False, ts: str = "ts", who: str = "who") -> str:
+def _tombstones(
+    info: TableInfo, name: str, home: str, vanished_only: bool = False, ts: str = "ts", who: str = "who"
+) -> str:
     """Tombstones of the statement's old rows (`vanished_only`: those whose key no new row has). One per
     rendered key (GROUP BY, hashed: cheaper than sorting the keys for DISTINCT ON): all rows of a statement
     share one time, and an upsert must not propose a conflict key twice."""
     vanished = f"WHERE NOT EXISTS (SELECT FROM {NEW_ROWS} AS n WHERE {_same_key(info, 'o', 'n')})"
-    return f"""INSERT INTO sync_tombstone (table_name, row_key, deleted_at, row_image, deleted_by)
+    return f"""INSERT INTO {home}sync_tombstone (table_name, row_key, deleted_at, row_image, deleted_by)
     SELECT {name}, d.row_key, {ts}, min(d.row_image), {who} FROM (
       SELECT {key_sql(info, "o")} AS row_key, to_jsonb(o)::text AS row_image FROM {OLD_ROWS} AS o
       {vanished if vanished_only else ""}
@@ -158,7 +166,7 @@ def _tombstones(info: TableInfo, name: str, vanished_only: bool = False, ts: str
     {TOMBSTONE_UPSERT_TAIL};"""
 
 
-def function_body(info: TableInfo, partitioned: bool = False) -> str:
+def function_body(info: TableInfo, home: str, partitioned: bool = False) -> str:
     """The trigger function's PL/pgSQL body. Every identifier in it is quoted (`quote_identifier`), every
     name that is data a string literal; `dollar_quoted` makes sure none of them can end the body.
     `#variable_conflict use_variable`: `ts` and `who` are the variables even where the table has a column
@@ -169,7 +177,7 @@ def function_body(info: TableInfo, partitioned: bool = False) -> str:
     Here the move is one UPDATE whose old key has no new row (the partition key is part of the primary
     key), so the UPDATE writes the tombstones of such keys on a partitioned table."""
     name = _literal(info.name)
-    vanished = _tombstones(info, name, vanished_only=True, ts="$1", who="$2").rstrip().removesuffix(";")
+    vanished = _tombstones(info, name, home, vanished_only=True, ts="$1", who="$2").rstrip().removesuffix(";")
     moved = f"\n    who := {DELETED_BY};\n    EXECUTE {_literal(vanished)} USING ts, who;" if partitioned else ""
     return f"""
 #variable_conflict use_variable
@@ -179,22 +187,22 @@ DECLARE
 BEGIN
   IF TG_LEVEL = 'ROW' THEN
     -- The key changed: both keys changed in every field (separate statements: they may render alike).
-    {CLOCK_INSERT} VALUES ({name}, {key_sql(info, "OLD")}, '*', ts) {UPSERT_TAIL};
-    {CLOCK_INSERT} VALUES ({name}, {key_sql(info, "NEW")}, '*', ts) {UPSERT_TAIL};
+    {_clock_insert(home)} VALUES ({name}, {key_sql(info, "OLD")}, '*', ts) {UPSERT_TAIL};
+    {_clock_insert(home)} VALUES ({name}, {key_sql(info, "NEW")}, '*', ts) {UPSERT_TAIL};
   ELSIF TG_OP = 'INSERT' THEN
-    {CLOCK_INSERT}
+    {_clock_insert(home)}
     SELECT DISTINCT {name}, {key_sql(info, "n")}, '*', ts FROM {NEW_ROWS} AS n
     {UPSERT_TAIL};
   ELSIF TG_OP = 'DELETE' THEN
     who := {DELETED_BY};
-    {CLOCK_INSERT}
+    {_clock_insert(home)}
     SELECT DISTINCT {name}, {key_sql(info, "o")}, '*', ts FROM {OLD_ROWS} AS o
     {UPSERT_TAIL};
-    {_tombstones(info, name)}
+    {_tombstones(info, name, home)}
   ELSE
     -- Planned for this statement's rows (EXECUTE is never cached): a plan cached after single-row updates
     -- pairs a 10,000-row update's old and new rows by a nested loop, seconds instead of milliseconds.
-    EXECUTE {_literal(_update(info, name, "$1"))} USING ts;{moved}
+    EXECUTE {_literal(_update(info, name, "$1", home))} USING ts;{moved}
   END IF;
   RETURN NULL;
 END
@@ -243,7 +251,11 @@ def install(conn: Connection, info: TableInfo) -> None:
     table = _q(info.name)
     partitioned = conn.execute(_IS_PARTITIONED, {"t": table}).scalar_one()
     function = _q(function_of(info))
-    body = dollar_quoted(function_body(info, partitioned))
+    # The sync tables are named with their schema (init-master's): the master's own applications may write
+    # with a search_path that lacks it (a table written as `sales.orders`), and the function runs with the
+    # writer's. Operators and types still resolve as the writer's statement does.
+    home = _q(conn.execute(sa.select(sa.func.current_schema())).scalar_one()) + "."
+    body = dollar_quoted(function_body(info, home, partitioned))
     # The writer's planner settings must not reach the capture's own queries: the load switches hash and
     # merge joins off for its staged statements (postgresql_staging), which left the pairing of a 60,000-row
     # update's old and new rows to a nested loop (minutes). The function's SET restores them for its run.
