@@ -141,3 +141,22 @@ def test_a_disabled_capture_trigger_is_a_gap(sale_master: tuple[str, sa.Engine],
     code, output = _cli("sync", "--master", url, "--replica", str(replica))
     assert code == 0, output
     assert _qty(engine, "us", 1) == 7
+
+
+def test_a_child_of_plain_inheritance_is_no_gap(tmp_path: Path) -> None:
+    """INHERITS makes a table of its own, which init-master leaves alone: not a partition to capture."""
+    with fresh_master_url("postgresql", tmp_path) as url:
+        engine = connect_master(url, must_exist=False)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE sale (region text, id integer, qty integer, PRIMARY KEY (region, id))")
+            conn.exec_driver_sql("CREATE TABLE sale_archive (archived_on date) INHERITS (sale)")
+            conn.exec_driver_sql("INSERT INTO sale VALUES ('eu', 1, 1)")
+        init_master(engine, parse_settings(SALE_SETTINGS, "sales.yaml"))
+        replica = tmp_path / "sales.db"
+        code, output = _cli("checkout", "--master", url, "--owner", "ana", "--replica", str(replica))
+        assert code == 0, output
+        replica_sql(replica, "UPDATE sale SET qty = 3 WHERE region = 'eu' AND id = 1")
+        code, output = _cli("sync", "--master", url, "--replica", str(replica))
+        assert code == 0, output
+        assert _qty(engine, "eu", 1) == 3
+        engine.dispose()

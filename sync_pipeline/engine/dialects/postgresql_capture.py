@@ -72,7 +72,8 @@ _PARTITIONS = sa.text(
 
 # The table and its partitions at every depth that lack one of the triggers `names`, or have
 # it switched off (ALTER TABLE … DISABLE TRIGGER): writes there would not reach the clock. Foreign
-# partitions take no such trigger and are left out, as `install` leaves them.
+# partitions take no such trigger and are left out, as `install` leaves them, and so are the children of
+# plain inheritance (INHERITS): tables of their own, which `install` does not touch either.
 _UNCAPTURED = sa.text(
     """
     WITH RECURSIVE tree(oid) AS (
@@ -82,7 +83,7 @@ _UNCAPTURED = sa.text(
     )
     SELECT format('%I.%I', n.nspname, c.relname)
     FROM tree JOIN pg_class c ON c.oid = tree.oid JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.relkind IN ('r', 'p') AND (
+    WHERE c.relkind IN ('r', 'p') AND (c.relispartition OR c.oid = CAST(:t AS regclass)) AND (
         SELECT count(DISTINCT g.tgname) FROM pg_trigger g
         WHERE g.tgrelid = tree.oid AND g.tgname = ANY(:names) AND g.tgenabled <> 'D'
     ) < cardinality(CAST(:names AS text[]))
