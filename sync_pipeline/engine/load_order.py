@@ -194,6 +194,14 @@ def write_order(operations: list[Operation], infos: dict[str, TableInfo]) -> Ite
                 yield slot[0], slot[1], ready
         if progress:
             continue
+        # New rows of a table with a generated key whose reference waits for a remapped row of the same
+        # table (a new employee under a new manager whose key the master took): rows with their own keys
+        # go first so that the generator hands remapped rows keys past them, but such a row can be
+        # written only after its parent's new key is known. It takes a generated key too; its own key is
+        # left, never written with the reference still holding the parent's local key, which names
+        # whatever row the master holds under it.
+        if _generated_keys_for_rows_waiting_on_remapped(operations, waiting, needs, infos):
+            continue
         # A cycle: unique values rotated among rows of one table (two contacts swap their e-mail addresses),
         # so every row holds the value another takes. Updates that take such a value in nullable columns
         # first let go of their old value: NULL may repeat in a unique index (an update the writer drops
@@ -224,3 +232,33 @@ def write_order(operations: list[Operation], infos: dict[str, TableInfo]) -> Ite
         # A table referencing itself, or values held in columns that cannot be NULL: no order works. Write
         # the rest round by round and let the database judge (it refuses, the load is rolled back).
         needs = {}
+
+
+def _generated_keys_for_rows_waiting_on_remapped(
+    operations: list[Operation],
+    waiting: dict[tuple[str, str], list[int]],
+    needs: dict[int, set[int]],
+    infos: dict[str, TableInfo],
+) -> list[int]:
+    """Turn every waiting insert with its own key that needs (also through other waiting inserts of its
+    table) a remapped insert of its table into a remapped insert; returns those turned."""
+    converted: list[int] = []
+    for (op, table), indexes in waiting.items():
+        blocked = {i for i in indexes if operations[i].new_key}
+        if op != "insert" or not blocked:
+            continue
+        grown = True
+        while grown:
+            grown = False
+            for i in indexes:
+                if i not in blocked and needs.get(i, set()) & blocked:
+                    blocked.add(i)
+                    grown = True
+        pk = infos[table].pk
+        for i in sorted(blocked):
+            o = operations[i]
+            if not o.new_key:
+                o.new_key = True
+                o.values = {k: v for k, v in o.values.items() if k not in pk}
+                converted.append(i)
+    return converted

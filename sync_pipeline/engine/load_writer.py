@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection
 
 from sync_pipeline.engine.detect import fetch_rows_by_key, still_referenced
 from sync_pipeline.engine.dialects import impl_for
+from sync_pipeline.engine.errors import SyncError
 from sync_pipeline.engine.faults import checkpoint
 from sync_pipeline.engine.load_columns import grouped_by_columns
 from sync_pipeline.engine.load_order import unique_column_sets
@@ -46,6 +47,9 @@ class Writer:
         tables = {o.table for o in plan.operations if o.op == "delete"}
         self.references = references_to(conn, tables) if tables else {}
         self.released: dict[TableKey, tuple[str, ...]] = {}  # rows whose unique values `release` set NULL
+        self.operations = plan.operations
+        self.remaps = any(o.new_key for o in plan.operations)
+        self.unwritten_remapped: set[TableKey] = set()  # new rows whose master key is not known yet
 
     def drop(self, operation: Operation, why: str) -> None:
         """Leave a write out of the load, with the reason the protocol shows. A row that let go of its unique
@@ -61,8 +65,16 @@ class Writer:
             )
             checkpoint("load_write")
 
+    def _note_unwritten_remapped(self) -> None:
+        if self.remaps:  # write_order may turn rows into remapped ones: looked at anew for each batch
+            remapped = {(o.table, o.key) for o in self.operations if o.new_key and o.op == "insert"}
+            self.unwritten_remapped = remapped - self.key_map.keys()
+
     def rewrite(self, operation: Operation) -> bool:
-        """Point references at remapped parents; False if a parent was dropped (drop this row too)."""
+        """Point references at remapped parents; False if a parent was dropped (drop this row too).
+
+        A reference to a new row whose master key is not known yet (a cycle of new rows no order can write)
+        fails the load: written as it is, the local key would name whatever row the master holds under it."""
         info = self.infos[operation.table]
         # An update may write part of a composite reference: the rest is the master row's.
         row = {**operation.before, **operation.values} if operation.before is not None else operation.values
@@ -75,10 +87,21 @@ class Writer:
                 operation.values.update(dict(zip(fk.columns, mapped, strict=True)))
             elif (fk.parent_table, parent_key) in self.dropped_keys:
                 return False
+            elif (fk.parent_table, parent_key) in self.unwritten_remapped:
+                parent = dict(zip(fk.parent_columns, parent_key, strict=True))
+                raise SyncError(
+                    f"table '{operation.table}', row {info.key_dict(operation.key)}: its reference "
+                    f"{', '.join(fk.columns)} points at the new row {parent} of "
+                    f"'{fk.parent_table}', which gets its key from the master only when it is written, and "
+                    "the rows point at each other in a cycle that no order of writes resolves; nothing was written",
+                    "break the cycle in the replica (leave one of the references empty), sync, then set it on "
+                    "the master",
+                )
         return True
 
     def insert(self, table: str, operations: list[Operation]) -> None:
         conn, info = self.conn, self.infos[table]
+        self._note_unwritten_remapped()
         plain: list[Operation] = []
         remapped: list[Operation] = []
         for operation in operations:
@@ -107,6 +130,7 @@ class Writer:
 
     def update(self, table: str, operations: list[Operation]) -> None:
         conn, info = self.conn, self.infos[table]
+        self._note_unwritten_remapped()
         kept: list[Operation] = []
         for operation in operations:
             if not self.rewrite(operation):
