@@ -156,3 +156,33 @@ def replica_sql(replica: Path, *statements: str) -> None:
         conn.execute(statement)
     conn.commit()
     conn.close()
+
+
+def master_of(url: str, metadata: sa.MetaData, settings: str, rows: dict[str, list[dict[str, Any]]]) -> Engine:
+    """A master with the tables of `metadata`, `rows` inserted without keys (the master generates them, in
+    the order given), initialised with `settings`."""
+    engine = connect_master(url, must_exist=False)
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        for table, table_rows in rows.items():
+            for values in table_rows:
+                conn.execute(sa.insert(metadata.tables[table]).values(values))
+    init_master(engine, parse_settings(settings, "test-settings.yaml"))
+    return engine
+
+
+def checked_out(engine: Engine, folder: Path, *statements: str) -> Path:
+    """A replica of every module, with `statements` run in it as the local application would."""
+    replica = make_replica(engine, folder)
+    replica_sql(replica, *statements)
+    return replica
+
+
+def cli_sync(master_url: str, replica: Path) -> tuple[int, str]:
+    """`sync-pipeline sync --without-dagster`: its exit code and output."""
+    from click.testing import CliRunner
+
+    from sync_pipeline.cli import main
+
+    result = CliRunner().invoke(main, ["sync", "--master", master_url, "--replica", str(replica), "--without-dagster"])
+    return result.exit_code, result.output

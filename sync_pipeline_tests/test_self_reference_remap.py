@@ -12,35 +12,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import sqlalchemy as sa
-from click.testing import CliRunner
 
-from sync_pipeline.cli import main
 from sync_pipeline.engine import store
-from sync_pipeline.engine.checkout import checkout
-from sync_pipeline.engine.master import connect_master, init_master
-from sync_pipeline.engine.settings import parse_settings
-from sync_pipeline_tests.helpers import replica_sql
+from sync_pipeline_tests.helpers import checked_out, cli_sync, master_of
 from sync_pipeline_tests.masters import backend_on_all_masters  # noqa: F401 - `backend` over all three masters
 
 SETTINGS = "modules:\n  staff:\n    policy: master_wins\n    tables:\n      employee: {}\n"
 
 
 def _employee_master(url: str) -> sa.Engine:
-    engine = connect_master(url, must_exist=False)
     metadata = sa.MetaData()
-    employee = sa.Table(
+    sa.Table(
         "employee",
         metadata,
         sa.Column("id", sa.Integer, primary_key=True),
         sa.Column("name", sa.String(40), nullable=False),
         sa.Column("manager_id", sa.Integer, sa.ForeignKey("employee.id")),
     )
-    metadata.create_all(engine)
-    with engine.begin() as conn:  # generated keys, as the master's application inserts them
-        conn.execute(sa.insert(employee).values(name="boss"))
-        conn.execute(sa.insert(employee).values(name="clerk", manager_id=1))
-    init_master(engine, parse_settings(SETTINGS, "staff.yaml"))
-    return engine
+    return master_of(url, metadata, SETTINGS, {"employee": [{"name": "boss"}, {"name": "clerk", "manager_id": 1}]})
 
 
 def _managers(engine: sa.Engine) -> dict[str, str | None]:
@@ -52,11 +41,6 @@ def _managers(engine: sa.Engine) -> dict[str, str | None]:
     return {r.name: names.get(r.manager_id) if r.manager_id is not None else None for r in rows}
 
 
-def _sync(url: str, replica: Path) -> tuple[int, str]:
-    result = CliRunner().invoke(main, ["sync", "--master", url, "--replica", str(replica), "--without-dagster"])
-    return result.exit_code, result.output
-
-
 def _master_inserts(engine: sa.Engine, name: str) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text("INSERT INTO employee (name) VALUES (:n)"), {"n": name})
@@ -64,10 +48,9 @@ def _master_inserts(engine: sa.Engine, name: str) -> None:
 
 def test_a_new_row_under_a_remapped_new_manager_points_at_its_new_key(master_url: str, tmp_path: Path) -> None:
     engine = _employee_master(master_url)
-    replica = tmp_path / "staff.db"
-    checkout(engine, replica, "ana")
-    replica_sql(
-        replica,
+    replica = checked_out(
+        engine,
+        tmp_path,
         "INSERT INTO employee (id, name, manager_id) VALUES (3, 'new boss', NULL)",  # the master takes 3
         "INSERT INTO employee (id, name, manager_id) VALUES (4, 'new hire', 3)",  # 4 stays free on the master
         "INSERT INTO employee (id, name, manager_id) VALUES (5, 'second hire', 4)",
@@ -75,7 +58,7 @@ def test_a_new_row_under_a_remapped_new_manager_points_at_its_new_key(master_url
     )
     _master_inserts(engine, "master hire")  # id 3 on the master
 
-    code, output = _sync(master_url, replica)
+    code, output = cli_sync(master_url, replica)
 
     assert code == 0, output
     assert _managers(engine) == {
@@ -94,17 +77,16 @@ def test_new_rows_that_manage_each_other_under_a_taken_key_fail_naming_the_cycle
     master_url: str, tmp_path: Path
 ) -> None:
     engine = _employee_master(master_url)
-    replica = tmp_path / "staff.db"
-    checkout(engine, replica, "ana")
-    replica_sql(
-        replica,
+    replica = checked_out(
+        engine,
+        tmp_path,
         "INSERT INTO employee (id, name, manager_id) VALUES (3, 'north', NULL)",
         "INSERT INTO employee (id, name, manager_id) VALUES (4, 'south', 3)",
         "UPDATE employee SET manager_id = 4 WHERE id = 3",
     )
     _master_inserts(engine, "master hire")  # takes 3: 'north' is remapped, and 'south' waits for it
 
-    code, output = _sync(master_url, replica)
+    code, output = cli_sync(master_url, replica)
 
     assert code == 1, output
     assert "cycle" in output and "employee" in output and "break the cycle" in output, output

@@ -119,7 +119,10 @@ def detect_conflicts(
     by_table: dict[str, list[RowChange]] = defaultdict(list)
     for change in changes.changes:
         by_table[change.table].append(change)
-    local_inserts = {(c.table, c.key) for c in changes.changes if c.op == "insert"}
+    local_inserts: dict[str, list[RowChange]] = defaultdict(list)  # by table
+    for c in changes.changes:
+        if c.op == "insert":
+            local_inserts[c.table].append(c)
     local_deletes = {(c.table, c.key) for c in changes.changes if c.op == "delete"}
     # Rows the replica deletes, or re-points elsewhere, no longer hold on to the row they referenced.
     fk_columns = {name: {col for fk in info.foreign_keys for col in fk.columns} for name, info in infos.items()}
@@ -313,7 +316,7 @@ def _find_orphans(
     detected: list[Detected],
     info: TableInfo,
     infos: dict[str, TableInfo],
-    local_inserts: set[tuple[str, tuple[Any, ...]]],
+    local_inserts: dict[str, list[RowChange]],
 ) -> None:
     """Inserts (and updates of a reference) pointing at a parent the master no longer has.
 
@@ -324,6 +327,8 @@ def _find_orphans(
     """
     for fk in info.foreign_keys:
         candidates: list[tuple[Detected, tuple[Any, ...]]] = []
+        # What the replica's new parents hold in the referenced columns (the key, or a unique `code`).
+        inserted = {tuple((c.local or {}).get(p) for p in fk.parent_columns) for c in local_inserts[fk.parent_table]}
         for d in detected:
             change = d.change
             if change.op == "delete":
@@ -338,7 +343,7 @@ def _find_orphans(
                 continue
             assert change.local is not None
             parent_key = tuple(change.local[c] for c in fk.columns)
-            if any(v is None for v in parent_key) or (fk.parent_table, parent_key) in local_inserts:
+            if any(v is None for v in parent_key) or parent_key in inserted:
                 continue
             candidates.append((d, parent_key))
         if not candidates:

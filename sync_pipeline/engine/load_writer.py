@@ -79,16 +79,19 @@ class Writer:
         # An update may write part of a composite reference: the rest is the master row's.
         row = {**operation.before, **operation.values} if operation.before is not None else operation.values
         for fk in info.foreign_keys:
-            if not set(fk.columns) & set(operation.values) or not set(fk.columns) <= set(row):
+            parent_info = self.infos.get(fk.parent_table)
+            if parent_info is None or not set(fk.columns) & set(operation.values) or not set(fk.columns) <= set(row):
                 continue
-            parent_key = tuple(row[c] for c in fk.columns)
+            parent_key = fk.parent_key(row, parent_info.pk)
+            if parent_key is None:
+                continue  # it points at a unique column: remapping changes keys, never those values
             mapped = self.key_map.get((fk.parent_table, parent_key))
             if mapped is not None:
-                operation.values.update(dict(zip(fk.columns, mapped, strict=True)))
+                operation.values.update(fk.child_values(mapped, parent_info.pk))
             elif (fk.parent_table, parent_key) in self.dropped_keys:
                 return False
             elif (fk.parent_table, parent_key) in self.unwritten_remapped:
-                parent = dict(zip(fk.parent_columns, parent_key, strict=True))
+                parent = parent_info.key_dict(parent_key)
                 raise SyncError(
                     f"table '{operation.table}', row {info.key_dict(operation.key)}: its reference "
                     f"{', '.join(fk.columns)} points at the new row {parent} of "

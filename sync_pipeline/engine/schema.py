@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,20 @@ class ForeignKey:
     columns: tuple[str, ...]
     parent_table: str
     parent_columns: tuple[str, ...]
+
+    def parent_key(self, row: Mapping[str, Any], parent_pk: Sequence[str]) -> tuple[Any, ...] | None:
+        """The parent's primary key that `row` names through this reference, in the key's order; None
+        where the reference points at other columns (a unique `code`): its values are no key, and a key
+        map or a set of keys must not be asked about them."""
+        if sorted(self.parent_columns) != sorted(parent_pk):
+            return None
+        child_of = dict(zip(self.parent_columns, self.columns, strict=True))
+        return tuple(row[child_of[c]] for c in parent_pk)
+
+    def child_values(self, parent_key: Sequence[Any], parent_pk: Sequence[str]) -> dict[str, Any]:
+        """This reference's columns pointing at the parent row with the primary key `parent_key`."""
+        child_of = dict(zip(self.parent_columns, self.columns, strict=True))
+        return {child_of[c]: v for c, v in zip(parent_pk, parent_key, strict=True)}
 
 
 @dataclass
