@@ -5,7 +5,9 @@ new parents are known by the columns the reference names: neither may be looked 
 Before: a new employee of department number 3 was re-pointed to number 5, because the new department with
 local *key* 3 was remapped to key 5 ("done", the wrong department); a new employee of a new department was
 dropped as an orphan; and a new employee of a department the master deleted was not an orphan when a new
-department's key equalled that department's number (the load failed on the foreign key)."""
+department's key equalled that department's number (the load failed on the foreign key); and a department
+the replica deleted was deleted although the master had given it an employee meanwhile, whom the cascade
+deleted with it (references to other columns than the key were not looked at)."""
 
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ def _hr_master(url: str) -> sa.Engine:
         "emp",
         metadata,
         sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("dept_no", sa.Integer, sa.ForeignKey("dept.dept_no")),
+        sa.Column("dept_no", sa.Integer, sa.ForeignKey("dept.dept_no", ondelete="CASCADE")),
         sa.Column("name", sa.String(40)),
     )
     rows = {
@@ -92,3 +94,16 @@ def test_an_employee_of_a_deleted_department_is_an_orphan_whatever_new_keys_ther
     # master_wins: the orphan is dropped (its department stays deleted); the new department is loaded.
     assert _master(engine, "SELECT name, dept_no FROM emp") == {("first", 3)}
     assert _master(engine, "SELECT id, name, dept_no FROM dept") == {(1, "three", 3), (40, "new dept", 41)}
+
+
+def test_a_department_the_master_gave_an_employee_is_not_deleted_from_under_it(master_url: str, tmp_path: Path) -> None:
+    engine = _hr_master(master_url)
+    replica = checked_out(engine, tmp_path, "DELETE FROM dept WHERE dept_no = 40")
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO emp (dept_no, name) VALUES (40, 'hired by the master')"))
+
+    code, output = cli_sync(master_url, replica)
+
+    assert code == 0, output
+    assert ("hired by the master", 40) in _master(engine, "SELECT name, dept_no FROM emp")
+    assert ("forty", 40) in _master(engine, "SELECT name, dept_no FROM dept")

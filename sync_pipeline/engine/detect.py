@@ -394,16 +394,27 @@ def still_referenced(
     """Master rows (not among `deleted`) that reference each key: key -> {child table: count}."""
     key_list = list(dict.fromkeys(keys))
     out: dict[tuple[Any, ...], dict[str, int]] = {}
+    rows: dict[tuple[Any, ...], dict[str, Any]] | None = None
     for reference in references:
         child = reference.child
         child_pk = [c.name for c in child.primary_key.columns]
         position = [info.pk.index(c) if c in info.pk else None for c in reference.parent_columns]
-        if None in position:
-            continue  # an FK to a unique column other than the key: not tracked by key
+        if None in position and rows is None:
+            # A reference to a unique column other than the key (`dept_no`): what the rows hold there.
+            rows = fetch_rows_by_key(conn, info, key_list)
         for start in range(0, len(key_list), BATCH):
             chunk = key_list[start : start + BATCH]
-            wanted = [tuple(k[p] for p in position) for k in chunk]  # type: ignore[index]
-            by_fk = {w: k for w, k in zip(wanted, chunk, strict=True)}
+            by_fk: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+            for k in chunk:
+                if None not in position:
+                    by_fk[tuple(k[p] for p in position)] = k  # type: ignore[index]
+                elif rows is not None and (row := rows.get(k)) is not None:
+                    value = tuple(row[c] for c in reference.parent_columns)
+                    if None not in value:
+                        by_fk[value] = k
+            wanted = list(by_fk)
+            if not wanted:
+                continue
             fk_columns = [child.columns[c] for c in reference.columns]
             condition = (
                 impl_for(conn).in_list(fk_columns[0], [w[0] for w in wanted])
