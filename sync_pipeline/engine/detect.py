@@ -20,7 +20,7 @@ from sync_pipeline.engine.dialects import impl_for
 from sync_pipeline.engine.extract import ChangeSet, RowChange
 from sync_pipeline.engine.faults import checkpoint
 from sync_pipeline.engine.progress import report
-from sync_pipeline.engine.schema import Reference, TableInfo, normalizer, references_to
+from sync_pipeline.engine.schema import Reference, TableInfo, key_follows_new_parent, normalizer, references_to
 from sync_pipeline.engine.settings import SyncSettings
 from sync_pipeline.engine.tombstones import NO_TOMBSTONE_REASON, SOURCE_TOMBSTONE, latest_tombstones
 
@@ -133,9 +133,16 @@ def detect_conflicts(
     references = references_to(conn, deleting) if deleting else {}
 
     results: list[Detected] = []
+    new_keys: set[tuple[str, tuple[Any, ...]]] = set()  # rows whose master key is assigned at load
     for table, table_changes in by_table.items():
         info = infos[table]
         module = settings.module_of(table)
+        # New rows whose key holds a new parent's key (a remapped order's lines): compared with no master row.
+        follows = {
+            c.key
+            for c in table_changes
+            if c.op == "insert" and new_keys and key_follows_new_parent(info, c.local or {}, new_keys, infos)
+        }
         known_keys, known_rows, known_times = (prefetched or {}).get(table, (set(), {}, {}))
         masters = dict(known_rows)
         masters.update(fetch_rows_by_key(conn, info, [c.key for c in table_changes if c.key not in known_keys]))
@@ -161,9 +168,22 @@ def detect_conflicts(
             # Equal as the database compares the columns (a case-insensitive collation), not only as Python.
             natural_hits, natural_notes = impl_for(conn).match_natural_keys(conn, info, natural, wanted, natural_hits)
         detected = [
-            _classify(c, module, info, masters.get(c.key), natural, natural_hits, after_checkout.get(c.key, NONE))
+            _classify(
+                c,
+                module,
+                info,
+                None if c.key in follows else masters.get(c.key),
+                natural,
+                natural_hits,
+                after_checkout.get(c.key, NONE),
+            )
             for c in table_changes
         ]
+        for d in detected:
+            if d.action == "remap" or (d.action == "apply" and d.change.key in follows):
+                new_keys.add((table, d.change.key))
+                if d.action == "apply":
+                    d.note = "its key holds its parent's new key"
         for d in (d for d in detected if d.kind == "duplicate" and natural_notes and d.change.local):
             d.note = natural_notes.get(tuple(d.change.local[n] for n in natural), d.note)  # type: ignore[index]
         _find_orphans(conn, detected, info, infos, local_inserts)

@@ -8,7 +8,7 @@ from typing import Any, Literal, NamedTuple
 
 from sync_pipeline.engine.detect import Detected
 from sync_pipeline.engine.resolve import CurrentDecision
-from sync_pipeline.engine.schema import TableInfo
+from sync_pipeline.engine.schema import TableInfo, key_follows_new_parent
 
 Op = Literal["insert", "update", "delete"]
 Source = Literal["change", "decision", "remap", "orphan_parent"]
@@ -197,7 +197,22 @@ def build_plan(items: list[tuple[int, Detected, CurrentDecision | None]], infos:
                 _drop(plan, change_id, d, PARENT_DELETED)
                 if change.op == "insert":
                     plan.gone.add((change.table, change.key))
+    _uncheck_keys_of_new_parents(plan, infos)
     return plan
+
+
+def _uncheck_keys_of_new_parents(plan: Plan, infos: dict[str, TableInfo]) -> None:
+    """An insert whose key holds the key of a row the master assigns anew (a remapped order's line) is not
+    checked under its local key: a master row there is another record, and the row's own key is new."""
+    new_keys: set[TableKey] = set()
+    for o in plan.operations:  # parents before their children, as detection ordered the changes
+        if o.op != "insert" or o.key is None:
+            continue
+        if o.new_key:
+            new_keys.add((o.table, o.key))
+        elif new_keys and key_follows_new_parent(infos[o.table], o.values, new_keys, infos):
+            new_keys.add((o.table, o.key))
+            o.expected = UNCHECKED
 
 
 def _decided_parent(

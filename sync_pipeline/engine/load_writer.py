@@ -118,10 +118,11 @@ class Writer:
             impl_for(conn).load_insert(conn, info, columns, rows)
             checkpoint("load_write")
         for o in plain:
-            self.applied.append(
-                AppliedRow(o.change_id, table, info.key_of(o.values), "insert", None, o.values, o.source)
-            )
-            self.written.wrote(table, info.key_of(o.values), o.values)
+            key = info.key_of(o.values)
+            if o.key is not None and key != o.key:  # its key holds a remapped parent's: rows under it follow
+                self.key_map[(table, o.key)] = key
+            self.applied.append(AppliedRow(o.change_id, table, key, "insert", None, o.values, o.source))
+            self.written.wrote(table, key, o.values)
         advance_past(conn, info.sequences, [o.values for o in plain])  # before the remapped rows take keys
         for operation in remapped:
             new_key = impl_for(conn).insert_returning_key(conn, info, operation.values)

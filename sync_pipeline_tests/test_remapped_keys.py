@@ -1,4 +1,6 @@
-"""New rows of a self-referencing table with a generated key (employee → manager) when the master took
+"""Keys the master assigns anew at load, and the rows that hold them.
+
+New rows of a self-referencing table with a generated key (employee → manager) when the master took
 the key of one of them meanwhile: that row is remapped, and a new row under it must point at its new key.
 
 Rows with their own keys are written before remapped ones (the generator must hand remapped rows keys past
@@ -95,3 +97,75 @@ def test_new_rows_that_manage_each_other_under_a_taken_key_fail_naming_the_cycle
         statuses = list(conn.execute(sa.select(store.sync_session.c.status)).scalars())
     assert names == {"boss", "clerk", "master hire"}, "a failed load writes none of its rows"
     assert statuses == ["failed"]
+
+
+ORDER_SETTINGS = (
+    "modules:\n  sales:\n    policy: master_wins\n    tables:\n"
+    "      orders: {}\n      order_line: {}\n      line_note: {}\n"
+)
+
+
+def _order_master(url: str) -> sa.Engine:
+    """Orders with generated keys; their lines keyed by (order_id, line_no); notes pointing at a line."""
+    metadata = sa.MetaData()
+    sa.Table("orders", metadata, sa.Column("id", sa.Integer, primary_key=True), sa.Column("customer", sa.String(20)))
+    sa.Table(
+        "order_line",
+        metadata,
+        sa.Column("order_id", sa.Integer, sa.ForeignKey("orders.id"), primary_key=True, autoincrement=False),
+        sa.Column("line_no", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("product", sa.String(20)),
+    )
+    sa.Table(
+        "line_note",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("order_id", sa.Integer),
+        sa.Column("line_no", sa.Integer),
+        sa.Column("note", sa.String(20)),
+        sa.ForeignKeyConstraint(["order_id", "line_no"], ["order_line.order_id", "order_line.line_no"]),
+    )
+    rows = {
+        "orders": [{"customer": "a"}, {"customer": "b"}],
+        "order_line": [{"order_id": 1, "line_no": 1, "product": "p1"}, {"order_id": 2, "line_no": 1, "product": "p2"}],
+    }
+    return master_of(url, metadata, ORDER_SETTINGS, rows)
+
+
+def test_the_lines_of_a_remapped_order_take_its_new_key_and_their_notes_follow(master_url: str, tmp_path: Path) -> None:
+    """A line's key holds its order's key: when the order is remapped, the line is a new row under the new
+    order, not the master's line under the local key (before: taken for an insert_insert with another order's
+    line and dropped, and its note attached to that other order's line)."""
+    engine = _order_master(master_url)
+    replica = checked_out(
+        engine,
+        tmp_path,
+        "INSERT INTO orders (id, customer) VALUES (3, 'local')",
+        "INSERT INTO order_line VALUES (3, 1, 'local product')",
+        "INSERT INTO line_note (order_id, line_no, note) VALUES (3, 1, 'local note')",
+    )
+    with engine.begin() as conn:  # the master's order 3, with a line 1 of its own
+        conn.execute(sa.text("INSERT INTO orders (customer) VALUES ('master')"))
+        conn.execute(sa.text("INSERT INTO order_line VALUES (3, 1, 'master product')"))
+
+    code, output = cli_sync(master_url, replica)
+
+    assert code == 0, output
+    with engine.connect() as conn:
+        lines = {
+            (customer, product)
+            for customer, product in conn.execute(
+                sa.text("SELECT o.customer, l.product FROM order_line l JOIN orders o ON o.id = l.order_id")
+            )
+        }
+        notes = set(
+            conn.execute(
+                sa.text(
+                    "SELECT o.customer, l.product, n.note FROM line_note n "
+                    "JOIN order_line l ON l.order_id = n.order_id AND l.line_no = n.line_no "
+                    "JOIN orders o ON o.id = l.order_id"
+                )
+            )
+        )
+    assert lines == {("a", "p1"), ("b", "p2"), ("master", "master product"), ("local", "local product")}
+    assert {tuple(n) for n in notes} == {("local", "local product", "local note")}
