@@ -92,7 +92,12 @@ def replica_metadata(infos: dict[str, TableInfo]) -> sa.MetaData:
             for c in info.table.columns
         ]
         fks = [
-            sa.ForeignKeyConstraint(list(fk.columns), [f"{fk.parent_table}.{c}" for c in fk.parent_columns])
+            sa.ForeignKeyConstraint(
+                list(fk.columns),
+                [f"{fk.parent_table}.{c}" for c in fk.parent_columns],
+                ondelete=replica_action(fk.on_delete),
+                onupdate=replica_action(fk.on_update),
+            )
             for fk in info.foreign_keys
             if fk.parent_table in infos
         ]
@@ -100,6 +105,14 @@ def replica_metadata(infos: dict[str, TableInfo]) -> sa.MetaData:
         # extraction would fold "delete 5, insert another record as 5" into an update of record 5.
         sa.Table(name, metadata, *columns, *fks, sqlite_autoincrement=info.generated_pk)
     return metadata
+
+
+def replica_action(action: str | None) -> str | None:
+    """The master's referential action as the replica's: a local application that deletes an order (with
+    SQLite's foreign keys on) sees its lines go, or their reference emptied, as on the master, and the log
+    records those rows. SET DEFAULT is left out: the replica's columns do not carry the master's defaults."""
+    normal = (action or "").upper()
+    return normal if normal in ("CASCADE", "SET NULL") else None
 
 
 def checkout(

@@ -45,6 +45,10 @@ class ForeignKey:
     columns: tuple[str, ...]
     parent_table: str
     parent_columns: tuple[str, ...]
+    # The master's referential actions (CASCADE, SET NULL, …), which the replica mirrors: not part of
+    # what makes two references the same one.
+    on_delete: str | None = field(default=None, compare=False)
+    on_update: str | None = field(default=None, compare=False)
 
     def parent_key(self, row: Mapping[str, Any], parent_pk: Sequence[str]) -> tuple[Any, ...] | None:
         """The parent's primary key that `row` names through this reference, in the key's order; None
@@ -134,6 +138,8 @@ def reflect_tables(bind: Engine | Connection, names: Iterable[str]) -> dict[str,
                 tuple(e.parent.name for e in constraint.elements),
                 constraint.referred_table.name,
                 tuple(e.column.name for e in constraint.elements),
+                constraint.ondelete,
+                constraint.onupdate,
             )
             for constraint in table.foreign_key_constraints
         ]
