@@ -48,14 +48,14 @@ def row_trigger_body(info: TableInfo) -> str:
 DECLARE ts text := {cap.NOW};
 BEGIN
   IF TG_OP = 'DELETE' THEN
-    {cap.CLOCK_INSERT} VALUES ({name}, {cap.key_sql(info, "OLD")}, '*', ts) {cap.UPSERT_TAIL};
+    {cap._clock_insert("")} VALUES ({name}, {cap.key_sql(info, "OLD")}, '*', ts) {cap.UPSERT_TAIL};
     INSERT INTO sync_tombstone (table_name, row_key, deleted_at, row_image, deleted_by)
       VALUES ({name}, {cap.key_sql(info, "OLD")}, ts, to_jsonb(OLD)::text, {cap.DELETED_BY})
       {cap.TOMBSTONE_UPSERT_TAIL};
   ELSIF TG_OP = 'INSERT' THEN
-    {cap.CLOCK_INSERT} VALUES ({name}, {cap.key_sql(info, "NEW")}, '*', ts) {cap.UPSERT_TAIL};
+    {cap._clock_insert("")} VALUES ({name}, {cap.key_sql(info, "NEW")}, '*', ts) {cap.UPSERT_TAIL};
   ELSE
-    {cap.CLOCK_INSERT} SELECT {name}, {cap.key_sql(info, "NEW")}, v.col, ts
+    {cap._clock_insert("")} SELECT {name}, {cap.key_sql(info, "NEW")}, v.col, ts
       FROM (VALUES {changed}) AS v(col, changed) WHERE v.changed {cap.UPSERT_TAIL};
   END IF;
   RETURN NULL;

@@ -169,3 +169,34 @@ def test_the_lines_of_a_remapped_order_take_its_new_key_and_their_notes_follow(m
         )
     assert lines == {("a", "p1"), ("b", "p2"), ("master", "master product"), ("local", "local product")}
     assert {tuple(n) for n in notes} == {("local", "local product", "local note")}
+
+
+def test_a_generated_key_far_beyond_the_masters_is_not_kept(master_url: str, tmp_path: Path) -> None:
+    """A replica's own generator hands out keys just past the ones it was given. A hand-made key near the
+    end of the column's range, kept, would move the master's generator there: every later insert of the
+    master's applications would get a key from the end of the range, until there are none. The master
+    assigns such a row a key of its own, and rows under it follow."""
+    engine = _employee_master(master_url)
+    replica = checked_out(
+        engine,
+        tmp_path,
+        "INSERT INTO employee (id, name, manager_id) VALUES (2000000000, 'far boss', NULL)",
+        "INSERT INTO employee (id, name, manager_id) VALUES (2000000001, 'far hire', 2000000000)",
+        "INSERT INTO employee (id, name, manager_id) VALUES (7, 'near hire', 1)",  # within reach: kept
+    )
+
+    code, output = cli_sync(master_url, replica)
+
+    assert code == 0, output
+    assert _managers(engine) == {
+        "boss": None,
+        "clerk": "boss",
+        "far boss": None,
+        "far hire": "far boss",
+        "near hire": "boss",
+    }
+    _master_inserts(engine, "after the sync")
+    with engine.connect() as conn:
+        keys = dict(conn.execute(sa.text("SELECT name, id FROM employee")).all())
+    assert keys["near hire"] == 7
+    assert max(keys.values()) < 100, keys

@@ -19,8 +19,9 @@ from sync_pipeline.engine.clock import NONE, changed_after_checkout, fetch_maste
 from sync_pipeline.engine.dialects import impl_for
 from sync_pipeline.engine.extract import ChangeSet, RowChange
 from sync_pipeline.engine.faults import checkpoint
+from sync_pipeline.engine.new_keys import FAR_KEY, highest_own_key, key_follows_new_parent
 from sync_pipeline.engine.progress import report
-from sync_pipeline.engine.schema import Reference, TableInfo, key_follows_new_parent, normalizer, references_to
+from sync_pipeline.engine.schema import Reference, TableInfo, normalizer, references_to
 from sync_pipeline.engine.settings import SyncSettings
 from sync_pipeline.engine.tombstones import NO_TOMBSTONE_REASON, SOURCE_TOMBSTONE, latest_tombstones
 
@@ -167,15 +168,19 @@ def detect_conflicts(
             natural_hits = fetch_rows_by_key(conn, info, wanted, natural)
             # Equal as the database compares the columns (a case-insensitive collation), not only as Python.
             natural_hits, natural_notes = impl_for(conn).match_natural_keys(conn, info, natural, wanted, natural_hits)
+        highest = highest_own_key(conn, info, table_changes)
+        for key in follows:
+            masters.pop(key, None)  # compared with no master row (see `follows`)
         detected = [
             _classify(
                 c,
                 module,
                 info,
-                None if c.key in follows else masters.get(c.key),
+                masters.get(c.key),
                 natural,
                 natural_hits,
                 after_checkout.get(c.key, NONE),
+                highest=highest,
             )
             for c in table_changes
         ]
@@ -188,7 +193,9 @@ def detect_conflicts(
             d.note = natural_notes.get(tuple(d.change.local[n] for n in natural), d.note)  # type: ignore[index]
         _find_orphans(conn, detected, info, infos, local_inserts)
         _find_referenced_deletes(conn, detected, info, references.get(table, []), let_go)
-        detected, new_records = _release_natural_keys(detected, info, masters, natural, natural_hits, after_checkout)
+        detected, new_records = _release_natural_keys(
+            detected, info, masters, natural, natural_hits, after_checkout, highest
+        )
         _find_orphans(conn, new_records, info, infos, local_inserts)
         conflicting = [d for d in detected if d.action == "conflict"]
         times = fetch_master_times(conn, info, [d.target_key or d.change.key for d in conflicting])
@@ -221,8 +228,10 @@ def _classify(
     natural_hits: dict[tuple[Any, ...], dict[str, Any]],
     clocked: frozenset[str] = NONE,
     released: frozenset[tuple[Any, ...]] = frozenset(),
+    highest: int | None = None,
 ) -> Detected:
-    """`clocked`: the fields the master's clock shows changed after the checkout (checked, not believed)."""
+    """`clocked`: the fields the master's clock shows changed after the checkout (checked, not believed).
+    `highest`: the highest generated key a local insert may keep (`new_keys.highest_own_key`)."""
     base, local = change.base, change.local
     if change.op == "update":
         assert base is not None and local is not None
@@ -284,6 +293,8 @@ def _classify(
                 fields=_diff(differing, None, local, hit),
             )
     if master is None:
+        if highest is not None and isinstance(change.key[0], int) and change.key[0] > highest:
+            return Detected(change, module, "remap", None, note=FAR_KEY)
         return Detected(change, module, "apply", None)
     if info.generated_pk:
         return Detected(change, module, "remap", master, note="key taken on the master: a new key is assigned")
@@ -302,6 +313,7 @@ def _release_natural_keys(
     natural: list[str],
     natural_hits: dict[tuple[Any, ...], dict[str, Any]],
     after_checkout: dict[tuple[Any, ...], frozenset[str]],
+    highest: int | None = None,
 ) -> tuple[list[Detected], list[Detected]]:
     """A new local row whose natural key a master row holds that the replica deletes, or gives another
     natural key, is a new record, not a duplicate of that row: the load frees the key first. Only where
@@ -325,7 +337,8 @@ def _release_natural_keys(
     for d in detected:
         if d.kind == "duplicate" and d.target_key in released:
             clocked = after_checkout.get(d.change.key, NONE)
-            d = _classify(d.change, d.module, info, masters.get(d.change.key), natural, natural_hits, clocked, released)
+            master = masters.get(d.change.key)
+            d = _classify(d.change, d.module, info, master, natural, natural_hits, clocked, released, highest)
             again.append(d)
         out.append(d)
     return out, again

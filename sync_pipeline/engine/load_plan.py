@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
 from sync_pipeline.engine.detect import Detected
+from sync_pipeline.engine.new_keys import key_follows_new_parent
 from sync_pipeline.engine.resolve import CurrentDecision
-from sync_pipeline.engine.schema import TableInfo, key_follows_new_parent
+from sync_pipeline.engine.schema import TableInfo
 
 Op = Literal["insert", "update", "delete"]
 Source = Literal["change", "decision", "remap", "orphan_parent"]

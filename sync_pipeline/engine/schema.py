@@ -263,19 +263,3 @@ __all__ = [  # the value rules live in `values` and are imported from here by mo
     "reflect_tables",
     "references_to",
 ]
-
-
-def key_follows_new_parent(
-    info: TableInfo, row: Mapping[str, Any], new_keys: set[tuple[str, tuple[Any, ...]]], infos: Mapping[str, TableInfo]
-) -> bool:
-    """Whether a new row's primary key holds a reference to a row in `new_keys` (rows whose master key is
-    assigned at load: remapped, or following such a row themselves), like the line `(order_id, line_no)` of
-    a remapped order: the row's own master key is then known only at load, and no master row can hold it."""
-    for fk in info.foreign_keys:
-        parent = infos.get(fk.parent_table)
-        if parent is None or not set(fk.columns) & set(info.pk) or not set(fk.columns) <= set(row):
-            continue
-        key = fk.parent_key(row, parent.pk)
-        if key is not None and (fk.parent_table, key) in new_keys:
-            return True
-    return False

@@ -1,0 +1,52 @@
+"""Which new rows get their primary key from the master at load rather than keeping the replica's.
+
+A local insert keeps its generated key where the master has it free, and is remapped where the master
+took it (detection). Two more cases: a key far beyond the master's own (a replica's generator cannot have
+made it; kept, it would move the master's generator there), and a key that holds a remapped row's key
+(the line `(order_id, line_no)` of a remapped order), which follows its parent's new key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from sync_pipeline.engine.extract import RowChange
+from sync_pipeline.engine.schema import TableInfo
+
+# How far past the master's highest key a local insert's generated key may lie and still be kept. A
+# replica's own generator starts at the highest key it was given, so honest keys lie within the number of
+# its inserts of this one; a key far beyond it would move the master's generator there for every later
+# insert (to the end of its range, and the master's applications could insert no more).
+KEY_SLACK = 10_000
+FAR_KEY = "its key lies far beyond the master's keys: the master assigns one"
+
+
+def highest_own_key(conn: Connection, info: TableInfo, changes: list[RowChange]) -> int | None:
+    """The highest generated key a local insert into the table keeps (above it the master assigns one),
+    or None where the table has no generated key or nothing is inserted."""
+    inserts = sum(1 for c in changes if c.op == "insert")
+    if not info.generated_pk or not inserts:
+        return None
+    column = info.table.columns[info.pk[0]]
+    top = conn.execute(sa.select(sa.func.max(column))).scalar()
+    return (int(top) if top is not None else 0) + inserts + KEY_SLACK
+
+
+def key_follows_new_parent(
+    info: TableInfo, row: Mapping[str, Any], new_keys: set[tuple[str, tuple[Any, ...]]], infos: Mapping[str, TableInfo]
+) -> bool:
+    """Whether a new row's primary key holds a reference to a row in `new_keys` (rows whose master key is
+    assigned at load: remapped, or following such a row themselves), like the line `(order_id, line_no)` of
+    a remapped order: the row's own master key is then known only at load, and no master row can hold it."""
+    for fk in info.foreign_keys:
+        parent = infos.get(fk.parent_table)
+        if parent is None or not set(fk.columns) & set(info.pk) or not set(fk.columns) <= set(row):
+            continue
+        key = fk.parent_key(row, parent.pk)
+        if key is not None and (fk.parent_table, key) in new_keys:
+            return True
+    return False
