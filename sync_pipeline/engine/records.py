@@ -390,6 +390,24 @@ def applied_rows(engine: Engine, session_id: str) -> list[dict[str, Any]]:
     return rows
 
 
+def applied_after_latest(engine: Engine, session_id: str) -> list[tuple[str, str, Any]]:
+    """(table, row key as stored, `after` decoded; None: deleted) of the last write of each row in a
+    session's applied history, in the order of those rows' first writes: what a reconciliation compares
+    with the master. Reads neither the `before` images nor the other columns, and decodes only the `after`
+    that is compared, not those of earlier writes of the same row (`applied_rows` decodes all of them)."""
+    table = store.sync_applied
+    latest: dict[tuple[str, str], str | None] = {}
+    with engine.connect() as conn:
+        found = conn.execute(
+            sa.select(table.c.table_name, table.c.row_key, table.c.after)
+            .where(table.c.session_id == session_id)
+            .order_by(table.c.applied_id)
+        )
+        for table_name, row_key, after in found:
+            latest[(table_name, row_key)] = after
+    return [(table_name, row_key, loads(after)) for (table_name, row_key), after in latest.items()]
+
+
 def applied_counts(engine: Engine, session_id: str) -> list[tuple[str, str, int]]:
     """(table, op, number of writes) of a session's applied history."""
     table = store.sync_applied
