@@ -159,10 +159,22 @@ def test_the_cli_run_resumes_the_collector_when_the_run_raises(
 # ------------------------------------------------------------------------------------------------
 
 
+def _applied(engine: sa.Engine, session_id: str) -> list[dict[str, Any]]:
+    """The session's whole applied history in write order, every column, `before` and `after` decoded (as the
+    reconciliation read it before)."""
+    table = store.sync_applied
+    with engine.connect() as conn:
+        found = conn.execute(
+            sa.select(table).where(table.c.session_id == session_id).order_by(table.c.applied_id)
+        ).mappings()
+        rows = [dict(row) for row in found]
+    return [{**row, "before": store.loads(row["before"]), "after": store.loads(row["after"])} for row in rows]
+
+
 def _last_writes(engine: sa.Engine, session_id: str) -> list[tuple[str, str, Any]]:
-    """What `applied_rows` gives as each row's last write (the reader the reconciliation used before)."""
+    """Each written row's last write, from the whole history (in the order of the rows' first writes)."""
     latest: dict[tuple[str, str], Any] = {}
-    for row in records.applied_rows(engine, session_id):
+    for row in _applied(engine, session_id):
         latest[(row["table_name"], row["row_key"])] = row["after"]
     return [(table, key, after) for (table, key), after in latest.items()]
 
@@ -174,7 +186,7 @@ def test_the_reconciliation_decodes_only_the_last_write_of_each_row(
     result = run_sync(demo.engine, demo.replica)
     assert result.status == "done" and result.session_id
     ctx = session_context(demo.engine, result.session_id)
-    applied = records.applied_rows(demo.engine, result.session_id)
+    applied = _applied(demo.engine, result.session_id)
     # A row written twice (a remap, a duplicate): only the second write is what the master must hold.
     first = next(row for row in applied if row["after"] is not None and row["table_name"] == "contact")
     rewritten = {**first["after"], "phone": "+49 170 9999999"}
