@@ -1,5 +1,6 @@
 """How every step of the sync begins: the partition's replica and session, read from the master's sync
-tables (and shared by the steps of one run), and the metadata helpers the steps and their checks use.
+tables (and shared by the steps of one run), the cyclic collector paused while a step's body runs
+(`collector_paused_in_step`), and the metadata helpers the steps and their checks use.
 
 Apart from the assets (defs/assets.py) so that the checks evaluated inside the asset steps
 (defs/checks.py, defs/waiting_check.py) and their suites (defs/check_suites.py) use the same helpers
