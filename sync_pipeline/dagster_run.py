@@ -25,6 +25,7 @@ from sync_pipeline.defs.instance_config import write_instance_config
 from sync_pipeline.defs.partitions import ensure_partition
 from sync_pipeline.defs.run_keys import APPLY_KEY_TAG, DETECT_KEY_TAG, SYNC_JOB_NAME, detect_key
 from sync_pipeline.defs.run_tags import LOAD_STAGE, stage_tags
+from sync_pipeline.engine.collector import collector_paused
 from sync_pipeline.engine.errors import SyncError
 from sync_pipeline.engine.master import connect_master, sync_home
 from sync_pipeline.engine.records import SessionStatus, latest_session
@@ -195,7 +196,11 @@ def materialize_sync(
         with open_run(engine, replica_path) as driver:
             if driver.finished is not None:  # loaded before an interruption: opening retired the file
                 return driver.finished
-            with holding(driver), _instance_or(instance) as dagster:
+            # The whole run with the cyclic collector paused, as `RunDriver.run` pauses it for `run_sync`:
+            # Dagster's event writes between the steps would otherwise trigger full collections that walk
+            # everything the run keeps alive (the detected changes shared by its steps) and all the
+            # modules imported; the steps pause it themselves too, for runs launched elsewhere.
+            with holding(driver), _instance_or(instance) as dagster, collector_paused():
                 return _run_sync_job(master_url, engine, dagster, driver)
     finally:
         engine.dispose()

@@ -1,8 +1,15 @@
 """The benchmark scripts run and print their tables (no timing is asserted: figures live in docs/benchmarks.md)."""
 
+import importlib.util
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import pytest
 
 from sync_pipeline_tests.conftest import require_postgres
 
@@ -46,3 +53,58 @@ def test_sync_profile_names_where_the_time_goes() -> None:
     assert "# one engine sync of 2,000 changes into 50,000 rows (PostgreSQL), under cProfile" in printed
     for step in ("run_driver.py", "extract.py", "(extract_changes)", "(execute_plan)", "(wait)"):
         assert step in printed
+
+
+def _bench_module(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """A benchmark script imported as a module (registered while the test runs: its dataclasses need it)."""
+    spec = importlib.util.spec_from_file_location(f"bench_script_{name}", ROOT / "bench" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_dagster_figure_warms_both_paths_then_alternates_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Neither path pays a first-time cost the other does not, nor always runs first."""
+    from sync_pipeline import dagster_run
+    from sync_pipeline.defs import gx_adapter
+
+    bench = _bench_module("bench_sync", monkeypatch)
+    ran: list[tuple[str, int, int]] = []
+
+    @contextmanager
+    def replica(rows: int, changes: int, *_args: Any, **_kwargs: Any) -> Iterator[tuple[Any, Path, None]]:
+        yield SimpleNamespace(url="postgresql://bench", engine=(rows, changes)), tmp_path / "r.db", None
+
+    def materialize(_url: str, _path: str, _instance: Any) -> Any:
+        ran.append(("dagster", *current[0]))
+        return SimpleNamespace(status="done", message="")
+
+    current: list[tuple[int, int]] = []
+
+    def changed(rows: int, changes: int, *args: Any, **kwargs: Any) -> Any:
+        current[:] = [(rows, changes)]
+        return replica(rows, changes, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "changed_replica", changed)
+    monkeypatch.setattr(bench, "run_sync", lambda engine, _path: ran.append(("engine", *engine)))
+    monkeypatch.setattr(dagster_run, "materialize_sync", materialize)
+    monkeypatch.setattr(gx_adapter, "warm_up", lambda: None)
+
+    bench.measure_dagster(1_000_000, 10_000, False, tmp_path, repeat=3)
+
+    warm = (bench.WARM_ROWS, bench.WARM_CHANGES)
+    full = (1_000_000, 10_000)
+    assert ran == [
+        ("dagster", *warm),
+        ("engine", *warm),
+        ("dagster", *full),
+        ("engine", *full),
+        ("engine", *full),
+        ("dagster", *full),
+        ("dagster", *full),
+        ("engine", *full),
+    ]

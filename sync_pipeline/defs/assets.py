@@ -38,6 +38,7 @@ from sync_pipeline.defs.partitions import replicas_partitions
 from sync_pipeline.defs.resources import MasterDatabase
 from sync_pipeline.defs.run_keys import STATE_TAG, may_load_in_run
 from sync_pipeline.defs.step_session import (
+    collector_paused_in_step,
     count_and_keep,
     counts_metadata,
     kept_counts,
@@ -106,6 +107,7 @@ class LocalChangesConfig(dg.Config):
     checks=LOCAL_CHANGES_CHECKS,
 )
 @reports_sync_errors
+@collector_paused_in_step
 def local_changes(
     context: dg.AssetExecutionContext, config: LocalChangesConfig, master: MasterDatabase
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
@@ -176,6 +178,7 @@ def start_session(
     "with the extraction, which holds the replica open; here only for a session stored undetected).",
 )
 @reports_sync_errors
+@collector_paused_in_step
 def conflicts(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg.MaterializeResult:
     with partition_session(master, context) as (engine, ctx):
         # Stored without detection (start_session): only then is the file needed.
@@ -202,6 +205,7 @@ def conflicts(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg.M
     checks=RESOLUTIONS_CHECKS,
 )
 @reports_sync_errors
+@collector_paused_in_step
 def resolutions(
     context: dg.AssetExecutionContext, master: MasterDatabase
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
@@ -264,6 +268,7 @@ def resolutions_result(
     checks=MASTER_LOAD_CHECKS,
 )
 @reports_sync_errors
+@collector_paused_in_step
 def master_load(
     context: dg.AssetExecutionContext, master: MasterDatabase
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
@@ -337,6 +342,7 @@ def load_session(
     "shown here: per module what was written, every conflict with its values and who or which rule decided.",
 )
 @reports_sync_errors
+@collector_paused_in_step
 def sync_protocol(context: dg.AssetExecutionContext, master: MasterDatabase) -> dg.MaterializeResult:
     from sync_pipeline.engine.protocol import build_protocol
     from sync_pipeline.reports.files import default_protocol_folder, write_protocol

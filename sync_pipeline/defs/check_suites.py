@@ -346,20 +346,12 @@ def decided_value_suites(
     return suites
 
 
-def _applied_latest(engine: Engine, session_id: str) -> list[dict[str, Any]]:
-    rows = sync_records.applied_rows(engine, session_id)
-    latest: dict[tuple[str, str], dict[str, Any]] = {}
-    for row in rows:
-        latest[(row["table_name"], row["row_key"])] = row
-    return list(latest.values())
-
-
 def loaded_values_suite(engine: Engine, ctx: SessionContext) -> FrameSuite:
-    """One row per touched field: the value the load wrote (sync_applied `after`) and the master's now."""
-    applied = _applied_latest(engine, ctx.session_id)
-    by_table: dict[str, list[dict[str, Any]]] = {}
-    for row in applied:
-        by_table.setdefault(row["table_name"], []).append(row)
+    """One row per touched field: the value the load wrote (sync_applied `after` of each row's last write)
+    and the master's now."""
+    by_table: dict[str, list[tuple[str, dict[str, Any] | None]]] = {}
+    for table_name, row_key, after in sync_records.applied_after_latest(engine, ctx.session_id):
+        by_table.setdefault(table_name, []).append((row_key, after))
     infos = dict(ctx.infos)
     # An orphan's re-created parent may belong to a table outside the replica's modules.
     outside = [t for t in by_table if t not in infos]
@@ -371,27 +363,27 @@ def loaded_values_suite(engine: Engine, ctx: SessionContext) -> FrameSuite:
             info = infos[table]
             names = {column.name for column in info.table.columns}
             keys = {}
-            for item in items:
-                key = decode_row(json.loads(item["row_key"]), info.table) or {}
-                keys[item["row_key"]] = tuple(key[c] for c in info.pk)
+            for row_key, _after in items:
+                key = decode_row(json.loads(row_key), info.table) or {}
+                keys[row_key] = tuple(key[c] for c in info.pk)
             current = fetch_rows_by_key(conn, info, keys.values())
-            for item in items:
-                found = current.get(keys[item["row_key"]])
-                if item["after"] is None:  # a delete: the row must be gone
+            for row_key, after in items:
+                found = current.get(keys[row_key])
+                if after is None:  # a delete: the row must be gone
                     rows.append(
                         {
                             "table": table,
-                            "key": item["row_key"],
+                            "key": row_key,
                             "column": "*",
                             "expected": "absent",
                             "actual": "absent" if found is None else "present",
                         }
                     )
                     continue
-                compared = _written_and_now(item["after"], found, info, names)
+                compared = _written_and_now(after, found, info, names)
                 for name, (expected, actual) in sorted(compared.items()):
                     rows.append(
-                        {"table": table, "key": item["row_key"], "column": name, "expected": expected, "actual": actual}
+                        {"table": table, "key": row_key, "column": name, "expected": expected, "actual": actual}
                     )
     return FrameSuite(
         "loaded_values",

@@ -1,14 +1,17 @@
 """How every step of the sync begins: the partition's replica and session, read from the master's sync
-tables (and shared by the steps of one run), and the metadata helpers the steps and their checks use.
+tables (and shared by the steps of one run), the cyclic collector paused while a step's body runs
+(`collector_paused_in_step`), and the metadata helpers the steps and their checks use.
 
 Apart from the assets (defs/assets.py) so that the checks evaluated inside the asset steps
 (defs/checks.py, defs/waiting_check.py) and their suites (defs/check_suites.py) use the same helpers
 without importing the assets that call them.
 """
 
-from collections.abc import Iterator
+import functools
+import inspect
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import dagster as dg
 import sqlalchemy as sa
@@ -16,9 +19,45 @@ from sqlalchemy.engine import Engine
 
 from sync_pipeline.defs.partitions import replica_id_of_partition
 from sync_pipeline.defs.resources import MasterDatabase
+from sync_pipeline.engine.collector import collector_paused
 from sync_pipeline.engine.records import latest_session
 from sync_pipeline.engine.schema import TableInfo
 from sync_pipeline.engine.session_state import SessionContext, counts_of, session_context
+
+_STEP = TypeVar("_STEP", bound=Callable[..., Any])
+
+
+def collector_paused_in_step(step: _STEP) -> _STEP:
+    """Run an asset's body with the cyclic collector paused (engine/collector.py), as `run_sync` runs the
+    engine's steps: the checks' frames and the protocol allocate tens of thousands of small objects with no
+    cycles, and each collection would also walk what the run keeps alive for its later steps (the detected
+    changes in `run_state`), which the engine path frees before the collector runs. The driver's own pause
+    nests inside this one. For a generator body the pause covers each of its advances, not Dagster's
+    handling of what it yields, so no pause outlives a step whose generator Dagster stops early."""
+    if inspect.isgeneratorfunction(step):
+
+        @functools.wraps(step)
+        def generating(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            inner = step(*args, **kwargs)
+            try:
+                while True:
+                    with collector_paused():
+                        try:
+                            item = next(inner)
+                        except StopIteration:
+                            return
+                    yield item
+            finally:
+                inner.close()
+
+        return generating  # type: ignore[return-value]
+
+    @functools.wraps(step)
+    def returning(*args: Any, **kwargs: Any) -> Any:
+        with collector_paused():
+            return step(*args, **kwargs)
+
+    return returning  # type: ignore[return-value]
 
 
 def require_replica_id(engine: Engine, partition_key: str) -> str:

@@ -375,19 +375,22 @@ def conflicts_of_policies(engine: Engine, session_id: str, exclude: int | None =
         ]
 
 
-def applied_rows(engine: Engine, session_id: str) -> list[dict[str, Any]]:
-    """The session's `sync_applied` rows in write order (`before`/`after` decoded)."""
+def applied_after_latest(engine: Engine, session_id: str) -> list[tuple[str, str, Any]]:
+    """(table, row key as stored, `after` decoded; None: deleted) of the last write of each row in a
+    session's applied history, in the order of those rows' first writes: what a reconciliation compares
+    with the master. Reads neither the `before` images nor the other columns, and decodes only the `after`
+    that is compared, not those of earlier writes of the same row."""
     table = store.sync_applied
+    latest: dict[tuple[str, str], str | None] = {}
     with engine.connect() as conn:
-        rows = [
-            dict(r)
-            for r in conn.execute(
-                sa.select(table).where(table.c.session_id == session_id).order_by(table.c.applied_id)
-            ).mappings()
-        ]
-    for row in rows:
-        row["before"], row["after"] = loads(row["before"]), loads(row["after"])
-    return rows
+        found = conn.execute(
+            sa.select(table.c.table_name, table.c.row_key, table.c.after)
+            .where(table.c.session_id == session_id)
+            .order_by(table.c.applied_id)
+        )
+        for table_name, row_key, after in found:
+            latest[(table_name, row_key)] = after
+    return [(table_name, row_key, loads(after)) for (table_name, row_key), after in latest.items()]
 
 
 def applied_counts(engine: Engine, session_id: str) -> list[tuple[str, str, int]]:
