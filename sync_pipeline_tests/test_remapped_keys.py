@@ -16,7 +16,10 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from sync_pipeline.engine import store
-from sync_pipeline_tests.helpers import checked_out, cli_sync, master_of
+from sync_pipeline.engine.master import connect_master, init_master
+from sync_pipeline.engine.settings import parse_settings
+from sync_pipeline_tests.conftest import fresh_master_url
+from sync_pipeline_tests.helpers import checked_out, cli_sync, master_of, master_state, replica_sql
 from sync_pipeline_tests.masters import backend_on_all_masters  # noqa: F401 - `backend` over all three masters
 
 SETTINGS = "modules:\n  staff:\n    policy: master_wins\n    tables:\n      employee: {}\n"
@@ -99,6 +102,7 @@ def test_new_rows_that_manage_each_other_under_a_taken_key_fail_naming_the_cycle
     assert statuses == ["failed"]
 
 
+INVOICE_SETTINGS = "modules:\n  billing:\n    policy: master_wins\n    tables:\n      invoice: {}\n"
 ORDER_SETTINGS = (
     "modules:\n  sales:\n    policy: master_wins\n    tables:\n"
     "      orders: {}\n      order_line: {}\n      line_note: {}\n"
@@ -200,3 +204,34 @@ def test_a_generated_key_far_beyond_the_masters_is_not_kept(master_url: str, tmp
         keys = dict(conn.execute(sa.text("SELECT name, id FROM employee")).all())
     assert keys["near hire"] == 7
     assert max(keys.values()) < 100, keys
+
+
+def test_a_far_value_of_a_column_a_sequence_feeds_is_bad_input(tmp_path: Path) -> None:
+    """Not a key, so not remapped: an invoice number is data. A hand-made one near the end of the range
+    would move the master's sequence there; the sync refuses it (exit 2, the master as it was) and goes
+    through once the replica leaves the number to the master."""
+    with fresh_master_url("postgresql", tmp_path) as url:
+        engine = connect_master(url, must_exist=False)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE SEQUENCE invoice_no")
+            conn.exec_driver_sql(
+                "CREATE TABLE invoice (id serial PRIMARY KEY, number integer NOT NULL "
+                "DEFAULT nextval('invoice_no') UNIQUE, amount integer)"
+            )
+            conn.exec_driver_sql("INSERT INTO invoice (amount) VALUES (10), (20)")
+        init_master(engine, parse_settings(INVOICE_SETTINGS, "invoices.yaml"))
+        replica = checked_out(engine, tmp_path, "INSERT INTO invoice (number, amount) VALUES (2000000000, 30)")
+        before = master_state(engine)
+
+        code, output = cli_sync(url, replica)
+
+        assert code == 2, output
+        assert "'number'" in output and "2000000000" in output and "leave the column empty" in output, output
+        assert master_state(engine) == before
+        replica_sql(replica, "UPDATE invoice SET number = NULL WHERE amount = 30")
+        code, output = cli_sync(url, replica)
+        assert code == 0, output
+        with engine.connect() as conn:
+            numbers = dict(conn.exec_driver_sql("SELECT amount, number FROM invoice").all())
+        assert numbers == {10: 1, 20: 2, 30: 3}
+        engine.dispose()

@@ -14,7 +14,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from sync_pipeline.engine.extract import RowChange
+from sync_pipeline.engine.dialects import impl_for
+from sync_pipeline.engine.errors import BadInputError
+from sync_pipeline.engine.extract import ChangeSet, RowChange
 from sync_pipeline.engine.schema import TableInfo
 
 # How far past the master's highest key a local insert's generated key may lie and still be kept. A
@@ -50,3 +52,37 @@ def key_follows_new_parent(
         if key is not None and (fk.parent_table, key) in new_keys:
             return True
     return False
+
+
+def refuse_far_sequence_values(conn: Connection, changes: ChangeSet, infos: Mapping[str, TableInfo]) -> None:
+    """A local value of a column a sequence feeds (not the key: that one is remapped), far beyond what the
+    sequence handed out, is bad input. Written, it would move the sequence there (`advance_past`), and
+    every later row of the master's applications would get a number from the end of its range."""
+    impl = impl_for(conn)
+    by_table: dict[str, list[RowChange]] = {}
+    for change in changes.changes:
+        if change.op != "delete":
+            by_table.setdefault(change.table, []).append(change)
+    for table, table_changes in by_table.items():
+        info = infos[table]
+        for column, sequence in info.sequences.items():
+            if info.generated_pk and column in info.pk:
+                continue
+            values = [
+                value
+                for c in table_changes
+                if (c.op == "insert" or column in c.changed)
+                and isinstance(value := (c.local or {}).get(column), int)
+                and not isinstance(value, bool)
+            ]
+            if not values or (position := impl.sequence_position(conn, sequence)) is None:
+                continue
+            highest = max(position, 0) + len(values) + KEY_SLACK
+            if max(values) > highest:
+                raise BadInputError(
+                    f"table '{table}', column '{column}': the local value {max(values)} lies far beyond the "
+                    f"numbers the master's sequence has handed out ({position}); written, it would move the "
+                    "sequence there for every later row",
+                    "enter a number near the master's in the replica, or leave the column empty where the "
+                    "master fills it (NOT NULL with a default); then sync again",
+                )

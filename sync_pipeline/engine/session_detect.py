@@ -23,6 +23,7 @@ from sync_pipeline.engine.errors import (
 )
 from sync_pipeline.engine.extract import ChangeSet, canonicalize_local_values, extract_changes
 from sync_pipeline.engine.faults import checkpoint
+from sync_pipeline.engine.new_keys import refuse_far_sequence_values
 from sync_pipeline.engine.progress import report
 from sync_pipeline.engine.records import (
     OPEN_STATUSES,
@@ -80,6 +81,8 @@ def begin_session(
     try:
         changes = extract_changes(replica.conn, replica.infos)
         canonicalize_local_values(engine, changes, replica.infos)
+        with engine.connect() as conn:
+            refuse_far_sequence_values(conn, changes, replica.infos)
         for index, change in enumerate(changes.changes):
             change.seq = index  # from now on a change is known by its change_id
         if replica.settings.master_change_capture:

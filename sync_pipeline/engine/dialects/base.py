@@ -206,6 +206,11 @@ class DialectImpl:
         """Move a generator found by `find_sequences` past written keys (`highest` for an ascending one,
         `lowest` for a descending one), never backwards, in the load's transaction."""
 
+    def sequence_position(self, conn: Connection, sequence: str) -> int | None:
+        """The last value a generator found by `find_sequences` handed out (0 if none yet); None where it
+        is not known."""
+        return None
+
     def advance_sequence_to_max(self, conn: Connection, info: TableInfo) -> None:
         """Move the generator of the table's key past the highest key in the table (test and tool helper,
         after rows were inserted with explicit keys; the load uses `advance_sequence`)."""

@@ -94,6 +94,10 @@ class PostgreSQLImpl(DialectImpl):
     def advance_sequence(self, conn: Connection, sequence: str, highest: int, lowest: int) -> None:
         catalog.advance_sequence(conn, sequence, highest, lowest)
 
+    def sequence_position(self, conn: Connection, sequence: str) -> int | None:
+        last = sa.func.pg_sequence_last_value(sa.cast(sequence, REGCLASS))
+        return int(conn.execute(sa.select(sa.func.coalesce(last, 0))).scalar_one())
+
     def advance_sequence_to_max(self, conn: Connection, info: TableInfo) -> None:
         column = info.table.columns[info.pk[0]]
         sequence = conn.execute(
