@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from sync_pipeline.engine import store
@@ -109,17 +110,22 @@ ORDER_SETTINGS = (
 )
 
 
-def _order_master(url: str) -> sa.Engine:
-    """Orders with generated keys; their lines keyed by (order_id, line_no); notes pointing at a line."""
-    metadata = sa.MetaData()
-    sa.Table("orders", metadata, sa.Column("id", sa.Integer, primary_key=True), sa.Column("customer", sa.String(20)))
-    sa.Table(
+def _order_line_table(metadata: sa.MetaData) -> sa.Table:
+    """Lines keyed by their order's key and a number."""
+    return sa.Table(
         "order_line",
         metadata,
         sa.Column("order_id", sa.Integer, sa.ForeignKey("orders.id"), primary_key=True, autoincrement=False),
         sa.Column("line_no", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("product", sa.String(20)),
     )
+
+
+def _order_master(url: str) -> sa.Engine:
+    """Orders with generated keys; their lines keyed by (order_id, line_no); notes pointing at a line."""
+    metadata = sa.MetaData()
+    sa.Table("orders", metadata, sa.Column("id", sa.Integer, primary_key=True), sa.Column("customer", sa.String(20)))
+    _order_line_table(metadata)
     sa.Table(
         "line_note",
         metadata,
@@ -235,3 +241,53 @@ def test_a_far_value_of_a_column_a_sequence_feeds_is_bad_input(tmp_path: Path) -
             numbers = dict(conn.exec_driver_sql("SELECT amount, number FROM invoice").all())
         assert numbers == {10: 1, 20: 2, 30: 3}
         engine.dispose()
+
+
+def _numbered_order_master(url: str, policy: str) -> sa.Engine:
+    metadata = sa.MetaData()
+    sa.Table(
+        "orders",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("order_no", sa.String(8), nullable=False, unique=True),
+    )
+    _order_line_table(metadata)
+    settings = (
+        f"modules:\n  sales:\n    policy: {policy}\n    tables:\n"
+        "      orders: {natural_key: [order_no]}\n      order_line: {}\n"
+    )
+    return master_of(url, metadata, settings, {"orders": [{"order_no": "A"}, {"order_no": "B"}]})
+
+
+@pytest.mark.parametrize("policy", ["local_wins", "master_wins"])
+def test_the_lines_of_a_duplicate_order_are_compared_with_that_orders_lines(
+    master_url: str, tmp_path: Path, policy: str
+) -> None:
+    """The local order 3 is the master's order 4 by its number; its line `(3, 1)` is line 1 of order 4,
+    not the line `(3, 1)` of the master's other order 3 (before: compared with that one, an insert_insert,
+    and under local_wins the other order's line was overwritten)."""
+    engine = _numbered_order_master(master_url, policy)
+    replica = checked_out(
+        engine,
+        tmp_path,
+        "INSERT INTO orders (id, order_no) VALUES (3, 'X')",
+        "INSERT INTO order_line VALUES (3, 1, 'local first')",
+        "INSERT INTO order_line VALUES (3, 2, 'local second')",
+    )
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO orders (order_no) VALUES ('Y')"))  # key 3
+        conn.execute(sa.text("INSERT INTO orders (order_no) VALUES ('X')"))  # key 4: the local order's record
+        conn.execute(sa.text("INSERT INTO order_line VALUES (3, 1, 'y first')"))
+        conn.execute(sa.text("INSERT INTO order_line VALUES (4, 1, 'x first')"))
+
+    code, output = cli_sync(master_url, replica)
+
+    assert code == 0, output
+    with engine.connect() as conn:
+        lines = set(
+            conn.execute(
+                sa.text("SELECT o.order_no, l.line_no, l.product FROM order_line l JOIN orders o ON o.id = l.order_id")
+            ).all()
+        )
+    first_of_x = "local first" if policy == "local_wins" else "x first"
+    assert {tuple(r) for r in lines} == {("Y", 1, "y first"), ("X", 1, first_of_x), ("X", 2, "local second")}

@@ -19,7 +19,7 @@ from sync_pipeline.engine.clock import NONE, changed_after_checkout, fetch_maste
 from sync_pipeline.engine.dialects import impl_for
 from sync_pipeline.engine.extract import ChangeSet, RowChange
 from sync_pipeline.engine.faults import checkpoint
-from sync_pipeline.engine.new_keys import FAR_KEY, highest_own_key, key_follows_new_parent
+from sync_pipeline.engine.new_keys import FAR_KEY, highest_own_key, key_follows_new_parent, moved_keys
 from sync_pipeline.engine.progress import report
 from sync_pipeline.engine.schema import Reference, TableInfo, normalizer, references_to
 from sync_pipeline.engine.settings import SyncSettings
@@ -135,6 +135,7 @@ def detect_conflicts(
 
     results: list[Detected] = []
     new_keys: set[tuple[str, tuple[Any, ...]]] = set()  # rows whose master key is assigned at load
+    moved: dict[tuple[str, tuple[Any, ...]], tuple[Any, ...]] = {}  # rows the master knows under another key
     for table, table_changes in by_table.items():
         info = infos[table]
         module = settings.module_of(table)
@@ -171,6 +172,12 @@ def detect_conflicts(
         highest = highest_own_key(conn, info, table_changes)
         for key in follows:
             masters.pop(key, None)  # compared with no master row (see `follows`)
+        # New rows whose key holds a duplicate's key: compared with the master's row under the key they take.
+        effective = moved_keys(info, table_changes, follows, moved, infos)
+        under = fetch_rows_by_key(conn, info, list(effective.values())) if effective else {}
+        masters.update({local: under[key] for local, key in effective.items() if key in under})
+        for local in (local for local, key in effective.items() if key not in under):
+            masters.pop(local, None)
         detected = [
             _classify(
                 c,
@@ -189,6 +196,12 @@ def detect_conflicts(
                 new_keys.add((table, d.change.key))
                 if d.action == "apply":
                     d.note = "its key holds its parent's new key"
+            elif (key := effective.get(d.change.key)) is not None:
+                moved[(table, d.change.key)] = key
+                if d.master is not None:
+                    d.target_key = key  # the master's row it was compared with
+            elif d.kind == "duplicate" and d.target_key is not None and d.target_key != d.change.key:
+                moved[(table, d.change.key)] = d.target_key
         for d in (d for d in detected if d.kind == "duplicate" and natural_notes and d.change.local):
             d.note = natural_notes.get(tuple(d.change.local[n] for n in natural), d.note)  # type: ignore[index]
         _find_orphans(conn, detected, info, infos, local_inserts)

@@ -133,6 +133,8 @@ def build_plan(items: list[tuple[int, Detected, CurrentDecision | None]], infos:
         change, info = d.change, infos[d.change.table]
         local = change.local or {}
         if d.action == "skip":
+            if d.target_key is not None and d.target_key != change.key:
+                plan.key_map[(change.table, change.key)] = d.target_key  # rows under it point at the master's
             continue
         if d.action == "apply":
             if change.op == "insert":
@@ -173,7 +175,7 @@ def build_plan(items: list[tuple[int, Detected, CurrentDecision | None]], infos:
                 plan.operations.append(_delete(change_id, d, "decision"))
         elif kind in ("insert_insert", "duplicate"):
             target = d.target_key or change.key
-            if kind == "duplicate":
+            if kind == "duplicate" or target != change.key:
                 plan.key_map[(change.table, change.key)] = target
             values = {n: local[n] for n in names if _choice(decision, n)[0] == "local"}
             if values and not _decided_parent(plan, change_id, d, infos, values):
@@ -205,7 +207,7 @@ def build_plan(items: list[tuple[int, Detected, CurrentDecision | None]], infos:
 def _uncheck_keys_of_new_parents(plan: Plan, infos: dict[str, TableInfo]) -> None:
     """An insert whose key holds the key of a row the master assigns anew (a remapped order's line) is not
     checked under its local key: a master row there is another record, and the row's own key is new."""
-    new_keys: set[TableKey] = set()
+    new_keys: set[TableKey] = {k for k, target in plan.key_map.items() if target != k[1]}  # and duplicates'
     for o in plan.operations:  # parents before their children, as detection ordered the changes
         if o.op != "insert" or o.key is None:
             continue

@@ -86,3 +86,43 @@ def refuse_far_sequence_values(conn: Connection, changes: ChangeSet, infos: Mapp
                     "enter a number near the master's in the replica, or leave the column empty where the "
                     "master fills it (NOT NULL with a default); then sync again",
                 )
+
+
+def moved_key(
+    info: TableInfo,
+    row: Mapping[str, Any],
+    moved: Mapping[tuple[str, tuple[Any, ...]], tuple[Any, ...]],
+    infos: Mapping[str, TableInfo],
+) -> tuple[Any, ...] | None:
+    """The key a new row takes on the master when its key holds the key of a row the master knows under
+    another one (a duplicate by natural key, or such a row's own new row: `moved`), e.g. the line `(3, 1)`
+    of the local order 3 that is the master's order 4: `(4, 1)`. None where the key stays."""
+    values = dict(row)
+    for fk in info.foreign_keys:
+        parent = infos.get(fk.parent_table)
+        if parent is None or not set(fk.columns) & set(info.pk) or not set(fk.columns) <= set(row):
+            continue
+        key = fk.parent_key(row, parent.pk)
+        if key is not None and (target := moved.get((fk.parent_table, key))) is not None:
+            values.update(fk.child_values(target, parent.pk))
+    if not set(info.pk) <= set(values):
+        return None
+    new = info.key_of(values)
+    return new if new != info.key_of(row) else None
+
+
+def moved_keys(
+    info: TableInfo,
+    changes: list[RowChange],
+    follows: set[tuple[Any, ...]],
+    moved: Mapping[tuple[str, tuple[Any, ...]], tuple[Any, ...]],
+    infos: Mapping[str, TableInfo],
+) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+    """Local key -> the key each new row of the table takes on the master (`moved_key`), where it moves."""
+    if not moved:
+        return {}
+    found = {}
+    for c in changes:
+        if c.op == "insert" and c.key not in follows and (key := moved_key(info, c.local or {}, moved, infos)):
+            found[c.key] = key
+    return found
