@@ -19,7 +19,7 @@ from sync_pipeline.engine.clock import NONE, changed_after_checkout, fetch_maste
 from sync_pipeline.engine.dialects import impl_for
 from sync_pipeline.engine.extract import ChangeSet, RowChange
 from sync_pipeline.engine.faults import checkpoint
-from sync_pipeline.engine.new_keys import FAR_KEY, highest_own_key, key_follows_new_parent, moved_keys
+from sync_pipeline.engine.new_keys import FAR_KEY, highest_own_key, key_follows_new_parent, moved_keys, note_key
 from sync_pipeline.engine.progress import report
 from sync_pipeline.engine.schema import Reference, TableInfo, normalizer, references_to
 from sync_pipeline.engine.settings import SyncSettings
@@ -192,16 +192,7 @@ def detect_conflicts(
             for c in table_changes
         ]
         for d in detected:
-            if d.action == "remap" or (d.action == "apply" and d.change.key in follows):
-                new_keys.add((table, d.change.key))
-                if d.action == "apply":
-                    d.note = "its key holds its parent's new key"
-            elif (key := effective.get(d.change.key)) is not None:
-                moved[(table, d.change.key)] = key
-                if d.master is not None:
-                    d.target_key = key  # the master's row it was compared with
-            elif d.kind == "duplicate" and d.target_key is not None and d.target_key != d.change.key:
-                moved[(table, d.change.key)] = d.target_key
+            note_key(d, follows, effective, new_keys, moved)
         for d in (d for d in detected if d.kind == "duplicate" and natural_notes and d.change.local):
             d.note = natural_notes.get(tuple(d.change.local[n] for n in natural), d.note)  # type: ignore[index]
         _find_orphans(conn, detected, info, infos, local_inserts)

@@ -8,8 +8,8 @@ made it; kept, it would move the master's generator there), and a key that holds
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -17,7 +17,10 @@ from sqlalchemy.engine import Connection
 from sync_pipeline.engine.dialects import impl_for
 from sync_pipeline.engine.errors import BadInputError
 from sync_pipeline.engine.extract import ChangeSet, RowChange
-from sync_pipeline.engine.schema import TableInfo
+from sync_pipeline.engine.schema import ForeignKey, TableInfo
+
+if TYPE_CHECKING:  # detect imports this module
+    from sync_pipeline.engine.detect import Detected
 
 # How far past the master's highest key a local insert's generated key may lie and still be kept. A
 # replica's own generator starts at the highest key it was given, so honest keys lie within the number of
@@ -38,20 +41,27 @@ def highest_own_key(conn: Connection, info: TableInfo, changes: list[RowChange])
     return (int(top) if top is not None else 0) + inserts + KEY_SLACK
 
 
+def _parents_in_key(
+    info: TableInfo, row: Mapping[str, Any], infos: Mapping[str, TableInfo]
+) -> Iterator[tuple[ForeignKey, TableInfo, tuple[Any, ...]]]:
+    """(reference, parent table, the parent's key) for each reference that is part of the row's own primary
+    key and names a module table's primary key: the references through which a new parent key reaches the
+    row's key."""
+    for fk in info.foreign_keys:
+        parent = infos.get(fk.parent_table)
+        if parent is None or not set(fk.columns) & set(info.pk) or not set(fk.columns) <= set(row):
+            continue
+        if (key := fk.parent_key(row, parent.pk)) is not None:
+            yield fk, parent, key
+
+
 def key_follows_new_parent(
     info: TableInfo, row: Mapping[str, Any], new_keys: set[tuple[str, tuple[Any, ...]]], infos: Mapping[str, TableInfo]
 ) -> bool:
     """Whether a new row's primary key holds a reference to a row in `new_keys` (rows whose master key is
     assigned at load: remapped, or following such a row themselves), like the line `(order_id, line_no)` of
     a remapped order: the row's own master key is then known only at load, and no master row can hold it."""
-    for fk in info.foreign_keys:
-        parent = infos.get(fk.parent_table)
-        if parent is None or not set(fk.columns) & set(info.pk) or not set(fk.columns) <= set(row):
-            continue
-        key = fk.parent_key(row, parent.pk)
-        if key is not None and (fk.parent_table, key) in new_keys:
-            return True
-    return False
+    return any((fk.parent_table, key) in new_keys for fk, _parent, key in _parents_in_key(info, row, infos))
 
 
 def refuse_far_sequence_values(conn: Connection, changes: ChangeSet, infos: Mapping[str, TableInfo]) -> None:
@@ -98,12 +108,8 @@ def moved_key(
     another one (a duplicate by natural key, or such a row's own new row: `moved`), e.g. the line `(3, 1)`
     of the local order 3 that is the master's order 4: `(4, 1)`. None where the key stays."""
     values = dict(row)
-    for fk in info.foreign_keys:
-        parent = infos.get(fk.parent_table)
-        if parent is None or not set(fk.columns) & set(info.pk) or not set(fk.columns) <= set(row):
-            continue
-        key = fk.parent_key(row, parent.pk)
-        if key is not None and (target := moved.get((fk.parent_table, key))) is not None:
+    for fk, parent, key in _parents_in_key(info, row, infos):
+        if (target := moved.get((fk.parent_table, key))) is not None:
             values.update(fk.child_values(target, parent.pk))
     if not set(info.pk) <= set(values):
         return None
@@ -126,3 +132,26 @@ def moved_keys(
         if c.op == "insert" and c.key not in follows and (key := moved_key(info, c.local or {}, moved, infos)):
             found[c.key] = key
     return found
+
+
+def note_key(
+    d: Detected,
+    follows: set[tuple[Any, ...]],
+    effective: Mapping[tuple[Any, ...], tuple[Any, ...]],
+    new_keys: set[tuple[str, tuple[Any, ...]]],
+    moved: dict[tuple[str, tuple[Any, ...]], tuple[Any, ...]],
+) -> None:
+    """After a change is classified, note where its row's master key stands
+    for the rows under it: assigned at load (`new_keys`: remapped, or following a new parent), or another
+    key the master knows it under (`moved`: a duplicate by natural key, or a row whose key holds one's)."""
+    row = (d.change.table, d.change.key)
+    if d.action == "remap" or (d.action == "apply" and d.change.key in follows):
+        new_keys.add(row)
+        if d.action == "apply":
+            d.note = "its key holds its parent's new key"
+    elif (key := effective.get(d.change.key)) is not None:
+        moved[row] = key
+        if d.master is not None:
+            d.target_key = key  # the master's row it was compared with
+    elif d.kind == "duplicate" and d.target_key is not None and d.target_key != d.change.key:
+        moved[row] = d.target_key

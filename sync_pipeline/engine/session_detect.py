@@ -81,16 +81,14 @@ def begin_session(
     try:
         changes = extract_changes(replica.conn, replica.infos)
         canonicalize_local_values(engine, changes, replica.infos)
-        with engine.connect() as conn:
-            refuse_far_sequence_values(conn, changes, replica.infos)
         for index, change in enumerate(changes.changes):
             change.seq = index  # from now on a change is known by its change_id
-        if replica.settings.master_change_capture:
-            with engine.connect() as conn:
-                verify_bases(conn, changes, replica.infos, replica.record["checked_out_at"], seen)
-        if detect:
-            with engine.connect() as conn:
-                checked_out_at = replica.record["checked_out_at"]  # the master's record, read when it was opened
+        checked_out_at = replica.record["checked_out_at"]  # the master's record, read when it was opened
+        with engine.connect() as conn:
+            refuse_far_sequence_values(conn, changes, replica.infos)
+            if replica.settings.master_change_capture:
+                verify_bases(conn, changes, replica.infos, checked_out_at, seen)
+            if detect:
                 detected = detect_conflicts(
                     conn, changes, replica.infos, replica.settings, replica.row, seen, checked_out_at
                 )
