@@ -74,8 +74,17 @@ def _rowid_type(column_type: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[An
 
 
 def replica_metadata(infos: dict[str, TableInfo]) -> sa.MetaData:
-    """The replica's tables: the master's columns in their generic types; FKs only between copied tables."""
+    """The replica's tables: the master's columns in their generic types; FKs only between copied tables,
+    with the unique columns they point at."""
     metadata = sa.MetaData()
+    # SQLite takes a foreign key to other columns than the key only where they are declared unique
+    # ("foreign key mismatch" on every write with foreign keys on): the master's unique column comes along.
+    referenced: dict[str, set[tuple[str, ...]]] = {}
+    for info in infos.values():
+        for fk in info.foreign_keys:
+            parent = infos.get(fk.parent_table)
+            if parent is not None and sorted(fk.parent_columns) != sorted(parent.pk):
+                referenced.setdefault(fk.parent_table, set()).add(fk.parent_columns)
     for name in fk_order(infos):
         info = infos[name]
         columns = [
@@ -103,7 +112,8 @@ def replica_metadata(infos: dict[str, TableInfo]) -> sa.MetaData:
         ]
         # AUTOINCREMENT: SQLite must never hand a deleted row's generated key to a new local row, or
         # extraction would fold "delete 5, insert another record as 5" into an update of record 5.
-        sa.Table(name, metadata, *columns, *fks, sqlite_autoincrement=info.generated_pk)
+        uniques = [sa.UniqueConstraint(*unique) for unique in sorted(referenced.get(name, ()))]
+        sa.Table(name, metadata, *columns, *fks, *uniques, sqlite_autoincrement=info.generated_pk)
     return metadata
 
 
